@@ -1,0 +1,1 @@
+"""The pure core: graphs, state, reducers, frontier rules. Never imports trio."""

@@ -1,0 +1,760 @@
+"""Graph authoring: `GraphBuilder`, the compiled `Graph`, validation and exports.
+
+Pure and deterministic: nothing here imports trio. Nodes are stored as given; the
+runtime calls them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
+
+import attrs
+
+from .errors import (
+    CycleError,
+    DuplicateEdgeError,
+    DuplicateNodeError,
+    EdgeFromEndError,
+    GraphError,
+    InvalidEdgeError,
+    InvalidNodeError,
+    InvalidRouterError,
+    MissingEntryError,
+    NoPathToEndError,
+    ReservedNodeNameError,
+    UnknownNodeError,
+    UnreachableNodesError,
+)
+from .reducers import Reducer, ReducerRegistry
+from .state import NodePartial, StateSnapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from .._runtime.app import App
+    from .._runtime.config import RuntimeConfig
+    from .._runtime.context import NodeContext
+
+START = "__start__"
+"""The virtual entry point of every graph; edges from it seed the first frontier."""
+END = "__end__"
+"""The virtual exit; a run completes when only ``END`` remains in the frontier."""
+
+_VIRTUAL = (START, END)
+
+NodeFunction = Callable[[StateSnapshot, "NodeContext"], "Awaitable[NodePartial | None]"]
+"""An async function ``(snapshot, ctx) -> NodePartial | None``."""
+
+Router = Callable[[StateSnapshot], Any]
+"""``router(snapshot)`` returns a node name, ``END``, or a list of them."""
+
+
+@runtime_checkable
+class Node(Protocol):
+    """An object whose ``async def run(self, snapshot, ctx)`` is the node body."""
+
+    async def run(
+        self, snapshot: StateSnapshot, ctx: NodeContext
+    ) -> NodePartial | None:  # pragma: no cover - protocol
+        """Run the node and return its update (``None`` for no update)."""
+        ...
+
+
+def display(name: str) -> str:
+    """``START``/``END`` as their short labels, other names unchanged."""
+    return "START" if name == START else "END" if name == END else name
+
+
+# ------------------------------------------------------------------------ policies
+
+
+def _positive_attempts(_: object, __: object, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"RetryPolicy.max_attempts must be an int >= 1, got {value!r}")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or value < 0:
+        raise ValueError(
+            f"RetryPolicy.{attribute.name} must be a number >= 0, got {value!r}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often and how patiently a failing node is retried.
+
+    Attempt ``n`` (from 1) that fails waits ``backoff * multiplier ** (n - 1)``
+    seconds, capped at ``max_backoff``, before the next one. Exceptions that are not
+    instances of ``retry_on`` fail at once; ``trio.Cancelled`` is never retried.
+
+    Args:
+        max_attempts: Total attempts, including the first (``1`` = no retry).
+        backoff: Seconds to wait after the first failed attempt.
+        multiplier: Growth factor of the wait.
+        max_backoff: Upper bound of one wait.
+        retry_on: Exception types worth retrying.
+    """
+
+    max_attempts: int = attrs.field(default=3, validator=_positive_attempts)
+    backoff: float = attrs.field(default=0.0, validator=_non_negative)
+    multiplier: float = attrs.field(default=2.0, validator=_non_negative)
+    max_backoff: float = attrs.field(default=60.0, validator=_non_negative)
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (from 1)."""
+        return float(
+            min(self.max_backoff, self.backoff * self.multiplier ** (attempt - 1))
+        )
+
+
+@attrs.frozen
+class NodeSpec:
+    """A registered node: its body and its execution policy."""
+
+    name: str
+    body: NodeFunction
+    timeout: float | None = None
+    retry: RetryPolicy | None = None
+    destinations: tuple[str, ...] | None = None
+    label: str = ""
+
+
+@attrs.frozen
+class ConditionalEdge:
+    """A router attached to ``source``; ``path_map`` maps its results to names."""
+
+    source: str
+    router: Router
+    path_map: Mapping[Hashable, str] | None = None
+    label: str = ""
+
+    def declared_targets(self) -> tuple[str, ...] | None:
+        """Where the router may send, or ``None`` when it declared nothing."""
+        if self.path_map is None:
+            return None
+        return tuple(dict.fromkeys(self.path_map.values()))
+
+
+@attrs.frozen
+class JoinEdge:
+    """``target`` runs once every one of ``sources`` ran since it last ran."""
+
+    sources: tuple[str, ...]
+    target: str
+
+    @property
+    def key(self) -> str:
+        """A stable identifier (used to persist join progress)."""
+        return f"{'+'.join(self.sources)}->{self.target}"
+
+
+def _callable_label(obj: object) -> str:
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{module}.{name}"
+
+
+def _as_node_body(name: str, node: object) -> tuple[NodeFunction, str]:
+    run = getattr(node, "run", None)
+    if not inspect.isroutine(node) and run is not None and callable(run):
+        if not inspect.iscoroutinefunction(run):
+            raise InvalidNodeError(
+                f"node {name!r}: {type(node).__name__}.run must be declared"
+                " 'async def run(self, snapshot, ctx)'"
+            )
+        return run, _callable_label(type(node))
+    if not callable(node):
+        raise InvalidNodeError(
+            f"node {name!r} must be an async function (snapshot, ctx) or an object"
+            f" with 'async def run(self, snapshot, ctx)', got {node!r}"
+        )
+    is_async = inspect.iscoroutinefunction(node) or (
+        not inspect.isroutine(node)
+        and inspect.iscoroutinefunction(getattr(node, "__call__", None))  # noqa: B004
+    )
+    if not is_async:
+        raise InvalidNodeError(
+            f"node {name!r} must be declared 'async def' (got the plain function"
+            f" {_callable_label(node)}); run blocking work inside it with"
+            " trio.to_thread.run_sync"
+        )
+    return cast(NodeFunction, node), _callable_label(node)
+
+
+def _check_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidEdgeError(f"{what} must be a non-empty node name, got {name!r}")
+    return name
+
+
+# ----------------------------------------------------------------------- builder
+
+
+class GraphBuilder:
+    """Describe a workflow graph, then `compile` it into an ``App``.
+
+    Every method but `compile` returns the builder, so calls chain::
+
+        app = (GraphBuilder()
+               .add_node("greet", greet)
+               .add_edge(START, "greet")
+               .add_edge("greet", END)
+               .compile())
+    """
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, NodeSpec] = {}
+        self._edges: dict[str, list[str]] = {}
+        self._joins: list[JoinEdge] = []
+        self._conditionals: list[ConditionalEdge] = []
+        self._reducers = ReducerRegistry()
+
+    def add_node(
+        self,
+        name: str,
+        node: NodeFunction | Node,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        destinations: Sequence[str] | None = None,
+    ) -> GraphBuilder:
+        """Register ``node`` under ``name``.
+
+        Args:
+            name: A unique, non-empty name other than ``START``/``END``.
+            node: An ``async def`` function ``(snapshot, ctx)`` or an object with
+                ``async def run(self, snapshot, ctx)``.
+            timeout: Seconds one attempt may take; exceeding it fails the node
+                (with `NodeTimeoutError`) like any other error.
+            retry: Retry failed attempts according to this `RetryPolicy`.
+            destinations: Nodes this node may send to with `Replace`/`Append`
+                frontier commands; declares them for the compile-time reachability
+                checks.
+
+        Raises:
+            ReservedNodeNameError: ``name`` is ``START`` or ``END``.
+            DuplicateNodeError: ``name`` is already registered.
+            InvalidNodeError: ``node`` is not an async callable nor a `Node`, or
+                ``timeout`` is not a positive number.
+        """
+        if name in _VIRTUAL:
+            raise ReservedNodeNameError(
+                f"{display(name)} is a virtual endpoint and cannot be registered as a"
+                " node; connect to it with add_edge instead"
+            )
+        if not isinstance(name, str) or not name:
+            raise InvalidNodeError(
+                f"node names must be non-empty strings, got {name!r}"
+            )
+        if name in self._nodes:
+            raise DuplicateNodeError(
+                f"a node named {name!r} is already registered; pick another name"
+            )
+        body, label = _as_node_body(name, node)
+        if timeout is not None and (
+            not isinstance(timeout, int | float)
+            or isinstance(timeout, bool)
+            or timeout <= 0
+        ):
+            raise InvalidNodeError(
+                f"node {name!r}: timeout must be a positive number of seconds,"
+                f" got {timeout!r}"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidNodeError(
+                f"node {name!r}: retry must be a RetryPolicy, got {retry!r}"
+            )
+        dests = None
+        if destinations is not None:
+            dests = tuple(_check_name(d, "a destination") for d in destinations)
+        self._nodes[name] = NodeSpec(
+            name=name,
+            body=body,
+            timeout=None if timeout is None else float(timeout),
+            retry=retry,
+            destinations=dests,
+            label=label,
+        )
+        return self
+
+    def add_edge(self, source: str | Sequence[str], target: str) -> GraphBuilder:
+        """Add an unconditional edge, or a join when ``source`` is a list.
+
+        ``add_edge([a, b], c)`` schedules ``c`` once, after both ``a`` and ``b``
+        ran since ``c`` last ran.
+
+        Raises:
+            InvalidEdgeError: malformed endpoints (not strings, empty join, START
+                inside a join, an edge into START).
+            EdgeFromEndError: ``source`` is ``END``.
+            DuplicateEdgeError: the same edge was already added.
+        """
+        target = _check_name(target, "an edge target")
+        if target == START:
+            raise InvalidEdgeError("edges cannot point into START; START only starts")
+        if isinstance(source, str):
+            sources: tuple[str, ...] = (_check_name(source, "an edge source"),)
+        elif isinstance(source, Iterable):
+            sources = tuple(_check_name(s, "a join source") for s in source)
+            if not sources:
+                raise InvalidEdgeError("a join edge needs at least one source node")
+            if len(set(sources)) != len(sources):
+                raise InvalidEdgeError(f"join sources repeat a node: {list(sources)}")
+        else:
+            raise InvalidEdgeError(
+                f"an edge source must be a node name or a list of them, got {source!r}"
+            )
+        if END in sources:
+            raise EdgeFromEndError(
+                f"invalid edge {display(END)} -> {display(target)}: edges cannot"
+                " originate from END"
+            )
+        if len(sources) == 1:
+            (src,) = sources
+            if target in self._edges.get(src, ()) or any(
+                j.target == target and src in j.sources for j in self._joins
+            ):
+                raise DuplicateEdgeError(
+                    f"duplicate edge detected: {display(src)} -> {display(target)}"
+                )
+            self._edges.setdefault(src, []).append(target)
+            return self
+        if START in sources:
+            raise InvalidEdgeError(
+                "START cannot be part of a join (it never runs); add a plain edge from"
+                " START instead"
+            )
+        for src in sources:
+            if target in self._edges.get(src, ()):
+                raise DuplicateEdgeError(
+                    f"duplicate edge detected: {display(src)} -> {display(target)} is"
+                    " both a plain edge and part of a join"
+                )
+        for join in self._joins:
+            if join.target == target and set(join.sources) & set(sources):
+                raise DuplicateEdgeError(
+                    "duplicate edge detected: join"
+                    f" {list(sources)} -> {display(target)}"
+                    f" overlaps join {list(join.sources)} -> {display(target)}"
+                )
+        self._joins.append(JoinEdge(sources, target))
+        return self
+
+    def add_conditional_edge(
+        self,
+        source: str,
+        router: Router,
+        path_map: Mapping[Hashable, str] | Sequence[str] | None = None,
+    ) -> GraphBuilder:
+        """Route from ``source`` with ``router(snapshot)`` after ``source`` runs.
+
+        The router returns a node name, ``END``, or a list of them (a fan-out).
+        With ``path_map`` its results are looked up in the mapping first; a list of
+        names declares the possible targets without renaming. Declared targets let
+        `compile` check reachability. A result naming no registered node is dropped
+        with a warning. A router from ``START`` is evaluated once, when a session
+        starts, with the initial state.
+
+        Raises:
+            EdgeFromEndError: ``source`` is ``END``.
+            InvalidRouterError: ``router`` is not a plain callable (async routers
+                are not supported: do async work in a node and route on state), or
+                ``path_map`` is malformed.
+        """
+        source = _check_name(source, "a conditional edge source")
+        if source == END:
+            raise EdgeFromEndError("a conditional edge cannot originate from END")
+        if not callable(router):
+            raise InvalidRouterError(
+                f"the router of {display(source)!r} must be a function of the snapshot,"
+                f" got {router!r}"
+            )
+        if inspect.iscoroutinefunction(router):
+            raise InvalidRouterError(
+                f"the router of {display(source)!r} is async; routers must be plain"
+                " functions. Do the async work in a node, store the decision in state"
+                " and route on it"
+            )
+        mapping: Mapping[Hashable, str] | None
+        if path_map is None:
+            mapping = None
+        elif isinstance(path_map, Mapping):
+            for value in path_map.values():
+                _check_name(value, "a path_map target")
+            mapping = MappingProxyType(dict(path_map))
+        elif isinstance(path_map, Iterable) and not isinstance(path_map, str):
+            names = [_check_name(v, "a path_map target") for v in path_map]
+            identity: dict[Hashable, str] = dict(zip(names, names, strict=True))
+            mapping = MappingProxyType(identity)
+        else:
+            raise InvalidRouterError(
+                f"path_map must be a dict of router results to node names or a list"
+                f" of node names, got {path_map!r}"
+            )
+        self._conditionals.append(
+            ConditionalEdge(source, router, mapping, _callable_label(router))
+        )
+        return self
+
+    def with_reducer(
+        self, channel: str, reducer: Reducer, *, replace: bool = False
+    ) -> GraphBuilder:
+        """Add a reducer for ``channel`` (``messages``, ``extra`` or ``errors``).
+
+        Reducers of a channel run in registration order, after the built-in one
+        unless ``replace=True`` removes the built-in (and earlier) reducers.
+
+        Raises:
+            InvalidReducerError: unknown channel or non-callable reducer.
+        """
+        self._reducers = self._reducers.with_reducer(channel, reducer, replace=replace)
+        return self
+
+    def compile(self, config: RuntimeConfig | None = None) -> App:
+        """Validate the topology and return a runnable ``App``.
+
+        Raises:
+            GraphError: the first problem found, checked in this order: missing
+                entry, unknown node, cycle of unconditional edges, unreachable
+                nodes, nodes with no path to END.
+        """
+        from .._runtime.app import App
+        from .._runtime.config import RuntimeConfig
+
+        graph = Graph(
+            nodes=MappingProxyType(dict(self._nodes)),
+            edges=MappingProxyType({k: tuple(v) for k, v in self._edges.items()}),
+            joins=tuple(self._joins),
+            conditionals=tuple(self._conditionals),
+            reducers=self._reducers,
+        )
+        graph.validate()
+        if not isinstance(config, RuntimeConfig | None):
+            raise GraphError(f"compile() takes a RuntimeConfig, got {config!r}")
+        return App(graph, config if config is not None else RuntimeConfig())
+
+
+# ------------------------------------------------------------------ compiled graph
+
+
+def _sort_key(name: str) -> tuple[int, str]:
+    return (0 if name == START else 2 if name == END else 1, name)
+
+
+@attrs.frozen(eq=False)
+class Graph:
+    """A validated, immutable graph: ``App.graph``."""
+
+    nodes: Mapping[str, NodeSpec]
+    edges: Mapping[str, tuple[str, ...]]
+    joins: tuple[JoinEdge, ...]
+    conditionals: tuple[ConditionalEdge, ...]
+    reducers: ReducerRegistry
+
+    # Derived lookups, computed once.
+    _routers_by_source: Mapping[str, tuple[ConditionalEdge, ...]] = attrs.field(
+        init=False
+    )
+    _joins_by_source: Mapping[str, tuple[JoinEdge, ...]] = attrs.field(init=False)
+    _hash: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        routers: dict[str, list[ConditionalEdge]] = {}
+        for cond in self.conditionals:
+            routers.setdefault(cond.source, []).append(cond)
+        joins: dict[str, list[JoinEdge]] = {}
+        for join in self.joins:
+            for src in join.sources:
+                joins.setdefault(src, []).append(join)
+        object.__setattr__(
+            self, "_routers_by_source", {k: tuple(v) for k, v in routers.items()}
+        )
+        object.__setattr__(
+            self, "_joins_by_source", {k: tuple(v) for k, v in joins.items()}
+        )
+        object.__setattr__(self, "_hash", self._compute_hash())
+
+    # -- lookups used by the scheduler
+
+    def routers_of(self, node: str) -> tuple[ConditionalEdge, ...]:
+        """The conditional edges whose source is ``node``, in registration order."""
+        return self._routers_by_source.get(node, ())
+
+    def joins_of(self, node: str) -> tuple[JoinEdge, ...]:
+        """The join edges ``node`` is a source of."""
+        return self._joins_by_source.get(node, ())
+
+    # -- introspection
+
+    def edge_list(self) -> list[tuple[str, str]]:
+        """Every unconditional ``(source, target)`` pair, joins expanded, sorted."""
+        pairs = [(s, t) for s, targets in self.edges.items() for t in targets]
+        pairs += [(s, j.target) for j in self.joins for s in j.sources]
+        return sorted(pairs, key=lambda p: (_sort_key(p[0]), _sort_key(p[1])))
+
+    def topological_order(self) -> list[str]:
+        """Kahn's order over unconditional edges: START first, END last, ties by name.
+
+        Nodes on a cycle are omitted (compile rejects such cycles anyway).
+        """
+        present = {START, END} & {n for pair in self.edge_list() for n in pair}
+        present |= set(self.nodes)
+        indegree = dict.fromkeys(present, 0)
+        succ: dict[str, list[str]] = {n: [] for n in present}
+        for source, target in self.edge_list():
+            succ[source].append(target)
+            indegree[target] += 1
+        queue = deque(sorted((n for n, d in indegree.items() if d == 0), key=_sort_key))
+        order: list[str] = []
+        while queue:
+            node = queue.popleft()
+            order.append(node)
+            ready = []
+            for target in succ[node]:
+                indegree[target] -= 1
+                if indegree[target] == 0:
+                    ready.append(target)
+            queue.extend(sorted(ready, key=_sort_key))
+        if END in order:  # END is last even when a router-only node sorts after it
+            order.remove(END)
+            order.append(END)
+        return order
+
+    def to_mermaid(self) -> str:
+        """A Mermaid ``flowchart`` of the graph (dotted arrows: conditional edges)."""
+        names = sorted({START, END, *self.nodes}, key=_sort_key)
+        ids = {name: f"n{i}" for i, name in enumerate(names)}
+
+        def label(name: str) -> str:
+            text = display(name).replace('"', "#quot;")
+            if name in _VIRTUAL:
+                return f'{ids[name]}(["{text}"])'
+            return f'{ids[name]}["{text}"]'
+
+        lines = ["flowchart TD"]
+        lines += [f"    {label(n)}" for n in names]
+        for source, target in self.edge_list():
+            lines.append(f"    {ids[source]} --> {ids[target]}")
+        for cond in sorted(self.conditionals, key=lambda c: _sort_key(c.source)):
+            targets = cond.declared_targets()
+            if targets is None:
+                lines.append(f"    {ids[cond.source]} -. router .-> {ids[cond.source]}")
+                continue
+            for target in targets:
+                if target in ids:
+                    lines.append(f"    {ids[cond.source]} -.-> {ids[target]}")
+        return "\n".join(lines) + "\n"
+
+    def to_dot(self) -> str:
+        """A Graphviz DOT digraph (dashed edges: declared router targets)."""
+        names = sorted({START, END, *self.nodes}, key=_sort_key)
+        ids = {name: i for i, name in enumerate(names)}
+
+        def quote(text: str) -> str:
+            return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = [
+            "digraph {",
+            "    rankdir=TB;",
+            "    node [shape=box, style=rounded];",
+        ]
+        for name in names:
+            extra = ""
+            if name == START:
+                extra = ' style="filled" fillcolor="lightgreen"'
+            elif name == END:
+                extra = ' style="filled" fillcolor="lightcoral"'
+            lines.append(f"    {ids[name]} [ label={quote(display(name))}{extra} ];")
+        lines.append("")
+        for source, target in self.edge_list():
+            lines.append(f"    {ids[source]} -> {ids[target]};")
+        lines.extend(
+            f"    {ids[cond.source]} -> {ids[target]} [style=dashed];"
+            for cond in sorted(self.conditionals, key=lambda c: _sort_key(c.source))
+            for target in cond.declared_targets() or ()
+            if target in ids
+        )
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    @property
+    def graph_hash(self) -> str:
+        """A stable hex digest of the definition, independent of insertion order."""
+        return self._hash
+
+    def _compute_hash(self) -> str:
+        parts: list[str] = ["weavegraph-graph/1"]
+        for name in sorted(self.nodes):
+            spec = self.nodes[name]
+            parts.append(f"node:{name}:{spec.label}:{spec.timeout}:{spec.retry!r}")
+        parts += [f"edge:{s}->{t}" for s, t in self.edge_list()]
+        parts += sorted(f"join:{sorted(j.sources)}->{j.target}" for j in self.joins)
+        parts += sorted(
+            f"router:{c.source}:{c.label}:"
+            + (
+                repr(sorted((repr(k), v) for k, v in c.path_map.items()))
+                if c.path_map is not None
+                else "-"
+            )
+            for c in self.conditionals
+        )
+        parts += [f"reducer:{sig}" for sig in self.reducers.signature()]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+    # -- validation
+
+    def validate(self) -> None:
+        """Raise the first topology problem found (see `GraphBuilder.compile`)."""
+        has_entry = bool(self.edges.get(START)) or any(
+            c.source == START for c in self.conditionals
+        )
+        if not has_entry:
+            raise MissingEntryError(
+                "missing entry: no edge or conditional edge originates from START;"
+                " add one with add_edge(START, 'first_node')"
+            )
+        self._check_known()
+        self._check_cycles()
+        self._check_reachability()
+
+    def _check_known(self) -> None:
+        known = set(self.nodes) | {START, END}
+
+        def require(name: str, where: str) -> None:
+            if name not in known:
+                hint = ""
+                close = [n for n in self.nodes if n.lower() == name.lower()]
+                if close:
+                    hint = f" (did you mean {close[0]!r}?)"
+                raise UnknownNodeError(
+                    f"unknown node referenced in {where}: {name!r}{hint}; register it"
+                    " with add_node first"
+                )
+
+        for source, targets in self.edges.items():
+            require(source, f"an edge from {display(source)!r}")
+            for target in targets:
+                require(target, f"the edge {display(source)} -> {display(target)}")
+        for join in self.joins:
+            for src in join.sources:
+                require(src, f"the join {list(join.sources)} -> {display(join.target)}")
+            require(join.target, f"the join {list(join.sources)} -> {join.target}")
+        for cond in self.conditionals:
+            require(cond.source, "a conditional edge source")
+            for target in cond.declared_targets() or ():
+                require(
+                    target, f"the path_map of the router on {display(cond.source)!r}"
+                )
+        for spec in self.nodes.values():
+            for target in spec.destinations or ():
+                require(target, f"the destinations of node {spec.name!r}")
+
+    def _check_cycles(self) -> None:
+        succ: dict[str, list[str]] = {}
+        for source, target in self.edge_list():
+            succ.setdefault(source, []).append(target)
+        white, grey, black = 0, 1, 2
+        colour: dict[str, int] = {}
+        path: list[str] = []
+
+        def visit(node: str) -> None:
+            colour[node] = grey
+            path.append(node)
+            for nxt in succ.get(node, ()):
+                state = colour.get(nxt, white)
+                if state == grey:
+                    cycle = [*path[path.index(nxt) :], nxt]
+                    raise CycleError(
+                        "cycle detected in graph: "
+                        + " -> ".join(display(n) for n in cycle)
+                        + "; unconditional edges must not loop, use a conditional"
+                        " edge (a router) for loops",
+                        cycle,
+                    )
+                if state == white:
+                    visit(nxt)
+            path.pop()
+            colour[node] = black
+
+        for node in sorted(succ, key=_sort_key):
+            if colour.get(node, white) == white:
+                visit(node)
+
+    def _forward(self) -> tuple[dict[str, set[str]], set[str]]:
+        """Plain successors, and the sources whose routing is undeclared (any node)."""
+        succ: dict[str, set[str]] = {}
+        wildcard: set[str] = set()
+        for source, targets in self.edges.items():
+            succ.setdefault(source, set()).update(targets)
+        for cond in self.conditionals:
+            declared = cond.declared_targets()
+            if declared is None:
+                wildcard.add(cond.source)
+            else:
+                succ.setdefault(cond.source, set()).update(declared)
+        for spec in self.nodes.values():
+            if spec.destinations is not None:
+                succ.setdefault(spec.name, set()).update(spec.destinations)
+        return succ, wildcard
+
+    def _check_reachability(self) -> None:
+        succ, wildcard = self._forward()
+        everything = set(self.nodes) | {END}
+        reached = {START}
+        changed = True
+        while changed:
+            changed = False
+            frontier = list(reached)
+            while frontier:
+                node = frontier.pop()
+                nexts = everything if node in wildcard else succ.get(node, set())
+                for nxt in nexts:
+                    if nxt not in reached:
+                        reached.add(nxt)
+                        frontier.append(nxt)
+                        changed = True
+            for join in self.joins:
+                if join.target not in reached and set(join.sources) <= reached:
+                    reached.add(join.target)
+                    changed = True
+        unreachable = sorted(set(self.nodes) - reached)
+        if unreachable:
+            raise UnreachableNodesError(
+                "unreachable nodes detected (no path from START): "
+                + ", ".join(unreachable)
+                + "; connect them with add_edge, or declare router targets with"
+                " path_map",
+                unreachable,
+            )
+        can_end = {END}
+        changed = True
+        while changed:
+            changed = False
+            for node in self.nodes:
+                if node in can_end:
+                    continue
+                nexts = set(succ.get(node, set()))
+                nexts |= {j.target for j in self.joins_of(node)}
+                if node in wildcard or nexts & can_end:
+                    can_end.add(node)
+                    changed = True
+        stuck = sorted(set(self.nodes) - can_end)
+        if stuck:
+            raise NoPathToEndError(
+                "nodes with no path to END: "
+                + ", ".join(stuck)
+                + "; add an edge towards END (directly or through other nodes)",
+                stuck,
+            )
+
+
+def declared_start_frontier(graph: Graph) -> tuple[str, ...]:
+    """The plain targets of START, in insertion order."""
+    return graph.edges.get(START, ())

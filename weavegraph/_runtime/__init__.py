@@ -1,0 +1,1 @@
+"""The trio driver: configuration, node contexts, the superstep engine, the App."""

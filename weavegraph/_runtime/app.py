@@ -1,0 +1,336 @@
+"""`App`: a compiled graph plus its configuration, and the ways to run it."""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import trio
+
+from .._core.graph import Graph
+from .._core.state import StateError, VersionedState
+from ..events.sinks import ChannelSink, EventSink
+from ..events.stream import EventStream
+from ..events.types import Event
+from .config import RuntimeConfig
+from .engine import Engine
+from .invocation import Invocation
+from .nursery import open_service_nursery
+
+if TYPE_CHECKING:
+    from ..events.bus import EventBus
+
+
+T = TypeVar("T")
+
+
+def _check_state(state: object, where: str) -> VersionedState:
+    if not isinstance(state, VersionedState):
+        raise StateError(
+            f"{where} takes a VersionedState, got {type(state).__name__}; build one"
+            " with VersionedState.with_user_message('...') or VersionedState.builder()"
+        )
+    return state
+
+
+def _check_config(config: object) -> RuntimeConfig | None:
+    if config is not None and not isinstance(config, RuntimeConfig):
+        raise StateError(f"config must be a RuntimeConfig, got {config!r}")
+    return config
+
+
+class App:
+    """A compiled, validated workflow. Get one from ``GraphBuilder.compile``.
+
+    Every ``invoke*`` method runs the graph in supersteps and returns or streams the
+    result; each run gets its own event bus, built from ``config.event_bus``.
+    """
+
+    def __init__(self, graph: Graph, config: RuntimeConfig) -> None:
+        self._graph = graph
+        self._config = config
+        self._engines: dict[int, Engine] = {}
+
+    @property
+    def graph(self) -> Graph:
+        """The compiled graph: nodes, edges, topological order, exports, hash."""
+        return self._graph
+
+    @property
+    def config(self) -> RuntimeConfig:
+        """The default runtime configuration of this app's runs."""
+        return self._config
+
+    def engine(self, config: RuntimeConfig | None = None) -> Engine:
+        """The superstep engine for ``config`` (default: the app's)."""
+        return Engine(self._graph, config if config is not None else self._config)
+
+    def _session_id(self, config: RuntimeConfig) -> str:
+        return config.session_id or f"run-{uuid.uuid4()}"
+
+    async def _run(
+        self, state: VersionedState, bus: EventBus, config: RuntimeConfig
+    ) -> VersionedState:
+        engine = self.engine(config)
+        session = engine.new_session(self._session_id(config), state, bus)
+        return await engine.run_to_completion(session, bus)
+
+    # ------------------------------------------------------------------ invoking
+
+    async def invoke(
+        self, state: VersionedState, *, config: RuntimeConfig | None = None
+    ) -> VersionedState:
+        """Run the graph to completion and return the final state.
+
+        A checkpoint. Cancelling the caller cancels the run (its sentinel says
+        ``status=cancelled``).
+
+        Args:
+            state: The initial state.
+            config: Overrides the app's `RuntimeConfig` for this run.
+
+        Raises:
+            WorkflowError: a node failed; ``error_event`` says which and why.
+            StepLimitExceeded: the run did not finish within ``max_steps``.
+        """
+        state = _check_state(state, "invoke()")
+        cfg = _check_config(config) or self._config
+        async with cfg.event_bus.build() as bus:
+            return await self._run(state, bus, cfg)
+
+    async def invoke_with_sinks(
+        self,
+        state: VersionedState,
+        sinks: Iterable[EventSink],
+        *,
+        config: RuntimeConfig | None = None,
+    ) -> VersionedState:
+        """Run to completion; every sink sees every event, in order.
+
+        The configured sinks and ``sinks`` are all drained, flushed and closed
+        before this returns (or raises). A checkpoint.
+
+        Raises:
+            WorkflowError: a node failed (the sinks still saw every event).
+        """
+        state = _check_state(state, "invoke_with_sinks()")
+        cfg = _check_config(config) or self._config
+        sink_list = list(sinks)
+        for sink in sink_list:
+            if not callable(getattr(sink, "handle", None)):
+                raise StateError(
+                    f"{sink!r} is not an event sink: it needs 'async def handle(event)'"
+                )
+        async with cfg.event_bus.build(sink_list) as bus:
+            return await self._run(state, bus, cfg)
+
+    async def invoke_with_channel(
+        self, state: VersionedState, *, config: RuntimeConfig | None = None
+    ) -> tuple[VersionedState, trio.MemoryReceiveChannel[Event]]:
+        """Run to completion; return the final state and a channel of every event.
+
+        The channel holds every event of the run, ending with the stream-end
+        sentinel, then reports ``EndOfChannel``. Nothing is dropped (it is
+        unbounded, so it suits runs whose events fit in memory). A checkpoint.
+
+        Raises:
+            WorkflowError: a node failed.
+        """
+        send, receive = trio.open_memory_channel[Event](math.inf)
+        final = await self.invoke_with_sinks(state, [ChannelSink(send)], config=config)
+        return final, receive
+
+    async def start_streaming(
+        self,
+        nursery: trio.Nursery,
+        state: VersionedState,
+        *,
+        config: RuntimeConfig | None = None,
+    ) -> tuple[Invocation, EventStream]:
+        """Start a run as a task of ``nursery``; return its handle and event stream.
+
+        The stream is subscribed before the run starts, so it sees every event,
+        and ends right after the run's stream-end sentinel. The run's failure is
+        kept for `Invocation.join`; it never crashes ``nursery``. A checkpoint.
+        """
+        state = _check_state(state, "start_streaming()")
+        cfg = _check_config(config) or self._config
+        bus = cfg.event_bus.build()
+        events = bus.subscribe(stop_at_stream_end=True)
+        invocation = Invocation(self._session_id(cfg))
+        await nursery.start(self._serve_invocation, invocation, bus, state, cfg)
+        return invocation, events
+
+    async def _serve_invocation(
+        self,
+        invocation: Invocation,
+        bus: EventBus,
+        state: VersionedState,
+        config: RuntimeConfig,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        engine = self.engine(config)
+        try:
+            async with bus:
+                task_status.started()
+                with invocation.cancel_scope:
+                    session = engine.new_session(invocation.session_id, state, bus)
+                    result = await engine.run_to_completion(session, bus)
+                    invocation._set_result(result)
+                    return
+            invocation._set_cancelled()
+        except Exception as exc:
+            invocation._set_error(exc)
+        finally:
+            if not invocation.done:
+                invocation._set_cancelled()
+
+    @asynccontextmanager
+    async def invoke_streaming(
+        self, state: VersionedState, *, config: RuntimeConfig | None = None
+    ) -> AsyncIterator[tuple[Invocation, EventStream]]:
+        """``async with app.invoke_streaming(state) as (invocation, events):``
+
+        The run happens while the block is open. Leaving the block cancels the run
+        if it is still going and closes the stream; no task outlives the block.
+        """
+        async with open_service_nursery() as nursery:
+            invocation, events = await self.start_streaming(
+                nursery, state, config=config
+            )
+            try:
+                with events:
+                    yield invocation, events
+            finally:
+                invocation.cancel("invoke_streaming block exited")
+
+    # ------------------------------------------------------------ blocking twins
+
+    def invoke_sync(
+        self, state: VersionedState, *, config: RuntimeConfig | None = None
+    ) -> VersionedState:
+        """Blocking `invoke` for plain scripts and notebooks.
+
+        Runs a fresh trio loop in a worker thread for the duration of the call, so
+        it works even where an asyncio loop is already running. Ctrl-C cancels the
+        run and re-raises ``KeyboardInterrupt``.
+        """
+        state = _check_state(state, "invoke_sync()")
+        return _run_in_thread(lambda: self.invoke(state, config=config))
+
+    def stream_sync(
+        self, state: VersionedState, *, config: RuntimeConfig | None = None
+    ) -> Iterator[Event]:
+        """A blocking iterator over the run's events, ending after the sentinel.
+
+        The run happens in a worker thread with its own trio loop; closing the
+        iterator early (``break``) cancels it. The run's failure is raised from the
+        iterator after the sentinel was yielded.
+        """
+        state = _check_state(state, "stream_sync()")
+        return _stream_in_thread(self, state, config)
+
+
+_DONE = object()
+
+
+def _run_in_thread(make: Callable[[], Awaitable[T]]) -> T:
+    """Run ``trio.run(make)`` in a worker thread; Ctrl-C cancels it."""
+    outcome: dict[str, Any] = {}
+    token_ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        holder["token"] = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as scope:
+            holder["scope"] = scope
+            token_ready.set()
+            outcome["value"] = await make()
+
+    def target() -> None:
+        try:
+            trio.run(main)
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            token_ready.set()
+
+    thread = threading.Thread(target=target, name="weavegraph-invoke-sync")
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.05)
+    except KeyboardInterrupt:
+        token_ready.wait()
+        if "token" in holder:
+            with suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(
+                    holder["scope"].cancel, trio_token=holder["token"]
+                )
+        thread.join()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    if "value" not in outcome:
+        raise KeyboardInterrupt
+    return cast(T, outcome["value"])
+
+
+def _stream_in_thread(
+    app: App, state: VersionedState, config: RuntimeConfig | None
+) -> Iterator[Event]:
+    items: queue.Queue[Any] = queue.Queue(maxsize=1024)
+    holder: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def main() -> None:
+        holder["token"] = trio.lowlevel.current_trio_token()
+        async with app.invoke_streaming(state, config=config) as (invocation, events):
+            holder["invocation"] = invocation
+            started.set()
+            async for event in events:
+                await trio.to_thread.run_sync(items.put, event, abandon_on_cancel=True)
+            await invocation.join()
+
+    def target() -> None:
+        try:
+            trio.run(main)
+            items.put((_DONE, None))
+        except BaseException as exc:
+            items.put((_DONE, exc))
+        finally:
+            started.set()
+
+    def generate() -> Iterator[Event]:
+        thread = threading.Thread(target=target, name="weavegraph-stream-sync")
+        thread.start()
+        try:
+            while True:
+                item = items.get()
+                if isinstance(item, tuple) and item and item[0] is _DONE:
+                    if item[1] is not None:
+                        raise item[1]
+                    return
+                yield item
+        finally:
+            if thread.is_alive():
+                started.wait()
+                invocation = holder.get("invocation")
+                if invocation is not None:
+                    with suppress(trio.RunFinishedError):
+                        trio.from_thread.run_sync(
+                            invocation.cancel, trio_token=holder["token"]
+                        )
+                # Drain so a producer blocked on a full queue can finish.
+                while thread.is_alive():
+                    with suppress(queue.Empty):
+                        items.get(timeout=0.05)
+                thread.join()
+
+    return generate()

@@ -1,0 +1,98 @@
+"""`RuntimeConfig`: how an ``App`` runs (session id, bus, limits, clock)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .._core.errors import WeavegraphError
+from ..events.bus import EventBusConfig
+
+
+class ConfigError(WeavegraphError, ValueError):
+    """A `RuntimeConfig` field has an invalid value."""
+
+
+def _check_limit(_: object, __: object, value: Any) -> None:
+    if value is not None and (
+        not isinstance(value, int) or isinstance(value, bool) or value < 1
+    ):
+        raise ConfigError(
+            f"concurrency_limit must be None (no limit) or an int >= 1, got {value!r}"
+        )
+
+
+def _check_steps(_: object, __: object, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"max_steps must be an int >= 1, got {value!r}")
+
+
+def _check_session(_: object, __: object, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(f"session_id must be a non-empty string, got {value!r}")
+
+
+def _check_bus(_: object, __: object, value: Any) -> None:
+    if not isinstance(value, EventBusConfig):
+        raise ConfigError(f"event_bus must be an EventBusConfig, got {value!r}")
+
+
+def _check_clock(_: object, __: object, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise ConfigError(
+            f"clock must be a function returning POSIX seconds, got {value!r}"
+        )
+
+
+def _kind(obj: object) -> str:
+    return "-" if obj is None else type(obj).__qualname__
+
+
+@attrs.frozen(kw_only=True)
+class RuntimeConfig:
+    """How runs of an ``App`` behave.
+
+    Attributes:
+        session_id: Fixed session id; ``None`` gives every run a fresh ``run-<uuid>``.
+        checkpointer: Where the ``App`` helpers save checkpoints (``None``: none).
+        event_bus: How each run's event bus is built.
+        concurrency_limit: At most this many nodes of a superstep run at once
+            (``None``: no limit).
+        max_steps: A run that has not finished after this many supersteps fails
+            with `StepLimitExceeded`.
+        clock: A function returning POSIX seconds, used for event timestamps and
+            ``ctx.now()``; ``None`` uses ``time.time``. Set it for reproducible runs.
+    """
+
+    session_id: str | None = attrs.field(default=None, validator=_check_session)
+    checkpointer: Any = None
+    event_bus: EventBusConfig = attrs.field(
+        factory=EventBusConfig, validator=_check_bus
+    )
+    concurrency_limit: int | None = attrs.field(default=None, validator=_check_limit)
+    max_steps: int = attrs.field(default=100, validator=_check_steps)
+    clock: Callable[[], float] | None = attrs.field(
+        default=None, validator=_check_clock
+    )
+
+    @property
+    def clock_mode(self) -> str:
+        """``"configured"`` when a clock is set, else ``"unset"``."""
+        return "unset" if self.clock is None else "configured"
+
+    @property
+    def config_hash(self) -> str:
+        """A stable hex digest of the settings that shape a run's results."""
+        parts = [
+            "weavegraph-config/1",
+            f"session_id:{self.session_id}",
+            f"checkpointer:{_kind(self.checkpointer)}",
+            f"concurrency_limit:{self.concurrency_limit}",
+            f"max_steps:{self.max_steps}",
+            f"clock:{self.clock_mode}",
+            *self.event_bus.signature(),
+        ]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]

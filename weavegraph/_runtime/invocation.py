@@ -1,0 +1,93 @@
+"""`Invocation`: a handle on a run that lives in a nursery."""
+
+from __future__ import annotations
+
+from typing import final
+
+import trio
+
+from .._core.errors import WeavegraphError
+from .._core.state import VersionedState
+
+
+class RunCancelledError(WeavegraphError):
+    """`Invocation.join` on a run that was cancelled before finishing."""
+
+
+@final
+class Invocation:
+    """A run started by ``App.invoke_streaming`` or ``App.start_streaming``.
+
+    Cancel it with `cancel` (or through `cancel_scope`); wait for it with `join`.
+
+    Attributes:
+        session_id: The run's session id.
+        cancel_scope: The scope the run executes in.
+    """
+
+    __slots__ = ("_error", "_finished", "_result", "cancel_scope", "session_id")
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.cancel_scope = trio.CancelScope()
+        self._finished = trio.Event()
+        self._result: VersionedState | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the run finished (completed, failed or cancelled)."""
+        return self._finished.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run ended because it was cancelled."""
+        return self.done and self.cancel_scope.cancelled_caught
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Cancel the run: its nodes see ``trio.Cancelled`` at their next checkpoint.
+
+        Not a checkpoint; idempotent; harmless once the run is done.
+        """
+        self.cancel_scope.cancel(reason)
+
+    async def join(self) -> VersionedState:
+        """Wait for the run and return its final state.
+
+        A checkpoint. Cancelling the caller does not cancel the run.
+
+        Raises:
+            WorkflowError: the run failed.
+            RunCancelledError: the run was cancelled before it finished.
+        """
+        await self._finished.wait()
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise RunCancelledError(
+                f"run {self.session_id} was cancelled before it finished"
+            )
+        return self._result
+
+    def _set_result(self, state: VersionedState) -> None:
+        self._result = state
+        self._finished.set()
+
+    def _set_error(self, error: BaseException) -> None:
+        self._error = error
+        self._finished.set()
+
+    def _set_cancelled(self) -> None:
+        self._finished.set()
+
+    def __repr__(self) -> str:
+        status = (
+            "running"
+            if not self.done
+            else "failed"
+            if self._error is not None
+            else "cancelled"
+            if self._result is None
+            else "completed"
+        )
+        return f"<Invocation {self.session_id} {status}>"

@@ -1,0 +1,30 @@
+"""A nursery whose lone failure surfaces as itself, not as a one-item group."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+
+@asynccontextmanager
+async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
+    """``trio.open_nursery()`` for library-owned tasks hidden behind an API.
+
+    Trio wraps even a single failure in an ``ExceptionGroup``. When exactly one
+    exception escapes (typically the caller's own, raised inside the block), it is
+    re-raised as is, so users of ``async with`` APIs see the error they raised.
+    Several concurrent failures still arrive as a group.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        (only,) = group.exceptions
+        if isinstance(only, BaseExceptionGroup):
+            raise
+        only.__suppress_context__ = True
+        raise only from only.__cause__

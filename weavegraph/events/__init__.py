@@ -1,0 +1,1 @@
+"""Events, the event bus, event streams and sinks."""

@@ -1,0 +1,291 @@
+"""Event records: `NodeEvent`, `DiagnosticEvent`, `LLMEvent`, and their JSON form.
+
+Events are frozen attrs classes. ``timestamp`` is POSIX seconds (UTC) taken when
+the event is created, i.e. when it is emitted; `BaseEvent.datetime` gives it as an
+aware ``datetime``. The normalized JSON form has exactly five keys: ``type``,
+``scope``, ``message``, ``timestamp`` (RFC 3339) and ``metadata``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, TypeAlias
+
+import attrs
+
+STREAM_END_SCOPE = "__weavegraph_stream_end__"
+"""Scope of the one diagnostic that ends every streamed run."""
+INVOCATION_END_SCOPE = "__weavegraph_invocation_end__"
+"""Scope of the diagnostic that ends one invocation of an iterative session."""
+DIAGNOSTIC_SCOPE = "__weavegraph_diagnostic__"
+"""Default scope of framework diagnostics."""
+
+EventType = Literal["node", "diagnostic", "llm"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def format_timestamp(ts: float) -> str:
+    """RFC 3339 text (microseconds, ``+00:00``) for POSIX seconds ``ts``."""
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat()
+
+
+def parse_timestamp(text: str) -> float:
+    """POSIX seconds from RFC 3339 text (a trailing ``Z`` is accepted)."""
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    parsed = _dt.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=_dt.UTC)
+    return parsed.timestamp()
+
+
+class _EventMixin:
+    """Behaviour shared by every event variant."""
+
+    __slots__ = ()
+
+    type: ClassVar[EventType]
+    timestamp: float
+
+    @property
+    def datetime(self) -> _dt.datetime:
+        """`timestamp` as an aware UTC ``datetime``."""
+        return _dt.datetime.fromtimestamp(self.timestamp, _dt.UTC)
+
+    @property
+    def scope_label(self) -> str:
+        """The scope shown to consumers (node/diagnostic scope, LLM kind)."""
+        raise NotImplementedError
+
+    @property
+    def message(self) -> str:
+        """The text of the event (an LLM event's chunk)."""
+        raise NotImplementedError
+
+    @property
+    def is_stream_end(self) -> bool:
+        """True only for the stream-end `DiagnosticEvent` that closes a run."""
+        return False
+
+    def json_metadata(self) -> dict[str, Any]:
+        """The ``metadata`` object of the normalized JSON form."""
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        """The normalized JSON-ready dict with the five keys."""
+        return {
+            "type": self.type,
+            "scope": self.scope_label,
+            "message": self.message,
+            "timestamp": format_timestamp(self.timestamp),
+            "metadata": self.json_metadata(),
+        }
+
+    def to_json_str(self, pretty: bool = False) -> str:
+        """`to_json` encoded as JSON text (two-space indented when ``pretty``)."""
+        from .codec import dumps
+
+        return dumps(self.to_json(), pretty=pretty)
+
+
+@attrs.frozen(kw_only=True, eq=True)
+class NodeEvent(_EventMixin):
+    """An event a node emitted with ``ctx.emit``.
+
+    Attributes:
+        scope: A label chosen by the node (``"progress"``, ``"tool_call"`` …).
+        message: Free text.
+        node_id: The emitting node (``None`` for events built by hand).
+        step: The superstep.
+        metadata: JSON-like extra data.
+        timestamp: POSIX seconds when emitted.
+        session_id: The run's session id, when emitted by a run.
+    """
+
+    type: ClassVar[EventType] = "node"
+
+    scope: str
+    message: str = ""
+    node_id: str | None = None
+    step: int | None = None
+    metadata: Mapping[str, Any] = _EMPTY
+    timestamp: float = attrs.field(factory=time.time)
+    session_id: str | None = None
+
+    @property
+    def scope_label(self) -> str:
+        return self.scope
+
+    def json_metadata(self) -> dict[str, Any]:
+        out = dict(self.metadata)
+        if self.session_id is not None:
+            out["session_id"] = self.session_id
+        if self.node_id is not None:
+            out["node_id"] = self.node_id
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+    def __str__(self) -> str:
+        if self.node_id is not None and self.step is not None:
+            return f"[{self.node_id}@{self.step}] {self.message}"
+        if self.node_id is not None:
+            return f"[{self.node_id}] {self.message}"
+        if self.step is not None:
+            return f"[step {self.step}] {self.message}"
+        return self.message
+
+
+@attrs.frozen(kw_only=True, eq=True)
+class DiagnosticEvent(_EventMixin):
+    """A framework or node diagnostic (the stream-end sentinel is one of these).
+
+    Attributes:
+        scope: The diagnostic's scope, e.g. `STREAM_END_SCOPE`.
+        message: Free text.
+        timestamp: POSIX seconds when emitted.
+    """
+
+    type: ClassVar[EventType] = "diagnostic"
+
+    scope: str
+    message: str = ""
+    timestamp: float = attrs.field(factory=time.time)
+
+    @property
+    def scope_label(self) -> str:
+        return self.scope
+
+    @property
+    def is_stream_end(self) -> bool:
+        return self.scope == STREAM_END_SCOPE
+
+    def json_metadata(self) -> dict[str, Any]:
+        return {}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+LLM_CHUNK = "llm.chunk"
+LLM_FINAL = "llm.final"
+LLM_ERROR = "llm.error"
+
+
+@attrs.frozen(kw_only=True, eq=True)
+class LLMEvent(_EventMixin):
+    """A piece of streamed language-model output.
+
+    Its scope label is ``"llm.chunk"``, ``"llm.final"`` or, for errors (metadata
+    ``severity == "error"``), ``"llm.error"`` — never the stream-end scope.
+
+    Attributes:
+        chunk: The text of this piece.
+        is_final: True for the last piece of a stream (and for errors).
+        session_id: The run's session id.
+        node_id: The emitting node.
+        stream_id: Which LLM stream this piece belongs to.
+        metadata: JSON-like extra data (model name, token counts …).
+        timestamp: POSIX seconds when emitted.
+    """
+
+    type: ClassVar[EventType] = "llm"
+
+    chunk: str
+    is_final: bool = False
+    session_id: str | None = None
+    node_id: str | None = None
+    stream_id: str | None = None
+    metadata: Mapping[str, Any] = _EMPTY
+    timestamp: float = attrs.field(factory=time.time)
+
+    @property
+    def is_error(self) -> bool:
+        """Whether this piece reports a failed stream."""
+        return self.metadata.get("severity") == "error"
+
+    @property
+    def scope_label(self) -> str:
+        if self.is_error:
+            return LLM_ERROR
+        return LLM_FINAL if self.is_final else LLM_CHUNK
+
+    @property
+    def message(self) -> str:
+        return self.chunk
+
+    def json_metadata(self) -> dict[str, Any]:
+        out = dict(self.metadata)
+        if self.session_id is not None:
+            out["session_id"] = self.session_id
+        if self.node_id is not None:
+            out["node_id"] = self.node_id
+        if self.stream_id is not None:
+            out["stream_id"] = self.stream_id
+        out["is_final"] = self.is_final
+        return out
+
+    def __str__(self) -> str:
+        label = self.stream_id or self.node_id
+        return f"[LLM {label}] {self.chunk}" if label else self.chunk
+
+
+Event: TypeAlias = NodeEvent | DiagnosticEvent | LLMEvent
+"""Any event."""
+
+_NODE_KEYS = ("session_id", "node_id", "step")
+_LLM_KEYS = ("session_id", "node_id", "stream_id", "is_final")
+
+
+class EventDecodeError(ValueError):
+    """`event_from_json` was given something that is not a normalized event."""
+
+
+def event_from_json(obj: Mapping[str, Any] | str | bytes) -> Event:
+    """Rebuild an event from its normalized JSON form (a dict or JSON text).
+
+    Raises:
+        EventDecodeError: unknown ``type`` or missing/ill-typed keys.
+    """
+    from .codec import loads
+
+    data = loads(obj) if isinstance(obj, str | bytes) else obj
+    if not isinstance(data, Mapping):
+        raise EventDecodeError(f"an event must be a JSON object, got {data!r}")
+    try:
+        kind = data["type"]
+        scope = data["scope"]
+        message = data.get("message", "")
+        stamp = data.get("timestamp")
+        metadata = dict(data.get("metadata") or {})
+    except (KeyError, TypeError) as exc:
+        raise EventDecodeError(f"not a normalized event: {data!r} ({exc})") from exc
+    if not isinstance(scope, str) or not isinstance(message, str):
+        raise EventDecodeError(f"scope and message must be strings in {data!r}")
+    timestamp = parse_timestamp(stamp) if isinstance(stamp, str) else time.time()
+    if kind == "node":
+        fields = {k: metadata.pop(k) for k in _NODE_KEYS if k in metadata}
+        return NodeEvent(
+            scope=scope,
+            message=message,
+            metadata=MappingProxyType(metadata) if metadata else _EMPTY,
+            timestamp=timestamp,
+            **fields,
+        )
+    if kind == "diagnostic":
+        return DiagnosticEvent(scope=scope, message=message, timestamp=timestamp)
+    if kind == "llm":
+        fields = {k: metadata.pop(k) for k in _LLM_KEYS if k in metadata}
+        return LLMEvent(
+            chunk=message,
+            metadata=MappingProxyType(metadata) if metadata else _EMPTY,
+            timestamp=timestamp,
+            **fields,
+        )
+    raise EventDecodeError(
+        f"unknown event type {kind!r}; expected 'node', 'diagnostic' or 'llm'"
+    )
