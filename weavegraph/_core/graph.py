@@ -148,11 +148,11 @@ class JoinEdge:
 
     sources: tuple[str, ...]
     target: str
+    key: str = attrs.field(init=False, eq=False, repr=False)
+    """A stable identifier (used to persist join progress)."""
 
-    @property
-    def key(self) -> str:
-        """A stable identifier (used to persist join progress)."""
-        return f"{'+'.join(self.sources)}->{self.target}"
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{'+'.join(self.sources)}->{self.target}")
 
 
 def _callable_label(obj: object) -> str:
@@ -463,6 +463,7 @@ class Graph:
         init=False
     )
     _joins_by_source: Mapping[str, tuple[JoinEdge, ...]] = attrs.field(init=False)
+    _static_next: Mapping[str, tuple[str, ...]] = attrs.field(init=False)
     _hash: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -480,12 +481,22 @@ class Graph:
             self, "_joins_by_source", {k: tuple(v) for k, v in joins.items()}
         )
         object.__setattr__(self, "_hash", self._compute_hash())
+        static = {
+            name: tuple(dict.fromkeys(self.edges.get(name, ())))
+            for name in self.nodes
+            if name not in routers and name not in joins
+        }
+        object.__setattr__(self, "_static_next", static)
 
     # -- lookups used by the scheduler
 
     def routers_of(self, node: str) -> tuple[ConditionalEdge, ...]:
         """The conditional edges whose source is ``node``, in registration order."""
         return self._routers_by_source.get(node, ())
+
+    def static_next(self, node: str) -> tuple[str, ...] | None:
+        """``node``'s plain targets when it has no router and is in no join."""
+        return self._static_next.get(node)
 
     def joins_of(self, node: str) -> tuple[JoinEdge, ...]:
         """The join edges ``node`` is a source of."""
@@ -627,34 +638,34 @@ class Graph:
     def _check_known(self) -> None:
         known = set(self.nodes) | {START, END}
 
-        def require(name: str, where: str) -> None:
-            if name not in known:
-                hint = ""
-                close = [n for n in self.nodes if n.lower() == name.lower()]
-                if close:
-                    hint = f" (did you mean {close[0]!r}?)"
-                raise UnknownNodeError(
-                    f"unknown node referenced in {where}: {name!r}{hint}; register it"
-                    " with add_node first"
-                )
+        def require(name: str, where: str, *parts: object) -> None:
+            # ``where`` is formatted only on failure: joins can be very wide.
+            if name in known:
+                return
+            hint = ""
+            close = [n for n in self.nodes if n.lower() == name.lower()]
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+            shown = [display(p) if isinstance(p, str) else p for p in parts]
+            raise UnknownNodeError(
+                f"unknown node referenced in {where.format(*shown)}: {name!r}{hint};"
+                " register it with add_node first"
+            )
 
         for source, targets in self.edges.items():
-            require(source, f"an edge from {display(source)!r}")
+            require(source, "an edge from {!r}", source)
             for target in targets:
-                require(target, f"the edge {display(source)} -> {display(target)}")
+                require(target, "the edge {} -> {}", source, target)
         for join in self.joins:
-            for src in join.sources:
-                require(src, f"the join {list(join.sources)} -> {display(join.target)}")
-            require(join.target, f"the join {list(join.sources)} -> {join.target}")
+            for name in (*join.sources, join.target):
+                require(name, "the join {} -> {}", list(join.sources), join.target)
         for cond in self.conditionals:
             require(cond.source, "a conditional edge source")
             for target in cond.declared_targets() or ():
-                require(
-                    target, f"the path_map of the router on {display(cond.source)!r}"
-                )
+                require(target, "the path_map of the router on {!r}", cond.source)
         for spec in self.nodes.values():
             for target in spec.destinations or ():
-                require(target, f"the destinations of node {spec.name!r}")
+                require(target, "the destinations of node {!r}", spec.name)
 
     def _check_cycles(self) -> None:
         succ: dict[str, list[str]] = {}
@@ -706,24 +717,25 @@ class Graph:
 
     def _check_reachability(self) -> None:
         succ, wildcard = self._forward()
-        everything = set(self.nodes) | {END}
+        everything = [*self.nodes, END]
+        # Forward search from START; a join target is reached once all its
+        # sources are.
+        missing = {join.key: len(join.sources) for join in self.joins}
         reached = {START}
-        changed = True
-        while changed:
-            changed = False
-            frontier = list(reached)
-            while frontier:
-                node = frontier.pop()
-                nexts = everything if node in wildcard else succ.get(node, set())
-                for nxt in nexts:
-                    if nxt not in reached:
-                        reached.add(nxt)
-                        frontier.append(nxt)
-                        changed = True
-            for join in self.joins:
-                if join.target not in reached and set(join.sources) <= reached:
-                    reached.add(join.target)
-                    changed = True
+        todo = [START]
+        while todo:
+            node = todo.pop()
+            nexts: Iterable[str] = (
+                everything if node in wildcard else succ.get(node, ())
+            )
+            for join in self.joins_of(node):
+                missing[join.key] -= 1
+                if missing[join.key] == 0:
+                    nexts = [*nexts, join.target]
+            for nxt in nexts:
+                if nxt not in reached:
+                    reached.add(nxt)
+                    todo.append(nxt)
         unreachable = sorted(set(self.nodes) - reached)
         if unreachable:
             raise UnreachableNodesError(
@@ -733,18 +745,23 @@ class Graph:
                 " path_map",
                 unreachable,
             )
-        can_end = {END}
-        changed = True
-        while changed:
-            changed = False
-            for node in self.nodes:
-                if node in can_end:
-                    continue
-                nexts = set(succ.get(node, set()))
-                nexts |= {j.target for j in self.joins_of(node)}
-                if node in wildcard or nexts & can_end:
-                    can_end.add(node)
-                    changed = True
+        # Backward search from END over the reversed edges; a node whose routing
+        # is undeclared may reach END.
+        pred: dict[str, list[str]] = {}
+        for source, targets in succ.items():
+            for target in targets:
+                pred.setdefault(target, []).append(source)
+        for join in self.joins:
+            for source in join.sources:
+                pred.setdefault(join.target, []).append(source)
+        can_end = {END, *wildcard}
+        todo = list(can_end)
+        while todo:
+            node = todo.pop()
+            for prev in pred.get(node, ()):
+                if prev not in can_end:
+                    can_end.add(prev)
+                    todo.append(prev)
         stuck = sorted(set(self.nodes) - can_end)
         if stuck:
             raise NoPathToEndError(

@@ -116,6 +116,10 @@ class ReducerRegistry:
         ]
 
 
+_DEFAULT_REGISTRY = ReducerRegistry()
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
 @attrs.frozen
 class BarrierOutcome:
     """What the barrier did.
@@ -182,24 +186,39 @@ def apply_barrier(
     Raises:
         ReducerError: a reducer raised or returned a value of the wrong type.
     """
-    reg = registry if registry is not None else ReducerRegistry()
-    messages: list[Message] = []
-    extra: dict[str, Any] = {}
-    errors: list[ErrorEvent] = []
+    reg = registry if registry is not None else _DEFAULT_REGISTRY
+    messages: Sequence[Message]
+    extra: Mapping[str, Any]
+    errors: list[ErrorEvent]
     commands: list[tuple[str, FrontierCommand]] = []
-    for index, partial in enumerate(partials):
-        if partial is None:
-            continue
-        if partial.messages:
-            messages.extend(partial.messages)
-        if partial.extra:
-            extra.update(partial.extra)
-        if partial.errors:
-            errors.extend(partial.errors)
-        if partial.frontier is not None:
-            origin = ran[index] if index < len(ran) else "?"
-            commands.append((origin, partial.frontier))
-    errors.sort(key=ErrorEvent.sort_key)
+    if len(partials) == 1:
+        # One partial needs no merging: use its (already validated) parts as is.
+        only = partials[0]
+        messages = (only.messages or ()) if only is not None else ()
+        extra = (only.extra or _NO_EXTRA) if only is not None else _NO_EXTRA
+        errors = list(only.errors or ()) if only is not None else []
+        if only is not None and only.frontier is not None:
+            commands.append((ran[0] if ran else "?", only.frontier))
+    else:
+        merged_messages: list[Message] = []
+        merged_extra: dict[str, Any] = {}
+        errors = []
+        for index, partial in enumerate(partials):
+            if partial is None:
+                continue
+            if partial.messages:
+                merged_messages.extend(partial.messages)
+            if partial.extra:
+                merged_extra.update(partial.extra)
+            if partial.errors:
+                errors.extend(partial.errors)
+            if partial.frontier is not None:
+                origin = ran[index] if index < len(ran) else "?"
+                commands.append((origin, partial.frontier))
+        messages = merged_messages
+        extra = MappingProxyType(merged_extra)
+    if len(errors) > 1:
+        errors.sort(key=ErrorEvent.sort_key)
 
     new_messages = state.messages
     new_extra = state.extra
@@ -209,9 +228,7 @@ def apply_barrier(
             MESSAGES, _run_reducers(reg, MESSAGES, state.messages, tuple(messages))
         )
     if extra:
-        new_extra = _coerce(
-            EXTRA, _run_reducers(reg, EXTRA, state.extra, MappingProxyType(extra))
-        )
+        new_extra = _coerce(EXTRA, _run_reducers(reg, EXTRA, state.extra, extra))
     if errors:
         new_errors = _coerce(
             ERRORS, _run_reducers(reg, ERRORS, state.errors, tuple(errors))
@@ -224,7 +241,7 @@ def apply_barrier(
     if len(new_messages) != len(state.messages):
         messages_version += 1
         updated.append(MESSAGES)
-    if new_extra is not state.extra and dict(new_extra) != dict(state.extra):
+    if new_extra is not state.extra and new_extra != state.extra:
         extra_version += 1
         updated.append(EXTRA)
     if updated:
@@ -238,8 +255,8 @@ def apply_barrier(
     ):
         new_state = state
     else:
-        new_state = VersionedState(
-            messages=new_messages, extra=new_extra, errors=new_errors, versions=versions
+        new_state = VersionedState._trusted(
+            new_messages, new_extra, new_errors, versions
         )
     return BarrierOutcome(
         state=new_state,

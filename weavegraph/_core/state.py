@@ -218,7 +218,7 @@ def freeze_extra(value: object) -> Mapping[str, Any]:
         raise StateError(f"extra must be a mapping with string keys, got {value!r}")
     data = dict(value)
     for key in data:
-        if not isinstance(key, str):
+        if type(key) is not str and not isinstance(key, str):
             raise StateError(f"extra keys must be strings, got {key!r}")
     return MappingProxyType(data)
 
@@ -278,6 +278,9 @@ class VersionedState:
     extra: Mapping[str, Any] = attrs.field(default=_EMPTY_EXTRA, converter=freeze_extra)
     errors: History[ErrorEvent] = attrs.field(factory=History, converter=_error_history)
     versions: Versions = attrs.field(factory=Versions)
+    _snapshot: StateSnapshot | None = attrs.field(
+        default=None, init=False, eq=False, repr=False
+    )
 
     @versions.validator
     def _check_versions(self, _: object, value: object) -> None:
@@ -301,12 +304,34 @@ class VersionedState:
 
     def snapshot(self) -> StateSnapshot:
         """The read-only view handed to nodes; shares storage, copies nothing."""
-        return StateSnapshot(
-            messages=self.messages,
-            extra=self.extra,
-            errors=self.errors,
-            versions=self.versions,
-        )
+        snap = self._snapshot
+        if snap is None:
+            snap = StateSnapshot(
+                messages=self.messages,
+                extra=self.extra,
+                errors=self.errors,
+                versions=self.versions,
+            )
+            object.__setattr__(self, "_snapshot", snap)
+        return snap
+
+    @classmethod
+    def _trusted(
+        cls,
+        messages: History[Message],
+        extra: Mapping[str, Any],
+        errors: History[ErrorEvent],
+        versions: Versions,
+    ) -> VersionedState:
+        """Build from already-validated parts, skipping converters (barrier path)."""
+        state = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(state, "messages", messages)
+        setattr_(state, "extra", extra)
+        setattr_(state, "errors", errors)
+        setattr_(state, "versions", versions)
+        setattr_(state, "_snapshot", None)
+        return state
 
 
 @attrs.define
