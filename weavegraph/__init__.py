@@ -7,8 +7,6 @@ an `App`, and run it with `App.invoke` (or stream its events with
 
 from __future__ import annotations
 
-import contextlib
-
 from ._core.errors import CheckpointError as CheckpointError
 from ._core.errors import CycleError as CycleError
 from ._core.errors import DuplicateEdgeError as DuplicateEdgeError
@@ -178,20 +176,3 @@ __all__ = (
     "SessionNotFound",
     "EventBusClosed",
 )
-
-
-def _fix_module_names() -> None:
-    """Show public objects as ``weavegraph.X`` in reprs and tracebacks."""
-    for name in __all__:
-        obj = globals()[name]
-        module = getattr(obj, "__module__", "")
-        if (
-            isinstance(module, str)
-            and module.startswith("weavegraph.")
-            and hasattr(obj, "__qualname__")
-        ):
-            with contextlib.suppress(AttributeError, TypeError):
-                obj.__module__ = "weavegraph"
-
-
-_fix_module_names()

@@ -8,6 +8,17 @@ from contextlib import asynccontextmanager
 import trio
 
 
+def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The only leaf of ``group`` (marked to hide the group), or ``None``."""
+    if len(group.exceptions) != 1:
+        return None
+    (only,) = group.exceptions
+    if isinstance(only, BaseExceptionGroup):
+        return None
+    only.__suppress_context__ = True
+    return only
+
+
 @asynccontextmanager
 async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
     """``trio.open_nursery()`` for library-owned tasks hidden behind an API.
@@ -21,10 +32,7 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
-        if len(group.exceptions) != 1:
+        only = single_exception(group)
+        if only is None:
             raise
-        (only,) = group.exceptions
-        if isinstance(only, BaseExceptionGroup):
-            raise
-        only.__suppress_context__ = True
         raise only from only.__cause__

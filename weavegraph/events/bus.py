@@ -20,6 +20,7 @@ Overflow policies, per subscriber:
 from __future__ import annotations
 
 import logging
+from functools import partial
 from collections import deque
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -30,7 +31,7 @@ import attrs
 import trio
 
 from .._core.errors import EventBusClosed, WeavegraphError
-from .._runtime.nursery import open_service_nursery
+from .._runtime.nursery import single_exception
 from .types import DiagnosticEvent, Event
 
 if TYPE_CHECKING:
@@ -43,6 +44,14 @@ Overflow = Literal["drop_oldest", "drop_newest", "block"]
 OVERFLOW_POLICIES: tuple[str, ...] = get_args(Overflow)
 DEFAULT_CAPACITY = 1024
 SINK_ERROR_SCOPE = "event_bus.sink_error"
+CANCEL_DRAIN_TIMEOUT = 5.0
+"""Seconds a cancelled ``async with bus:`` block waits for its sinks to drain."""
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_is_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled | KeyboardInterrupt)
 
 
 class EventBusConfigError(WeavegraphError, ValueError):
@@ -245,7 +254,8 @@ class EventBus:
         send, recv = trio.open_memory_channel[None](1)
         self._inbox_send: trio.MemorySendChannel[None] = send
         self._inbox_recv: trio.MemoryReceiveChannel[None] = recv
-        self._cm: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._manager: AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._service_scope: trio.CancelScope | None = None
         self._sink_streams: list[tuple[EventSink, EventStream]] = [
             (sink, self.subscribe(overflow="block")) for sink in self._sinks
         ]
@@ -437,16 +447,29 @@ class EventBus:
         """Run the broadcaster and the sink tasks until the bus is closed and drained.
 
         For ``nursery.start(bus.serve)``; ``async with bus:`` does this for you.
+        Cancelling it stops the tasks at once (sinks may then miss the last events).
         """
+        await self._serve(shielded=False, task_status=task_status)
+
+    async def _serve(
+        self,
+        *,
+        shielded: bool,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         if self._started:
             raise RuntimeError("this EventBus was already started; a bus runs once")
         self._started = True
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._broadcast)
-                for sink, stream in self._sink_streams:
-                    nursery.start_soon(self._run_sink, sink, stream)
-                task_status.started()
+            # Shielded when owned by ``async with bus:``: its __aexit__ decides
+            # how long the sinks may drain, even when the block was cancelled.
+            with trio.CancelScope(shield=shielded) as scope:
+                self._service_scope = scope
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._broadcast)
+                    for sink, stream in self._sink_streams:
+                        nursery.start_soon(self._run_sink, sink, stream)
+                    task_status.started()
         finally:
             self.close()
             self._finished.set()
@@ -476,14 +499,15 @@ class EventBus:
             await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> Self:
-        cm = open_service_nursery()
-        nursery = await cm.__aenter__()
+        manager = trio.open_nursery()
+        nursery = await manager.__aenter__()
         try:
-            await nursery.start(self.serve)
+            await nursery.start(partial(self._serve, shielded=True))
         except BaseException as exc:
-            await cm.__aexit__(type(exc), exc, exc.__traceback__)
+            self.close()
+            await _exit_nursery(manager, exc)
             raise
-        self._cm = cm
+        self._manager = manager
         return self
 
     async def __aexit__(
@@ -491,8 +515,44 @@ class EventBus:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
         self.close()
-        cm, self._cm = self._cm, None
-        assert cm is not None, "EventBus.__aexit__ without __aenter__"
-        return await cm.__aexit__(exc_type, exc, tb)
+        manager, self._manager = self._manager, None
+        assert manager is not None, "EventBus.__aexit__ without __aenter__"
+        # Let the sinks drain before leaving: they must see the last events (the
+        # stream-end sentinel among them) even when the block failed. A cancelled
+        # block drains shielded, for at most CANCEL_DRAIN_TIMEOUT seconds.
+        try:
+            if exc is None or not _is_cancellation(exc):
+                await self._finished.wait()
+            else:
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(CANCEL_DRAIN_TIMEOUT):
+                        await self._finished.wait()
+        except BaseException as wait_error:
+            self._stop_service()
+            await _exit_nursery(manager, wait_error)
+            raise
+        self._stop_service()
+        await _exit_nursery(manager, exc)
+
+    def _stop_service(self) -> None:
+        if self._service_scope is not None:
+            self._service_scope.cancel("event bus closed")
+
+
+async def _exit_nursery(
+    manager: AbstractAsyncContextManager[trio.Nursery], exc: BaseException | None
+) -> None:
+    """Leave ``manager``'s nursery; a lone failure comes out unwrapped."""
+    try:
+        await manager.__aexit__(
+            type(exc) if exc is not None else None,
+            exc,
+            exc.__traceback__ if exc is not None else None,
+        )
+    except BaseExceptionGroup as group:
+        only = single_exception(group)
+        if only is None:
+            raise
+        raise only from only.__cause__

@@ -164,7 +164,9 @@ def _make() -> cattrs.Converter:
             raise ValueError(f"expected an object, got {type(value).__name__}")
         return MappingProxyType(dict(value))
 
-    conv.register_structure_hook(Mapping[str, Any], _structure_mapping)
+    conv.register_structure_hook_func(
+        lambda t: t == Mapping[str, Any], _structure_mapping
+    )
     conv.register_structure_hook(Message, _structure_message)
     conv.register_unstructure_hook(
         Message, lambda m: {"role": str(m.role), "content": m.content}
