@@ -21,7 +21,7 @@ from weavegraph import (
 )
 
 
-def appender(text: str):  # noqa: ANN201 - returns a node function
+def appender(text: str):
     """A node that appends one assistant message ``text``."""
 
     async def node(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
@@ -31,7 +31,7 @@ def appender(text: str):  # noqa: ANN201 - returns a node function
     return node
 
 
-def tracer(name: str):  # noqa: ANN201 - returns a node function
+def tracer(name: str):
     """A node appending ``ran:<name>:step:<step>``, like the reference's TestNode."""
 
     async def node(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:

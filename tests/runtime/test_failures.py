@@ -29,7 +29,7 @@ from weavegraph import (
 from weavegraph.events.codec import converter
 
 
-def single(node, **kwargs):  # noqa: ANN001, ANN003, ANN201
+def single(node, **kwargs):
     return (
         GraphBuilder()
         .add_node("X", node, **kwargs)
@@ -54,7 +54,10 @@ async def test_failure_trace_2_18_4() -> None:
     assert recorded == err.error_event
     as_json = converter.unstructure(recorded, ErrorEvent)
     assert as_json["scope"] == {"scope": "node", "kind": "X", "step": 1}
-    assert as_json["error"] == {"message": "missing expected input: test_key", "details": None}
+    assert as_json["error"] == {
+        "message": "missing expected input: test_key",
+        "details": None,
+    }
     assert as_json["tags"] == ["node"]
     assert as_json["context"] == {}
     ends = [e for e in sink.events if e.is_stream_end]

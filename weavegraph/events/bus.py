@@ -20,10 +20,10 @@ Overflow policies, per subscriber:
 from __future__ import annotations
 
 import logging
-from functools import partial
 from collections import deque
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self, get_args
 
