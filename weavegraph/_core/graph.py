@@ -671,15 +671,23 @@ class Graph:
         succ: dict[str, list[str]] = {}
         for source, target in self.edge_list():
             succ.setdefault(source, []).append(target)
-        white, grey, black = 0, 1, 2
+        grey, black = 1, 2
         colour: dict[str, int] = {}
-        path: list[str] = []
-
-        def visit(node: str) -> None:
-            colour[node] = grey
-            path.append(node)
-            for nxt in succ.get(node, ()):
-                state = colour.get(nxt, white)
+        # Iterative depth-first search (graphs may be far deeper than the
+        # recursion limit): a stack of (node, iterator over its successors).
+        for root in sorted(succ, key=_sort_key):
+            if root in colour:
+                continue
+            colour[root] = grey
+            path = [root]
+            stack = [iter(succ.get(root, ()))]
+            while stack:
+                nxt = next(stack[-1], None)
+                if nxt is None:
+                    stack.pop()
+                    colour[path.pop()] = black
+                    continue
+                state = colour.get(nxt)
                 if state == grey:
                     cycle = [*path[path.index(nxt) :], nxt]
                     raise CycleError(
@@ -689,14 +697,10 @@ class Graph:
                         " edge (a router) for loops",
                         cycle,
                     )
-                if state == white:
-                    visit(nxt)
-            path.pop()
-            colour[node] = black
-
-        for node in sorted(succ, key=_sort_key):
-            if colour.get(node, white) == white:
-                visit(node)
+                if state is None:
+                    colour[nxt] = grey
+                    path.append(nxt)
+                    stack.append(iter(succ.get(nxt, ())))
 
     def _forward(self) -> tuple[dict[str, set[str]], set[str]]:
         """Plain successors, and the sources whose routing is undeclared (any node)."""

@@ -493,7 +493,6 @@ class Engine:
                 if now - last_yield >= _YIELD_INTERVAL:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     last_yield = time.perf_counter()
-            await trio.lowlevel.cancel_shielded_checkpoint()
             status = "completed"
             return session.state
         except WorkflowError as exc:

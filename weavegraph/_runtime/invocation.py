@@ -41,8 +41,8 @@ class Invocation:
 
     @property
     def cancelled(self) -> bool:
-        """Whether the run ended because it was cancelled."""
-        return self.done and self.cancel_scope.cancelled_caught
+        """Whether the run ended cancelled (by `cancel` or from outside)."""
+        return self.done and self._result is None and self._error is None
 
     def cancel(self, reason: str | None = None) -> None:
         """Cancel the run: its nodes see ``trio.Cancelled`` at their next checkpoint.

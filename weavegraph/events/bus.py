@@ -250,6 +250,7 @@ class EventBus:
         self._dropped_total = 0
         self._closed = False
         self._started = False
+        self._inline = False
         self._finished = trio.Event()
         send, recv = trio.open_memory_channel[None](1)
         self._inbox_send: trio.MemorySendChannel[None] = send
@@ -359,9 +360,13 @@ class EventBus:
                 "the event bus is closed; events can only be emitted while its run"
                 " (or its 'async with bus:' block) is active"
             )
+        self._published += 1
+        if self._inline:
+            if self._subscribers:
+                self._fan_out([event])
+            return
         batch = self._batch
         batch.append(event)
-        self._published += 1
         if not self._notified:
             self._notified = True
             self._inbox_send.send_nowait(None)
@@ -378,7 +383,9 @@ class EventBus:
             EventBusClosed: the bus was closed.
         """
         self.emit(event)
-        if self._started and any(s.overflow == "block" for s in self._subscribers):
+        if (self._started or self._inline) and any(
+            s.overflow == "block" for s in self._subscribers
+        ):
             self._flush()  # hand the event over now so that backlogs are exact
             for sub in self._subscribers:
                 while sub.backlog and not sub.closed:
@@ -499,6 +506,11 @@ class EventBus:
             await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> Self:
+        if not self._sink_streams and not self._subscribers and not self._batch:
+            # Nothing to fan out to: no task is needed. Events are delivered
+            # inline to any stream subscribed later, and counted otherwise.
+            self._inline = True
+            return self
         manager = trio.open_nursery()
         nursery = await manager.__aenter__()
         try:
@@ -517,6 +529,9 @@ class EventBus:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+        if self._inline:
+            await trio.lowlevel.checkpoint()
+            return
         manager, self._manager = self._manager, None
         assert manager is not None, "EventBus.__aexit__ without __aenter__"
         # Let the sinks drain before leaving: they must see the last events (the
