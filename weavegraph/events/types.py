@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
+from .._core.errors import WeavegraphError
+
 STREAM_END_SCOPE = "__weavegraph_stream_end__"
 """Scope of the one diagnostic that ends every streamed run."""
 INVOCATION_END_SCOPE = "__weavegraph_invocation_end__"
@@ -241,7 +243,7 @@ _NODE_KEYS = ("session_id", "node_id", "step")
 _LLM_KEYS = ("session_id", "node_id", "stream_id", "is_final")
 
 
-class EventDecodeError(ValueError):
+class EventDecodeError(WeavegraphError, ValueError):
     """`event_from_json` was given something that is not a normalized event."""
 
 
