@@ -200,16 +200,26 @@ class Subscriber:
                     self.capacity,
                     self.overflow,
                 )
-        if buffer:
+        if buffer and self.ready:
             self.ready.unpark_all()
         return dropped
+
+    def offer_one(self, event: Event) -> int:
+        """`offer` for a single event (the inline path); return 1 if one dropped."""
+        buffer = self.buffer
+        if len(buffer) < self.capacity and not self.backlog:
+            buffer.append(event)
+            if self.ready:  # someone is parked: wake them
+                self.ready.unpark_all()
+            return 0
+        return self.offer((event,))
 
     def take(self) -> Event:
         """Pop the oldest buffered event (the caller checked there is one)."""
         event = self.buffer.popleft()
         if self.backlog:
             self.buffer.append(self.backlog.popleft())
-            if not self.backlog:
+            if not self.backlog and self.room:
                 self.room.unpark_all()
         elif not self.buffer:
             self.lagging = False
@@ -363,7 +373,7 @@ class EventBus:
         self._published += 1
         if self._inline:
             if self._subscribers:
-                self._fan_out([event])
+                self._deliver_one(event)
             return
         batch = self._batch
         batch.append(event)
@@ -372,6 +382,16 @@ class EventBus:
             self._inbox_send.send_nowait(None)
         elif len(batch) >= self._capacity and self._started:
             self._flush()
+
+    def _deliver_one(self, event: Event) -> None:
+        pruned = False
+        for sub in self._subscribers:
+            if sub.closed:
+                pruned = True
+            elif sub.offer_one(event):
+                self._dropped_total += 1
+        if pruned:
+            self._prune()
 
     async def emit_async(self, event: Event) -> None:
         """Publish ``event`` and wait until every ``"block"`` subscriber has room.

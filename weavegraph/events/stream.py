@@ -111,6 +111,28 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return event
 
+    async def __anext__(self) -> Event:
+        # receive() inlined for the common case (an event is buffered); this is
+        # the hot path of ``async for event in stream``.
+        sub = self._sub
+        if (
+            sub.buffer
+            and not sub.closed
+            and not (self._sentinel_seen and self._stop_at_end)
+            and self._since_yield < _YIELD_EVERY - 1
+        ):
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if sub.buffer:
+                self._since_yield += 1
+                event = sub.take()
+                if self._stop_at_end and event.is_stream_end:
+                    self._sentinel_seen = True
+                return event
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
     async def next_timeout(self, seconds: float) -> Event | None:
         """The next event, or ``None`` if none arrives within ``seconds``.
 
