@@ -67,6 +67,28 @@ from ._runtime.context import NodeContext as NodeContext
 from ._runtime.engine import StepReport as StepReport
 from ._runtime.invocation import Invocation as Invocation
 from ._runtime.invocation import RunCancelledError as RunCancelledError
+from ._runtime.replay import ReplayComparison as ReplayComparison
+from ._runtime.replay import ReplayMismatchError as ReplayMismatchError
+from ._runtime.replay import ReplayRun as ReplayRun
+from ._runtime.replay import compare_event_sequences as compare_event_sequences
+from ._runtime.replay import compare_final_state as compare_final_state
+from ._runtime.replay import compare_replay_runs as compare_replay_runs
+from ._runtime.replay import normalize_event as normalize_event
+from ._runtime.replay import normalize_state as normalize_state
+from ._runtime.runner import AppRunner as AppRunner
+from ._runtime.runner import InvalidEntryError as InvalidEntryError
+from ._runtime.runner import PausedReport as PausedReport
+from ._runtime.runner import RunMetadata as RunMetadata
+from ._runtime.runner import SessionInit as SessionInit
+from ._runtime.runner import open_runner as open_runner
+from .checkpoint.memory import InMemoryCheckpointer as InMemoryCheckpointer
+from .checkpoint.postgres import PostgresCheckpointer as PostgresCheckpointer
+from .checkpoint.record import Checkpoint as Checkpoint
+from .checkpoint.record import CheckpointConflict as CheckpointConflict
+from .checkpoint.record import Checkpointer as Checkpointer
+from .checkpoint.record import SessionSummary as SessionSummary
+from .checkpoint.record import StepPage as StepPage
+from .checkpoint.sqlite import SQLiteCheckpointer as SQLiteCheckpointer
 from .events.bus import BusMetrics as BusMetrics
 from .events.bus import EventBus as EventBus
 from .events.bus import EventBusConfig as EventBusConfig
@@ -103,6 +125,27 @@ __all__ = (
     "RuntimeConfig",
     "Invocation",
     "StepReport",
+    # runner and persistence
+    "open_runner",
+    "AppRunner",
+    "SessionInit",
+    "PausedReport",
+    "RunMetadata",
+    "Checkpoint",
+    "Checkpointer",
+    "InMemoryCheckpointer",
+    "SQLiteCheckpointer",
+    "PostgresCheckpointer",
+    "SessionSummary",
+    "StepPage",
+    # replay
+    "ReplayRun",
+    "ReplayComparison",
+    "normalize_event",
+    "normalize_state",
+    "compare_final_state",
+    "compare_event_sequences",
+    "compare_replay_runs",
     # state
     "Message",
     "Role",
@@ -173,6 +216,9 @@ __all__ = (
     "StepLimitExceeded",
     "RunCancelledError",
     "CheckpointError",
+    "CheckpointConflict",
+    "InvalidEntryError",
+    "ReplayMismatchError",
     "SessionNotFound",
     "EventBusClosed",
 )

@@ -25,6 +25,12 @@ def _to_tags(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _aware(value: _dt.datetime) -> _dt.datetime:
+    if not isinstance(value, _dt.datetime):
+        raise TypeError(f"ErrorEvent.when must be a datetime, got {value!r}")
+    return value if value.tzinfo is not None else value.replace(tzinfo=_dt.UTC)
+
+
 def _utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
@@ -134,7 +140,7 @@ class ErrorEvent:
 
     error: WeaveError
     scope: ErrorScope = attrs.field(factory=ErrorScope)
-    when: _dt.datetime = attrs.field(factory=_utcnow)
+    when: _dt.datetime = attrs.field(factory=_utcnow, converter=_aware)
     tags: tuple[str, ...] = attrs.field(default=(), converter=_to_tags)
     context: Any = None
 

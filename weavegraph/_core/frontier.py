@@ -6,7 +6,7 @@ Plain functions over plain data: the runtime calls them between supersteps.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 import attrs
@@ -89,19 +89,22 @@ def route(edge: ConditionalEdge, snapshot: StateSnapshot) -> list[str]:
         return [result]  # the common case
     source = display(edge.source)
     items: list[object]
-    if isinstance(result, list | tuple | set | frozenset):
+    if isinstance(result, set | frozenset):
+        items = sorted(result, key=repr)  # a stable order for unordered results
+    elif isinstance(result, list | tuple):
         items = list(result)
     else:
         items = [result]
     targets: list[str] = []
     for item in items:
         if edge.path_map is not None:
-            if not isinstance(item, Hashable):
+            try:
+                mapped = edge.path_map.get(item)
+            except TypeError:  # unhashable, possibly nested: (1, [2])
                 raise RouterError(
                     f"the router of {source!r} returned {item!r}, which cannot be"
                     " looked up in its path_map"
-                )
-            mapped = edge.path_map.get(item)
+                ) from None
             if mapped is None:
                 if isinstance(item, str):
                     targets.append(item)  # validated (and dropped if unknown) later

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
+import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -152,7 +154,9 @@ class JoinEdge:
     """A stable identifier (used to persist join progress)."""
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "key", f"{'+'.join(self.sources)}->{self.target}")
+        # JSON keeps names apart whatever they contain; sorted, like graph_hash.
+        key = json.dumps([sorted(self.sources), self.target], separators=(",", ":"))
+        object.__setattr__(self, "key", key)
 
 
 def _callable_label(obj: object) -> str:
@@ -162,6 +166,11 @@ def _callable_label(obj: object) -> str:
 
 
 def _as_node_body(name: str, node: object) -> tuple[NodeFunction, str]:
+    if inspect.isclass(node):
+        raise InvalidNodeError(
+            f"node {name!r}: got the class {node.__qualname__}; register an instance"
+            f" ({node.__qualname__}(...)) or an async function"
+        )
     run = getattr(node, "run", None)
     if not inspect.isroutine(node) and run is not None and callable(run):
         if not inspect.iscoroutinefunction(run):
@@ -186,6 +195,15 @@ def _as_node_body(name: str, node: object) -> tuple[NodeFunction, str]:
             " trio.to_thread.run_sync"
         )
     return cast(NodeFunction, node), _callable_label(node)
+
+
+def _check_target(name: object, source: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidRouterError(
+            f"the path_map of the router on {display(source)!r} maps to {name!r};"
+            " its targets must be node names or END"
+        )
+    return name
 
 
 def _check_name(name: object, what: str) -> str:
@@ -261,6 +279,7 @@ class GraphBuilder:
         if timeout is not None and (
             not isinstance(timeout, int | float)
             or isinstance(timeout, bool)
+            or not math.isfinite(timeout)
             or timeout <= 0
         ):
             raise InvalidNodeError(
@@ -273,6 +292,11 @@ class GraphBuilder:
             )
         dests = None
         if destinations is not None:
+            if isinstance(destinations, str):
+                raise InvalidNodeError(
+                    f"node {name!r}: destinations takes a list of node names; write"
+                    f" destinations=[{destinations!r}]"
+                )
             dests = tuple(_check_name(d, "a destination") for d in destinations)
         self._nodes[name] = NodeSpec(
             name=name,
@@ -376,7 +400,10 @@ class GraphBuilder:
                 f"the router of {display(source)!r} must be a function of the snapshot,"
                 f" got {router!r}"
             )
-        if inspect.iscoroutinefunction(router):
+        if inspect.iscoroutinefunction(router) or (
+            not inspect.isroutine(router)
+            and inspect.iscoroutinefunction(getattr(router, "__call__", None))  # noqa: B004
+        ):
             raise InvalidRouterError(
                 f"the router of {display(source)!r} is async; routers must be plain"
                 " functions. Do the async work in a node, store the decision in state"
@@ -387,10 +414,10 @@ class GraphBuilder:
             mapping = None
         elif isinstance(path_map, Mapping):
             for value in path_map.values():
-                _check_name(value, "a path_map target")
+                _check_target(value, source)
             mapping = MappingProxyType(dict(path_map))
         elif isinstance(path_map, Iterable) and not isinstance(path_map, str):
-            names = [_check_name(v, "a path_map target") for v in path_map]
+            names = [_check_target(v, source) for v in path_map]
             identity: dict[Hashable, str] = dict(zip(names, names, strict=True))
             mapping = MappingProxyType(identity)
         else:
@@ -515,8 +542,7 @@ class Graph:
 
         Nodes on a cycle are omitted (compile rejects such cycles anyway).
         """
-        present = {START, END} & {n for pair in self.edge_list() for n in pair}
-        present |= set(self.nodes)
+        present = {START, END, *self.nodes}
         indegree = dict.fromkeys(present, 0)
         succ: dict[str, list[str]] = {n: [] for n in present}
         for source, target in self.edge_list():
@@ -604,7 +630,10 @@ class Graph:
         parts: list[str] = ["weavegraph-graph/1"]
         for name in sorted(self.nodes):
             spec = self.nodes[name]
-            parts.append(f"node:{name}:{spec.label}:{spec.timeout}:{spec.retry!r}")
+            parts.append(
+                f"node:{name}:{spec.label}:{spec.timeout}:{spec.retry!r}"
+                f":{sorted(spec.destinations) if spec.destinations else '-'}"
+            )
         parts += [f"edge:{s}->{t}" for s, t in self.edge_list()]
         parts += sorted(f"join:{sorted(j.sources)}->{j.target}" for j in self.joins)
         parts += sorted(

@@ -228,7 +228,10 @@ def apply_barrier(
             MESSAGES, _run_reducers(reg, MESSAGES, state.messages, tuple(messages))
         )
     if extra:
-        new_extra = _coerce(EXTRA, _run_reducers(reg, EXTRA, state.extra, extra))
+        merged = _run_reducers(reg, EXTRA, state.extra, extra)
+        # map_merge builds a fresh read-only dict of validated keys: no copy needed.
+        trusted = reg.by_channel.get(EXTRA) == (map_merge,)
+        new_extra = merged if trusted else _coerce(EXTRA, merged)
     if errors:
         new_errors = _coerce(
             ERRORS, _run_reducers(reg, ERRORS, state.errors, tuple(errors))

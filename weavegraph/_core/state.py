@@ -134,6 +134,20 @@ class History(Sequence[T], Generic[T]):
         copied.extend(items)
         return History._view(copied, len(copied))
 
+    def suffix_after(self, older: History[T]) -> list[T] | None:
+        """The items appended since ``older``, or ``None`` if this is not an extension.
+
+        O(appended) when both share storage (the usual case along one run);
+        otherwise the prefixes are compared.
+        """
+        if self._len < older._len:
+            return None
+        if self._items is not older._items and (
+            self._items[: older._len] != older._items[: older._len]
+        ):
+            return None
+        return self._items[older._len : self._len]
+
     def append(self, item: T) -> History[T]:
         """Return a new history with ``item`` appended."""
         return self.extend((item,))
@@ -211,9 +225,7 @@ def _error_history(value: object) -> History[ErrorEvent]:
 
 
 def freeze_extra(value: object) -> Mapping[str, Any]:
-    """Validate a JSON-like mapping with string keys and return a read-only view."""
-    if isinstance(value, MappingProxyType):
-        return value
+    """Validate a JSON-like mapping with string keys and return a read-only copy."""
     if not isinstance(value, Mapping):
         raise StateError(f"extra must be a mapping with string keys, got {value!r}")
     data = dict(value)

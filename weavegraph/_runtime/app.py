@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
 
+from .._core.errors import describe_exception
 from .._core.graph import Graph
+from .._core.session import Session
 from .._core.state import StateError, VersionedState
 from ..events.sinks import ChannelSink, EventSink
 from ..events.stream import EventStream
 from ..events.types import Event
 from .config import RuntimeConfig
-from .engine import Engine
+from .engine import Engine, emit_stream_end
 from .invocation import Invocation
 from .nursery import open_service_nursery
 
@@ -73,12 +75,41 @@ class App:
     def _session_id(self, config: RuntimeConfig) -> str:
         return config.session_id or f"run-{uuid.uuid4()}"
 
-    async def _run(
-        self, state: VersionedState, bus: EventBus, config: RuntimeConfig
+    async def _execute(
+        self,
+        state: VersionedState,
+        bus: EventBus,
+        config: RuntimeConfig,
+        session_id: str | None = None,
     ) -> VersionedState:
-        engine = self.engine(config)
-        session = engine.new_session(self._session_id(config), state, bus)
-        return await engine.run_to_completion(session, bus)
+        """Start ``bus`` and run one session to completion on it.
+
+        With a checkpointer in ``config`` the run goes through a runner: the
+        session resumes if it is stored (``state`` is then ignored; a completed
+        session returns its stored final state) and every step is saved.
+        """
+        sid = session_id or self._session_id(config)
+        if config.checkpointer is None:
+            async with bus:
+                engine = self.engine(config)
+                session = engine.new_session(sid, state, bus)
+                return await engine.run_to_completion(session, bus)
+        from .runner import open_runner
+
+        async with open_runner(self, event_bus=bus, config=config) as runner:
+            try:
+                await runner.create_session(sid, state)
+            except BaseException as exc:
+                # The run never started: its stream still gets its one sentinel.
+                cancelled = isinstance(exc, trio.Cancelled | KeyboardInterrupt)
+                emit_stream_end(
+                    bus,
+                    Session(session_id=sid, state=state),
+                    "cancelled" if cancelled else "error",
+                    None if cancelled else describe_exception(exc),
+                )
+                raise
+            return await runner.run_until_complete(sid)
 
     # ------------------------------------------------------------------ invoking
 
@@ -100,8 +131,7 @@ class App:
         """
         state = _check_state(state, "invoke()")
         cfg = _check_config(config) or self._config
-        async with cfg.event_bus.build() as bus:
-            return await self._run(state, bus, cfg)
+        return await self._execute(state, cfg.event_bus.build(), cfg)
 
     async def invoke_with_sinks(
         self,
@@ -126,8 +156,7 @@ class App:
                 raise StateError(
                     f"{sink!r} is not an event sink: it needs 'async def handle(event)'"
                 )
-        async with cfg.event_bus.build(sink_list) as bus:
-            return await self._run(state, bus, cfg)
+        return await self._execute(state, cfg.event_bus.build(sink_list), cfg)
 
     async def invoke_with_channel(
         self, state: VersionedState, *, config: RuntimeConfig | None = None
@@ -175,15 +204,14 @@ class App:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        engine = self.engine(config)
+        task_status.started()
         try:
-            async with bus:
-                task_status.started()
-                with invocation.cancel_scope:
-                    session = engine.new_session(invocation.session_id, state, bus)
-                    result = await engine.run_to_completion(session, bus)
-                    invocation._set_result(result)
-                    return
+            with invocation.cancel_scope:
+                result = await self._execute(
+                    state, bus, config, session_id=invocation.session_id
+                )
+                invocation._set_result(result)
+                return
             invocation._set_cancelled()
         except Exception as exc:
             invocation._set_error(exc)

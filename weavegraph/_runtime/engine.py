@@ -10,7 +10,7 @@ import logging
 import time
 import types
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import attrs
@@ -78,6 +78,7 @@ class StepReport:
 
 
 _StepResult = tuple[int, list[str], list[str], BarrierOutcome, FrontierOutcome]
+AfterStep = Callable[[Session, "_StepResult | None"], Awaitable[None]]
 
 
 def _has_update(partials: list[NodePartial | None]) -> bool:
@@ -470,13 +471,20 @@ class Engine:
     # ---------------------------------------------------------------- whole runs
 
     async def run_to_completion(
-        self, session: Session, bus: EventBus
+        self,
+        session: Session,
+        bus: EventBus,
+        *,
+        after_step: AfterStep | None = None,
+        end_scope: str = STREAM_END_SCOPE,
     ) -> VersionedState:
         """Run supersteps until the frontier is exhausted, then emit the sentinel.
 
-        Exactly one stream-end diagnostic is emitted whatever happens:
-        ``status=completed``, ``status=error`` (then `WorkflowError` propagates) or
-        ``status=cancelled`` (cancellation or KeyboardInterrupt propagates).
+        Exactly one end diagnostic (scope ``end_scope``) is emitted whatever
+        happens: ``status=completed``, ``status=error`` (then `WorkflowError`
+        propagates) or ``status=cancelled`` (cancellation or KeyboardInterrupt
+        propagates). ``after_step(session, report)`` is awaited after every
+        successful step, and with ``None`` after a failed one.
         """
         status = "cancelled"
         error_text: str | None = None
@@ -488,7 +496,15 @@ class Engine:
             last_yield = time.perf_counter()
             while not is_complete(session.frontier):
                 await trio.lowlevel.checkpoint_if_cancelled()
-                await self._step(session, bus)
+                if after_step is None:
+                    await self._step(session, bus)
+                else:
+                    try:
+                        result = await self._step(session, bus)
+                    except WorkflowError:
+                        await after_step(session, None)
+                        raise
+                    await after_step(session, result)
                 now = time.perf_counter()
                 if now - last_yield >= _YIELD_INTERVAL:
                     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -504,7 +520,7 @@ class Engine:
             error_text = describe_exception(exc)
             raise
         finally:
-            emit_stream_end(bus, session, status, error_text)
+            emit_stream_end(bus, session, status, error_text, scope=end_scope)
 
 
 def end_message(

@@ -534,7 +534,10 @@ class EventBus:
         manager = trio.open_nursery()
         nursery = await manager.__aenter__()
         try:
-            await nursery.start(partial(self._serve, shielded=True))
+            # Shielded: starting is quick, and a started bus can always deliver
+            # the sentinel of a run cancelled right at its start.
+            with trio.CancelScope(shield=True):
+                await nursery.start(partial(self._serve, shielded=True))
         except BaseException as exc:
             self.close()
             await _exit_nursery(manager, exc)
