@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
+from typing import Self
 
 import trio
 
@@ -125,6 +126,17 @@ class InMemoryCheckpointer:
         self._updated.pop(session_id, None)
         return existed
 
+    async def open(self) -> None:
+        """Nothing to open."""
+        await trio.lowlevel.checkpoint()
+
     async def aclose(self) -> None:
         """Nothing to release."""
         await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -9,7 +9,7 @@ step. Writes are not abandoned when cancelled: a started transaction finishes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import trio
 
@@ -234,3 +234,10 @@ class PostgresCheckpointer:
             await trio.to_thread.run_sync(pool.close)
         else:
             await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -6,7 +6,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import trio
 
@@ -186,3 +186,10 @@ class SQLiteCheckpointer:
 
         await trio.to_thread.run_sync(close, limiter=self._limiter)
         self._closed = True
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
