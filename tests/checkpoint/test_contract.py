@@ -43,7 +43,7 @@ async def store(
 
 def grow(state: VersionedState, i: int, **extra: object) -> VersionedState:
     partial = NodePartial(
-        messages=[Message.assistant(f"m{i}")], extra={"i": i, **extra} or None
+        messages=[Message.assistant(f"m{i}")], extra={"i": i, **extra}
     )
     return apply_barrier(state, ["n"], [partial]).state
 

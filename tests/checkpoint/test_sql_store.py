@@ -131,7 +131,7 @@ async def test_missing_base_step_is_reported(tmp_path: Path) -> None:
         conn.execute("DELETE FROM steps WHERE session_id = 's1' AND step = 1")
     async with SQLiteCheckpointer(path) as store:
         with pytest.raises(
-            CheckpointError, match="relative to step 1, which is missing"
+            CheckpointError, match=r"relative to step 1, which is missing"
         ):
             await store.load_latest("s1")
 
@@ -163,7 +163,7 @@ async def test_a_foreign_sqlite_database_is_refused_untouched(tmp_path: Path) ->
         await store.list_sessions()
     await store.aclose()
     assert path.read_bytes() == before
-    assert not Path(f"{path}-wal").exists()
+    assert not (tmp_path / "app.db-wal").exists()
 
 
 async def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) -> None:
@@ -171,7 +171,7 @@ async def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) ->
     path.write_text("just some notes, not a database\n" * 20)
     before = path.read_bytes()
     store = SQLiteCheckpointer(path)
-    with pytest.raises(CheckpointError, match="notes.txt"):
+    with pytest.raises(CheckpointError, match=r"notes\.txt"):
         await store.load_latest("x")
     await store.aclose()
     assert path.read_bytes() == before
