@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck pytest bench format clean
+.PHONY: demo test check lint typecheck pytest bench format clean postgres-bin
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +40,20 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev
+pytest: $(VENV)/.installed-dev postgres-bin
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite starts a throwaway PostgreSQL cluster on loopback (tests/pgcluster.py)
+# unless WEAVEGRAPH_TEST_POSTGRES_DSN names a server; this installs the server
+# binaries when neither is available.
+postgres-bin:
+	@if [ -z "$$WEAVEGRAPH_TEST_POSTGRES_DSN" ] \
+	   && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	   && ! command -v initdb >/dev/null 2>&1; then \
+		echo "installing PostgreSQL (Debian package postgresql) for the tests"; \
+		$(SUDO) apt-get update -qq; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/engine.py

@@ -232,6 +232,7 @@ class GraphBuilder:
         self._edges: dict[str, list[str]] = {}
         self._joins: list[JoinEdge] = []
         self._conditionals: list[ConditionalEdge] = []
+        self._entries: list[str] = []
         self._reducers = ReducerRegistry()
 
     def add_node(
@@ -430,6 +431,22 @@ class GraphBuilder:
         )
         return self
 
+    def add_entry(self, name: str) -> GraphBuilder:
+        """Declare ``name`` as an extra entry point (an iterative session's ``entry``).
+
+        Runs still start from START; the declaration makes the node count as
+        reachable for `compile`'s checks.
+
+        Raises:
+            InvalidEdgeError: ``name`` is not a non-empty string, or is START/END.
+        """
+        name = _check_name(name, "an entry")
+        if name in _VIRTUAL:
+            raise InvalidEdgeError(f"{display(name)} cannot be declared as an entry")
+        if name not in self._entries:
+            self._entries.append(name)
+        return self
+
     def with_reducer(
         self, channel: str, reducer: Reducer, *, replace: bool = False
     ) -> GraphBuilder:
@@ -461,6 +478,7 @@ class GraphBuilder:
             joins=tuple(self._joins),
             conditionals=tuple(self._conditionals),
             reducers=self._reducers,
+            entries=tuple(self._entries),
         )
         graph.validate()
         if not isinstance(config, RuntimeConfig | None):
@@ -484,6 +502,7 @@ class Graph:
     joins: tuple[JoinEdge, ...]
     conditionals: tuple[ConditionalEdge, ...]
     reducers: ReducerRegistry
+    entries: tuple[str, ...] = ()
 
     # Derived lookups, computed once.
     _routers_by_source: Mapping[str, tuple[ConditionalEdge, ...]] = attrs.field(
@@ -646,6 +665,7 @@ class Graph:
             for c in self.conditionals
         )
         parts += [f"reducer:{sig}" for sig in self.reducers.signature()]
+        parts += [f"entry:{name}" for name in sorted(self.entries)]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
     # -- validation
@@ -695,6 +715,8 @@ class Graph:
         for spec in self.nodes.values():
             for target in spec.destinations or ():
                 require(target, "the destinations of node {!r}", spec.name)
+        for entry in self.entries:
+            require(entry, "the entry points")
 
     def _check_cycles(self) -> None:
         succ: dict[str, list[str]] = {}
@@ -754,8 +776,8 @@ class Graph:
         # Forward search from START; a join target is reached once all its
         # sources are.
         missing = {join.key: len(join.sources) for join in self.joins}
-        reached = {START}
-        todo = [START]
+        reached = {START, *self.entries}
+        todo = list(reached)
         while todo:
             node = todo.pop()
             nexts: Iterable[str] = (
