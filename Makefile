@@ -27,7 +27,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-dev $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/python examples/research_assistant.py
+	$(BIN)/python examples/research_assistant.py --db runs.db --session demo
 
 test: check pytest
 

@@ -10,12 +10,14 @@ The flagship demo (``make demo``). It shows, in one workflow:
 
 The language model is a scripted stand-in (`ScriptedModel`) so the demo runs
 offline and gives the same answer every time; swap in a real client inside the
-nodes. Run it with ``python examples/research_assistant.py ["your question"]``.
+nodes. Run it with ``python examples/research_assistant.py ["your question"]``;
+add ``--db runs.db --session demo`` to checkpoint every step to SQLite (run it
+twice: the second run resumes the stored session).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import trio
 
@@ -25,14 +27,18 @@ from weavegraph import (
     App,
     DiagnosticEvent,
     Event,
+    EventStream,
     GraphBuilder,
+    InMemoryCheckpointer,
     LLMEvent,
     Message,
     NodeContext,
     NodeEvent,
     NodePartial,
+    SQLiteCheckpointer,
     StateSnapshot,
     VersionedState,
+    open_runner,
 )
 
 TOPICS = ("history", "technology", "economics")
@@ -156,22 +162,57 @@ def show(event: Event) -> None:
         print(f"-- {event.message}")
 
 
-async def main(question: str) -> VersionedState:
-    """Run the workflow, printing its events live; return the final state."""
+async def main(
+    question: str, db: str | None = None, session: str | None = None
+) -> VersionedState:
+    """Run the workflow, printing its events live; return the final state.
+
+    With ``db`` every superstep is checkpointed to that SQLite file; running
+    again with the same ``session`` resumes it instead of starting over.
+    """
     app = build()
     print("weavegraph research assistant")
     print(f"question: {question}\n")
-    async with app.invoke_streaming(VersionedState.with_user_message(question)) as (
-        invocation,
-        events,
-    ):
-        async for event in events:
-            show(event)
-        final = await invocation.join()
+    session_id = session or "research"
+    store = SQLiteCheckpointer(db) if db else InMemoryCheckpointer()
+    async with store, open_runner(app, checkpointer=store) as runner:
+        events = runner.event_stream(stop_at_stream_end=True)
+        init = await runner.create_session(
+            session_id, VersionedState.with_user_message(question)
+        )
+        if init.resumed:
+            complete = runner.get_session(session_id).frontier == (END,)
+            note = " (complete: pass another --session to run anew)" if complete else ""
+            print(f"resumed session {session_id!r} from step {init.step}{note}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(print_events, events)
+            final = await runner.run_until_complete(session_id)
     print(f"\nanswer ({final.extra['revision']} revisions):")
     print(final.messages[-1].content)
+    if db:
+        print(
+            f"\ncheckpoints in {db}: python -m weavegraph runs steps {session_id}"
+            f" --db {db}"
+        )
     return final
 
 
+async def print_events(events: EventStream) -> None:
+    """Print every event of the run as it arrives."""
+    async for event in events:
+        show(event)
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("question", nargs="*", help="the research question")
+    parser.add_argument("--db", help="checkpoint to this SQLite file")
+    parser.add_argument("--session", help="session id (resumed when stored)")
+    return parser.parse_args()
+
+
 if __name__ == "__main__":
-    trio.run(main, " ".join(sys.argv[1:]) or "Why do trains run on time in Japan?")
+    options = parse_args()
+    question = " ".join(options.question) or "Why do trains run on time in Japan?"
+    trio.run(main, question, options.db, options.session)

@@ -40,3 +40,26 @@ def test_example_runs(script: str) -> None:
     assert result.returncode == 0, result.stderr
     for line in EXPECTED[script]:
         assert line in result.stdout, result.stdout
+
+
+def test_research_assistant_resumes_a_stored_session(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    command = [sys.executable, str(EXAMPLES / "research_assistant.py")]
+    command += ["--db", str(db), "--session", "demo"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "resumed" not in first.stdout
+    assert "revision 2: approve" in first.stdout
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert "resumed session 'demo' from step 7 (complete" in second.stdout
+    assert "revision 1" not in second.stdout  # nothing ran again
+    assert "answer (2 revisions):" in second.stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "weavegraph", "runs", "steps", "demo", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0, listing.stderr
+    assert "8 of 8 steps" in listing.stdout
