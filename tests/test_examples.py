@@ -14,6 +14,25 @@ EXPECTED = {
     "hello.py": ["assistant: Hello!", "messages version: 2"],
     "conditional_loop.py": ["[count@5] count is now 5", "final count: 5"],
     "fan_out_join.py": ["a: count the stars | b: count the stars | c: count the stars"],
+    "streaming_events.py": [
+        "alice: fetched 100%",
+        "bob: done (status=completed)",
+        "llm.final: [LLM summary] The page is short.",
+    ],
+    "convenience_streaming.py": [
+        "final extra: {'units': 3}",
+        "memory sink: 4 events; channel: 4;",
+        "events.jsonl: 4 lines",
+    ],
+    "event_backpressure.py": [
+        "event stream lagged; dropped events",
+        "block: received  5000, dropped     0, first 0, last 4999",
+    ],
+    "notebook_streaming.py": [
+        "llm.final  'trio runs inside asyncio'",
+        "cancelled from asyncio: the trio run was cancelled too",
+        "extra -> {'weather': 'Lisbon: 21°C'}",
+    ],
     "research_assistant.py": [
         "[synthesise @ step 3] combining 3 findings",
         "revision 2: approve",
@@ -38,8 +57,9 @@ def test_example_runs(script: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr  # logging goes to stderr
     for line in EXPECTED[script]:
-        assert line in result.stdout, result.stdout
+        assert line in output, output
 
 
 def test_research_assistant_resumes_a_stored_session(tmp_path: Path) -> None:
