@@ -49,3 +49,5 @@ def test_blocks_are_found() -> None:
     found = {p.name: len(BLOCK.findall(p.read_text())) for p in PAGES}
     assert found["tutorial.md"] >= 4
     assert found["README.md"] >= 2
+    assert found["streaming.md"] >= 9
+    assert found["persistence.md"] >= 3
