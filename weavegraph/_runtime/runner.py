@@ -139,6 +139,7 @@ class AppRunner:
         self.config = config
         self.event_bus = bus
         self._engine = Engine(app.graph, config)
+        self._config_hash = config.config_hash  # computed once, stored per step
         self._sessions: dict[str, _SessionSlot] = {}
         self._send, self._receive = trio.open_memory_channel[Checkpoint](_QUEUE_SIZE)
         self._queued = 0
@@ -163,6 +164,8 @@ class AppRunner:
                 self._writer_scope = scope
                 with self._receive:
                     async for first in self._receive:
+                        # Everything queued goes in one transaction: a fast run
+                        # hands over many checkpoints between two yields.
                         batch = [first]
                         while True:
                             try:
@@ -199,7 +202,7 @@ class AppRunner:
             session,
             concurrency_limit=self.config.concurrency_limit,
             graph_hash=self.app.graph.graph_hash,
-            config_hash=self.config.config_hash,
+            config_hash=self._config_hash,
             **extra,
         )
 
@@ -209,7 +212,12 @@ class AppRunner:
             return
         self._queued += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
-        await self._send.send(checkpoint)
+        try:
+            # No yield per step: the writer picks the queue up whenever the run
+            # yields (at least every few milliseconds), in one batch.
+            self._send.send_nowait(checkpoint)
+        except trio.WouldBlock:
+            await self._send.send(checkpoint)
 
     def _raise_writer_error(self) -> None:
         if self._writer_error is not None:
@@ -227,6 +235,23 @@ class AppRunner:
         else:
             await trio.lowlevel.checkpoint()
         self._raise_writer_error()
+
+    async def _flush_after(self, exc: BaseException) -> None:
+        """Store what a failed or cancelled run handed over; ``exc`` then goes on.
+
+        After a cancellation the flush is shielded and bounded by `FLUSH_TIMEOUT`.
+        A write error here is only logged: the original exception matters more.
+        """
+        if self.checkpointer is None:
+            return
+        try:
+            if isinstance(exc, trio.Cancelled | KeyboardInterrupt):
+                with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT):
+                    await self.flush()
+            else:
+                await self.flush()
+        except CheckpointError as write_error:
+            logger.error("checkpoints of a failed run were not stored: %s", write_error)
 
     async def _close(self, cancelled: bool) -> None:
         self._send.close()
@@ -338,7 +363,7 @@ class AppRunner:
     async def _after_step(
         self, session: Session, result: Any, *, save: bool | None = None
     ) -> None:
-        if not (self.autosave if save is None else save):
+        if self.checkpointer is None or not (self.autosave if save is None else save):
             return
         report = None
         if result is not None:
@@ -431,16 +456,14 @@ class AppRunner:
         slot = self._slot(session_id)
         async with slot.lock:
             try:
-                return await self._engine.run_to_completion(
+                state = await self._engine.run_to_completion(
                     slot.session, self.event_bus, after_step=self._after_step
                 )
-            finally:
-                if self.checkpointer is not None:
-                    with (
-                        trio.CancelScope(shield=True),
-                        trio.move_on_after(FLUSH_TIMEOUT),
-                    ):
-                        await self.flush()
+            except BaseException as exc:
+                await self._flush_after(exc)
+                raise
+            await self.flush()
+            return state
 
     # ------------------------------------------------------ iterative sessions
 
@@ -515,19 +538,17 @@ class AppRunner:
             session.versions_seen.clear()
             session.join_progress = {}
             try:
-                return await self._engine.run_to_completion(
+                state = await self._engine.run_to_completion(
                     session,
                     self.event_bus,
                     after_step=self._after_step,
                     end_scope=INVOCATION_END_SCOPE,
                 )
-            finally:
-                if self.checkpointer is not None:
-                    with (
-                        trio.CancelScope(shield=True),
-                        trio.move_on_after(FLUSH_TIMEOUT),
-                    ):
-                        await self.flush()
+            except BaseException as exc:
+                await self._flush_after(exc)
+                raise
+            await self.flush()
+            return state
 
     async def finish_iterative_session(self, session_id: str) -> VersionedState:
         """End an iterative session: emit its stream-end sentinel, return its state.

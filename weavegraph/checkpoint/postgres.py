@@ -133,11 +133,11 @@ class PostgresCheckpointer:
 
     async def save_many(self, checkpoints: Sequence[Checkpoint]) -> None:
         """Store several checkpoints in one transaction."""
-        pairs = [(cp, self._last.get(cp.session_id)) for cp in checkpoints]
-        digests = await self._run(
-            lambda conn: sql.write_rows(conn, sql.POSTGRES, pairs)
+        known = dict(self._last)
+        written = await self._run(
+            lambda conn: sql.write_rows(conn, sql.POSTGRES, checkpoints, known)
         )
-        self._remember(checkpoints, digests)
+        self._last.update(written)
 
     async def save_with_concurrency_check(
         self, checkpoint: Checkpoint, expected_last_step: int | None
@@ -151,16 +151,17 @@ class PostgresCheckpointer:
         Raises:
             CheckpointConflict: another writer got there first.
         """
-        pair = [(checkpoint, self._last.get(checkpoint.session_id))]
+        known = dict(self._last)
 
-        def write(conn: Any) -> list[str]:
+        def write(conn: Any) -> dict[str, tuple[Checkpoint, str]]:
             import psycopg
 
             try:
                 return sql.write_rows(
                     conn,
                     sql.POSTGRES,
-                    pair,
+                    [checkpoint],
+                    known,
                     expected_last_step=expected_last_step,
                     check=True,
                 )
@@ -169,14 +170,8 @@ class PostgresCheckpointer:
                     checkpoint.session_id, expected_last_step, None
                 ) from exc
 
-        digests = await self._run(write)
-        self._remember([checkpoint], digests)
-
-    def _remember(self, checkpoints: Sequence[Checkpoint], digests: list[str]) -> None:
-        for cp, digest in zip(checkpoints, digests, strict=True):
-            known = self._last.get(cp.session_id)
-            if known is None or known[0].step <= cp.step:
-                self._last[cp.session_id] = (cp, digest)
+        written = await self._run(write)
+        self._last.update(written)
 
     async def load_latest(self, session_id: str) -> Checkpoint | None:
         """The newest checkpoint of ``session_id``, or ``None``."""

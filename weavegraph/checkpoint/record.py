@@ -36,7 +36,12 @@ def _tuple_of_str(value: Any) -> tuple[str, ...]:
 
 
 def _frozen_seen(value: Mapping[str, Any]) -> Mapping[str, tuple[int, int]]:
-    return MappingProxyType({k: (int(v[0]), int(v[1])) for k, v in value.items()})
+    out: dict[str, tuple[int, int]] = {}
+    for key, pair in value.items():
+        if type(pair) is not tuple:  # e.g. lists from JSON
+            pair = (int(pair[0]), int(pair[1]))
+        out[key] = pair
+    return MappingProxyType(out)
 
 
 def _frozen_joins(value: Mapping[str, Any]) -> Mapping[str, frozenset[str]]:
@@ -84,19 +89,40 @@ class Checkpoint:
 
     @classmethod
     def from_session(
-        cls, session: Session, *, concurrency_limit: int | None = None, **kwargs: Any
+        cls,
+        session: Session,
+        *,
+        concurrency_limit: int | None = None,
+        ran_nodes: tuple[str, ...] = (),
+        skipped_nodes: tuple[str, ...] = (),
+        updated_channels: tuple[str, ...] = (),
+        graph_hash: str = "",
+        config_hash: str = "",
     ) -> Checkpoint:
-        """Capture ``session`` (plus optional step metadata in ``kwargs``)."""
-        return cls(
-            session_id=session.session_id,
-            step=session.step,
-            state=session.state,
-            frontier=session.frontier,
-            versions_seen=dict(session.versions_seen),
-            join_progress=dict(session.join_progress),
-            concurrency_limit=concurrency_limit,
-            **kwargs,
-        )
+        """Capture ``session`` (plus optional step metadata).
+
+        The session's parts are already validated, so this skips the converters:
+        it runs after every superstep.
+        """
+        checkpoint = object.__new__(cls)
+        fields = {
+            "session_id": session.session_id,
+            "step": session.step,
+            "state": session.state,
+            "frontier": tuple(session.frontier),
+            "versions_seen": MappingProxyType(dict(session.versions_seen)),
+            "join_progress": MappingProxyType(dict(session.join_progress)),
+            "concurrency_limit": concurrency_limit,
+            "created_at": _utcnow(),
+            "ran_nodes": tuple(ran_nodes),
+            "skipped_nodes": tuple(skipped_nodes),
+            "updated_channels": tuple(updated_channels),
+            "graph_hash": graph_hash,
+            "config_hash": config_hash,
+        }
+        for name, value in fields.items():
+            object.__setattr__(checkpoint, name, value)
+        return checkpoint
 
     def to_session(self) -> Session:
         """A `Session` that continues from this checkpoint."""
@@ -258,22 +284,32 @@ def row_digest(state_json: str, seen_json: str, frontier_json: str, joins: str) 
     return hasher.hexdigest()
 
 
+def _plain(item: Any) -> Any:
+    if type(item) is Message:  # the common case, without the converter's dispatch
+        return {"role": str(item.role), "content": item.content}
+    return converter.unstructure(item)
+
+
 def _list_delta(new: History[Any], old: History[Any] | None) -> dict[str, Any]:
     if old is not None:
         added = new.suffix_after(old)
         if added is not None:
-            return {"append": [converter.unstructure(i) for i in added]}
-    return {"reset": [converter.unstructure(i) for i in new]}
+            return {"append": [_plain(i) for i in added]}
+    return {"reset": [_plain(i) for i in new]}
 
 
 def _map_delta(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> dict[str, Any]:
     if old is None:
-        return {"reset": converter.unstructure(dict(new))}
-    changed = {k: v for k, v in new.items() if k not in old or old[k] != v}
-    removed = [k for k in old if k not in new]
-    delta: dict[str, Any] = {"set": converter.unstructure(changed)}
-    if removed:
-        delta["delete"] = removed
+        return {"reset": dict(new)}
+    try:
+        # Set operations on the items run in C: cheap even for large maps.
+        changed = dict(new.items() - old.items())
+    except TypeError:  # unhashable values (lists, dicts): compare one by one
+        missing = object()
+        changed = {k: v for k, v in new.items() if old.get(k, missing) != v}
+    delta: dict[str, Any] = {"set": changed}
+    if len(old) > len(new) - sum(1 for k in changed if k not in old):
+        delta["delete"] = list(old.keys() - new.keys())
     return delta
 
 
@@ -285,32 +321,37 @@ def encode_row(checkpoint: Checkpoint, base: Checkpoint | None) -> StepRow:
     """
     state = checkpoint.state
     old = base.state if base is not None else None
+    versions = state.versions
     state_doc = {
         "messages": _list_delta(state.messages, old.messages if old else None),
         "extra": _map_delta(state.extra, old.extra if old else None),
         "errors": _list_delta(state.errors, old.errors if old else None),
-        "versions": converter.unstructure(state.versions),
+        "versions": {
+            "messages": versions.messages,
+            "extra": versions.extra,
+            "errors": versions.errors,
+        },
     }
-    seen = {k: list(v) for k, v in checkpoint.versions_seen.items()}
-    old_seen = (
-        {k: list(v) for k, v in base.versions_seen.items()}
-        if base is not None
-        else None
-    )
-    row = StepRow(
+    seen = checkpoint.versions_seen
+    old_seen = base.versions_seen if base is not None else None
+    state_json = dumps(state_doc, default=converter.unstructure)
+    frontier_json = dumps(list(checkpoint.frontier))
+    seen_json = dumps(_map_delta(seen, old_seen))
+    joins_json = dumps({k: sorted(v) for k, v in checkpoint.join_progress.items()})
+    return StepRow(
         session_id=checkpoint.session_id,
         step=checkpoint.step,
         base_step=base.step if base is not None else None,
         created_at=checkpoint.created_at.astimezone(_dt.UTC).isoformat(),
-        state_json=dumps(state_doc),
-        frontier_json=dumps(list(checkpoint.frontier)),
-        seen_json=dumps(_map_delta(seen, old_seen)),
-        joins_json=dumps({k: sorted(v) for k, v in checkpoint.join_progress.items()}),
+        state_json=state_json,
+        frontier_json=frontier_json,
+        seen_json=seen_json,
+        joins_json=joins_json,
         ran_nodes_json=dumps(list(checkpoint.ran_nodes)),
         skipped_nodes_json=dumps(list(checkpoint.skipped_nodes)),
         updated_channels_json=dumps(list(checkpoint.updated_channels)),
+        digest=row_digest(state_json, seen_json, frontier_json, joins_json),
     )
-    return attrs.evolve(row, digest=row.content_digest())
 
 
 class _Folded:

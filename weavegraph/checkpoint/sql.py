@@ -243,50 +243,65 @@ Base = tuple[Checkpoint, str] | None
 def write_rows(
     conn: Connection,
     d: Dialect,
-    checkpoints: Sequence[tuple[Checkpoint, Base]],
+    checkpoints: Sequence[Checkpoint],
+    known: dict[str, tuple[Checkpoint, str]],
     *,
     expected_last_step: int | None = None,
     check: bool = False,
-) -> list[str]:
-    """Store ``(checkpoint, base)`` pairs in one transaction; return row digests.
+) -> dict[str, tuple[Checkpoint, str]]:
+    """Store ``checkpoints`` in one transaction.
 
-    Each row is a delta from its base when that base is still stored unchanged,
-    else a full row. With ``check``, the session of the (single) checkpoint must
-    currently end at ``expected_last_step`` (``None``: must not exist), else
-    `CheckpointConflict`.
+    ``known`` maps sessions to the last checkpoint this process stored (and its
+    row digest): each row is a delta from the previous row of its session —
+    written earlier in the batch, or ``known`` when it is still stored unchanged —
+    else a full row. Returns the updated ``known`` entries (applied by the caller
+    once the transaction committed). With ``check``, the session of the (single)
+    checkpoint must end at ``expected_last_step`` (``None``: must not exist),
+    else `CheckpointConflict`.
     """
     cur = conn.cursor()
+    written: dict[str, tuple[Checkpoint, str]] = {}
     try:
         if d.name == "sqlite":
             cur.execute("BEGIN IMMEDIATE")
-        digests = [
-            _write_one(cur, d, checkpoint, base, check, expected_last_step)
-            for checkpoint, base in checkpoints
-        ]
+        by_session: dict[str, list[Checkpoint]] = {}
+        for checkpoint in checkpoints:
+            by_session.setdefault(checkpoint.session_id, []).append(checkpoint)
+        for session_id, items in by_session.items():
+            _touch_session(cur, d, items, check, expected_last_step)
+            base = _verified_base(cur, d, known.get(session_id))
+            for checkpoint in items:
+                digest = _write_step(cur, d, checkpoint, base)
+                if base is None or base[0].step < checkpoint.step:
+                    base = (checkpoint, digest)
+            assert base is not None
+            written[session_id] = base
         conn.commit()
     except BaseException:
         conn.rollback()
         raise
-    return digests
+    return written
 
 
-def _write_one(
+def _touch_session(
     cur: Cursor,
     d: Dialect,
-    cp: Checkpoint,
-    cached: Base,
+    items: Sequence[Checkpoint],
     check: bool,
     expected: int | None,
-) -> str:
+) -> None:
+    """Create or update the session row (locked for the transaction)."""
+    first = items[0]
     now = _now()
     cur.execute(
         d.q("SELECT last_step FROM sessions WHERE id = ?" + d.lock_session),
-        (cp.session_id,),
+        (first.session_id,),
     )
     found = cur.fetchone()
     last = None if found is None else int(found[0])
     if check and last != expected:
-        raise CheckpointConflict(cp.session_id, expected, last)
+        raise CheckpointConflict(first.session_id, expected, last)
+    newest = max(cp.step for cp in items)
     if found is None:
         cur.execute(
             d.q(
@@ -295,13 +310,13 @@ def _write_one(
                 " VALUES (?, ?, ?, ?, ?, ?, ?)"
             ),
             (
-                cp.session_id,
+                first.session_id,
                 now,
                 now,
-                cp.step,
-                cp.concurrency_limit,
-                cp.graph_hash,
-                cp.config_hash,
+                newest,
+                first.concurrency_limit,
+                first.graph_hash,
+                first.config_hash,
             ),
         )
     else:
@@ -312,46 +327,58 @@ def _write_one(
                 " last_step = CASE WHEN last_step < ? THEN ? ELSE last_step END"
                 " WHERE id = ?"
             ),
-            (now, cp.step, cp.step, cp.session_id),
+            (now, newest, newest, first.session_id),
         )
-    base: Checkpoint | None = None
-    if cached is not None:
-        candidate, digest = cached
-        if candidate.session_id == cp.session_id and candidate.step < cp.step:
-            cur.execute(
-                d.q("SELECT digest FROM steps WHERE session_id = ? AND step = ?"),
-                (cp.session_id, candidate.step),
-            )
-            stored = cur.fetchone()
-            # A delta only from a base that is still stored exactly as we wrote it.
-            if stored is not None and stored[0] == digest:
-                base = candidate
-    row = encode_row(cp, base)
+
+
+def _verified_base(cur: Cursor, d: Dialect, known: Base) -> Base:
+    """``known`` if its row is still stored exactly as this process wrote it."""
+    if known is None:
+        return None
+    checkpoint, digest = known
+    cur.execute(
+        d.q("SELECT digest FROM steps WHERE session_id = ? AND step = ?"),
+        (checkpoint.session_id, checkpoint.step),
+    )
+    stored = cur.fetchone()
+    return known if stored is not None and stored[0] == digest else None
+
+
+def _write_step(cur: Cursor, d: Dialect, cp: Checkpoint, base: Base) -> str:
+    delta_base = base[0] if base is not None and base[0].step < cp.step else None
+    row = encode_row(cp, delta_base)
+    placeholders = ", ".join([d.placeholder] * 12)
+    cur.execute(
+        f"INSERT INTO steps ({_ROW_COLUMNS}) VALUES ({placeholders})"
+        " ON CONFLICT (session_id, step) DO NOTHING",
+        _row_values(row),
+    )
+    if cur.rowcount == 1:
+        return row.digest
+    # The step is already stored: replace it, unless later steps build on it and
+    # the content differs.
     cur.execute(
         d.q("SELECT digest FROM steps WHERE session_id = ? AND step = ?"),
         (cp.session_id, cp.step),
     )
     existing = cur.fetchone()
-    if existing is not None:
-        if existing[0] != row.digest:
-            cur.execute(
-                d.q(
-                    "SELECT step FROM steps WHERE session_id = ? AND base_step = ?"
-                    " LIMIT 1"
-                ),
-                (cp.session_id, cp.step),
-            )
-            if cur.fetchone() is not None:
-                raise CheckpointError(
-                    f"step {cp.step} of session {cp.session_id!r} is already stored"
-                    " and later steps are stored relative to it; it cannot be"
-                    " replaced with different content"
-                )
+    if existing is not None and existing[0] != row.digest:
         cur.execute(
-            d.q("DELETE FROM steps WHERE session_id = ? AND step = ?"),
+            d.q(
+                "SELECT step FROM steps WHERE session_id = ? AND base_step = ? LIMIT 1"
+            ),
             (cp.session_id, cp.step),
         )
-    placeholders = ", ".join([d.placeholder] * 12)
+        if cur.fetchone() is not None:
+            raise CheckpointError(
+                f"step {cp.step} of session {cp.session_id!r} is already stored and"
+                " later steps are stored relative to it; it cannot be replaced with"
+                " different content"
+            )
+    cur.execute(
+        d.q("DELETE FROM steps WHERE session_id = ? AND step = ?"),
+        (cp.session_id, cp.step),
+    )
     cur.execute(
         f"INSERT INTO steps ({_ROW_COLUMNS}) VALUES ({placeholders})",
         _row_values(row),

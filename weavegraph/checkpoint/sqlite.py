@@ -98,9 +98,11 @@ class SQLiteCheckpointer:
 
     async def save_many(self, checkpoints: Sequence[Checkpoint]) -> None:
         """Store several checkpoints in one transaction (the runner's batching)."""
-        pairs = [(cp, self._last.get(cp.session_id)) for cp in checkpoints]
-        digests = await self._run(lambda conn: sql.write_rows(conn, sql.SQLITE, pairs))
-        self._remember(checkpoints, digests)
+        known = dict(self._last)
+        written = await self._run(
+            lambda conn: sql.write_rows(conn, sql.SQLITE, checkpoints, known)
+        )
+        self._last.update(written)
 
     async def save_with_concurrency_check(
         self, checkpoint: Checkpoint, expected_last_step: int | None
@@ -110,23 +112,18 @@ class SQLiteCheckpointer:
         Raises:
             CheckpointConflict: another writer got there first.
         """
-        pair = [(checkpoint, self._last.get(checkpoint.session_id))]
-        digests = await self._run(
+        known = dict(self._last)
+        written = await self._run(
             lambda conn: sql.write_rows(
                 conn,
                 sql.SQLITE,
-                pair,
+                [checkpoint],
+                known,
                 expected_last_step=expected_last_step,
                 check=True,
             )
         )
-        self._remember([checkpoint], digests)
-
-    def _remember(self, checkpoints: Sequence[Checkpoint], digests: list[str]) -> None:
-        for cp, digest in zip(checkpoints, digests, strict=True):
-            known = self._last.get(cp.session_id)
-            if known is None or known[0].step <= cp.step:
-                self._last[cp.session_id] = (cp, digest)
+        self._last.update(written)
 
     async def load_latest(self, session_id: str) -> Checkpoint | None:
         """The newest checkpoint of ``session_id``, or ``None``."""

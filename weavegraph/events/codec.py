@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -39,16 +39,21 @@ def _make_converter() -> cattrs.Converter:
     return make_json()  # pragma: no cover
 
 
-def dumps(obj: Any, *, pretty: bool = False) -> str:
-    """Encode JSON-ready data as text (compact, or two-space indented)."""
+def dumps(
+    obj: Any, *, pretty: bool = False, default: Callable[[Any], Any] | None = None
+) -> str:
+    """Encode JSON-ready data as text (compact, or two-space indented).
+
+    ``default`` turns objects JSON cannot hold into ones it can.
+    """
     if _orjson is not None:
         option = _orjson.OPT_INDENT_2 if pretty else 0
-        return str(_orjson.dumps(obj, option=option).decode())
+        return str(_orjson.dumps(obj, option=option, default=default).decode())
     if pretty:  # pragma: no cover - only without orjson
-        return json.dumps(obj, indent=2, ensure_ascii=False)
-    return json.dumps(
-        obj, separators=(",", ":"), ensure_ascii=False
-    )  # pragma: no cover
+        return json.dumps(obj, indent=2, ensure_ascii=False, default=default)
+    return json.dumps(  # pragma: no cover - only without orjson
+        obj, separators=(",", ":"), ensure_ascii=False, default=default
+    )
 
 
 def dumps_bytes(obj: Any) -> bytes:
