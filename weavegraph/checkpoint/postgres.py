@@ -133,9 +133,9 @@ class PostgresCheckpointer:
 
     async def save_many(self, checkpoints: Sequence[Checkpoint]) -> None:
         """Store several checkpoints in one transaction."""
-        known = dict(self._last)
+        planned = sql.plan_rows(checkpoints, self._last)  # CPU work, in this thread
         written = await self._run(
-            lambda conn: sql.write_rows(conn, sql.POSTGRES, checkpoints, known)
+            lambda conn: sql.write_rows(conn, sql.POSTGRES, planned)
         )
         self._last.update(written)
 
@@ -151,7 +151,7 @@ class PostgresCheckpointer:
         Raises:
             CheckpointConflict: another writer got there first.
         """
-        known = dict(self._last)
+        planned = sql.plan_rows([checkpoint], self._last)
 
         def write(conn: Any) -> dict[str, tuple[Checkpoint, str]]:
             import psycopg
@@ -160,8 +160,7 @@ class PostgresCheckpointer:
                 return sql.write_rows(
                     conn,
                     sql.POSTGRES,
-                    [checkpoint],
-                    known,
+                    planned,
                     expected_last_step=expected_last_step,
                     check=True,
                 )

@@ -236,46 +236,84 @@ def _row_from(record: Sequence[Any]) -> StepRow:
     )
 
 
-Base = tuple[Checkpoint, str] | None
-"""A checkpoint this process stored earlier, with the digest of its row."""
+@attrs.frozen
+class PlannedRow:
+    """A row encoded ahead of its transaction (in the caller's thread).
+
+    ``base_digest`` is set when the row is a delta from a step stored by an
+    earlier transaction: the write checks that this step is still stored as it
+    was, and stores the row whole otherwise.
+    """
+
+    checkpoint: Checkpoint
+    row: StepRow
+    base_digest: str | None
+
+
+def plan_rows(
+    checkpoints: Sequence[Checkpoint], known: dict[str, tuple[Checkpoint, str]]
+) -> list[PlannedRow]:
+    """Encode ``checkpoints``, each as a delta from its session's previous one.
+
+    ``known`` maps sessions to the last checkpoint this process stored, with
+    its row digest. Pure CPU work: call it outside the database thread.
+    """
+    planned: list[PlannedRow] = []
+    last: dict[str, tuple[Checkpoint, str | None]] = {
+        sid: (cp, digest) for sid, (cp, digest) in known.items()
+    }
+    for checkpoint in checkpoints:
+        previous = last.get(checkpoint.session_id)
+        if previous is not None and previous[0].step < checkpoint.step:
+            row = encode_row(checkpoint, previous[0])
+            planned.append(PlannedRow(checkpoint, row, previous[1]))
+            last[checkpoint.session_id] = (checkpoint, None)
+        else:
+            planned.append(PlannedRow(checkpoint, encode_row(checkpoint, None), None))
+            if previous is None:
+                last[checkpoint.session_id] = (checkpoint, None)
+    return planned
 
 
 def write_rows(
     conn: Connection,
     d: Dialect,
-    checkpoints: Sequence[Checkpoint],
-    known: dict[str, tuple[Checkpoint, str]],
+    planned: Sequence[PlannedRow],
     *,
     expected_last_step: int | None = None,
     check: bool = False,
 ) -> dict[str, tuple[Checkpoint, str]]:
-    """Store ``checkpoints`` in one transaction.
+    """Store planned rows in one transaction.
 
-    ``known`` maps sessions to the last checkpoint this process stored (and its
-    row digest): each row is a delta from the previous row of its session —
-    written earlier in the batch, or ``known`` when it is still stored unchanged —
-    else a full row. Returns the updated ``known`` entries (applied by the caller
-    once the transaction committed). With ``check``, the session of the (single)
-    checkpoint must end at ``expected_last_step`` (``None``: must not exist),
-    else `CheckpointConflict`.
+    Returns, per session, the newest checkpoint written and its row digest (for
+    the caller's ``known`` map, once the transaction committed). With ``check``,
+    the session of the (single) checkpoint must end at ``expected_last_step``
+    (``None``: must not exist), else `CheckpointConflict`.
     """
     cur = conn.cursor()
     written: dict[str, tuple[Checkpoint, str]] = {}
     try:
         if d.name == "sqlite":
             cur.execute("BEGIN IMMEDIATE")
-        by_session: dict[str, list[Checkpoint]] = {}
-        for checkpoint in checkpoints:
-            by_session.setdefault(checkpoint.session_id, []).append(checkpoint)
+        by_session: dict[str, list[PlannedRow]] = {}
+        for item in planned:
+            by_session.setdefault(item.checkpoint.session_id, []).append(item)
         for session_id, items in by_session.items():
-            _touch_session(cur, d, items, check, expected_last_step)
-            base = _verified_base(cur, d, known.get(session_id))
-            for checkpoint in items:
-                digest = _write_step(cur, d, checkpoint, base)
-                if base is None or base[0].step < checkpoint.step:
-                    base = (checkpoint, digest)
-            assert base is not None
-            written[session_id] = base
+            _touch_session(
+                cur, d, [i.checkpoint for i in items], check, expected_last_step
+            )
+            newest: tuple[Checkpoint, str] | None = None
+            for item in items:
+                row = item.row
+                if item.base_digest is not None and not _stored_as(
+                    cur, d, session_id, row.base_step, item.base_digest
+                ):
+                    row = encode_row(item.checkpoint, None)  # the base changed
+                digest = _write_step(cur, d, item.checkpoint, row)
+                if newest is None or newest[0].step < item.checkpoint.step:
+                    newest = (item.checkpoint, digest)
+            assert newest is not None
+            written[session_id] = newest
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -331,22 +369,19 @@ def _touch_session(
         )
 
 
-def _verified_base(cur: Cursor, d: Dialect, known: Base) -> Base:
-    """``known`` if its row is still stored exactly as this process wrote it."""
-    if known is None:
-        return None
-    checkpoint, digest = known
+def _stored_as(
+    cur: Cursor, d: Dialect, session_id: str, step: int | None, digest: str
+) -> bool:
+    """Whether ``step`` is stored with exactly that row digest."""
     cur.execute(
         d.q("SELECT digest FROM steps WHERE session_id = ? AND step = ?"),
-        (checkpoint.session_id, checkpoint.step),
+        (session_id, step),
     )
     stored = cur.fetchone()
-    return known if stored is not None and stored[0] == digest else None
+    return stored is not None and stored[0] == digest
 
 
-def _write_step(cur: Cursor, d: Dialect, cp: Checkpoint, base: Base) -> str:
-    delta_base = base[0] if base is not None and base[0].step < cp.step else None
-    row = encode_row(cp, delta_base)
+def _write_step(cur: Cursor, d: Dialect, cp: Checkpoint, row: StepRow) -> str:
     placeholders = ", ".join([d.placeholder] * 12)
     cur.execute(
         f"INSERT INTO steps ({_ROW_COLUMNS}) VALUES ({placeholders})"

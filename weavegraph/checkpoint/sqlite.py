@@ -98,9 +98,9 @@ class SQLiteCheckpointer:
 
     async def save_many(self, checkpoints: Sequence[Checkpoint]) -> None:
         """Store several checkpoints in one transaction (the runner's batching)."""
-        known = dict(self._last)
+        planned = sql.plan_rows(checkpoints, self._last)  # CPU work, in this thread
         written = await self._run(
-            lambda conn: sql.write_rows(conn, sql.SQLITE, checkpoints, known)
+            lambda conn: sql.write_rows(conn, sql.SQLITE, planned)
         )
         self._last.update(written)
 
@@ -112,13 +112,12 @@ class SQLiteCheckpointer:
         Raises:
             CheckpointConflict: another writer got there first.
         """
-        known = dict(self._last)
+        planned = sql.plan_rows([checkpoint], self._last)
         written = await self._run(
             lambda conn: sql.write_rows(
                 conn,
                 sql.SQLITE,
-                [checkpoint],
-                known,
+                planned,
                 expected_last_step=expected_last_step,
                 check=True,
             )
