@@ -126,12 +126,70 @@ async def _runs(args: argparse.Namespace, out: TextIO) -> int:
         return 0
 
 
+def load_target(spec: str) -> Any:
+    """Import ``module:attribute`` (an `App`, or a mapping of name to `App`)."""
+    import importlib
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise WeavegraphError(
+            f"expected module:attribute (like examples.sse_server:app), got {spec!r}"
+        )
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`: the current folder is importable
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise WeavegraphError(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        target = getattr(module, attribute)
+    except AttributeError:
+        raise WeavegraphError(
+            f"{module_name!r} has no attribute {attribute!r}"
+        ) from None
+    return target
+
+
+async def _serve(args: argparse.Namespace, out: TextIO) -> int:
+    from contextlib import AsyncExitStack
+
+    from .serve import serve_sse
+
+    target = load_target(args.target)
+    async with AsyncExitStack() as stack:
+        store = (
+            await stack.enter_async_context(open_store(args.db)) if args.db else None
+        )
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(
+                lambda task_status: serve_sse(
+                    target,
+                    host=args.host,
+                    port=args.port,
+                    checkpointer=store,
+                    task_status=task_status,
+                )
+            )
+            out.write(f"serving {args.target} on {', '.join(urls)} (Ctrl-C to stop)\n")
+            out.flush()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m weavegraph``."""
     parser = argparse.ArgumentParser(
         prog="python -m weavegraph", description="weavegraph command line"
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="serve a graph over HTTP (SSE) with hypercorn's trio worker"
+    )
+    serve.add_argument("target", help="module:attribute of an App (or a dict of Apps)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--db", help="checkpoint runs to this SQLite file or PostgreSQL URL"
+    )
     runs = commands.add_parser("runs", help="inspect stored sessions")
     actions = runs.add_subparsers(dest="action", required=True)
     db_help = "a SQLite file, or a PostgreSQL URL (postgresql://...)"
@@ -156,7 +214,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     stream = out if out is not None else sys.stdout
     try:
-        return trio.run(_runs, args, stream)
+        return trio.run(_serve if args.command == "serve" else _runs, args, stream)
     except WeavegraphError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1

@@ -77,6 +77,10 @@ def check_overflow(overflow: object) -> Overflow:
     return overflow  # type: ignore[return-value]
 
 
+def _to_sinks(value: Iterable[EventSink]) -> tuple[EventSink, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class EventBusConfig:
     """How a run's default event bus is built (``RuntimeConfig.event_bus``).
@@ -88,7 +92,7 @@ class EventBusConfig:
     """
 
     capacity: int = attrs.field(default=DEFAULT_CAPACITY, converter=check_capacity)
-    sinks: tuple[EventSink, ...] = attrs.field(default=(), converter=tuple)
+    sinks: tuple[EventSink, ...] = attrs.field(default=(), converter=_to_sinks)
     overflow: Overflow = attrs.field(default="drop_oldest", converter=check_overflow)
 
     def build(self, extra_sinks: Iterable[EventSink] = ()) -> EventBus:

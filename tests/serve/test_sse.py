@@ -1,0 +1,232 @@
+"""The SSE ASGI app, in-process: framing, errors, disconnects, re-attaching."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+import trio.testing
+from asgi import fetch, request
+
+from weavegraph import (
+    END,
+    START,
+    GraphBuilder,
+    InMemoryCheckpointer,
+    Message,
+    NodeContext,
+    NodePartial,
+    StateSnapshot,
+)
+from weavegraph.serve import encode_sse, sse_app
+from weavegraph import NodeEvent
+
+
+def ticker(count: int = 3, delay: float = 0.0, log: list[str] | None = None):  # noqa: ANN201
+    async def tick(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        try:
+            for i in range(count):
+                ctx.emit("tick", f"t{i}")
+                await trio.sleep(delay)
+        except trio.Cancelled:
+            if log is not None:
+                log.append(f"cancelled at {trio.current_time():.3f}")
+            raise
+        return NodePartial(messages=[Message.assistant(f"ticked {count}")])
+
+    return (
+        GraphBuilder()
+        .add_node("tick", tick)
+        .add_edge(START, "tick")
+        .add_edge("tick", END)
+        .compile()
+    )
+
+
+def test_frame_format() -> None:
+    frame = encode_sse(NodeEvent(scope="s", message="m", timestamp=0.0), 7)
+    head, data = frame.split(b"data: ")
+    assert head == b"id: 7\nevent: node\n"
+    assert data.endswith(b"\n\n")
+    assert json.loads(data)["scope"] == "s"
+
+
+async def test_post_runs_streams_every_event_then_the_sentinel() -> None:
+    client = await fetch(
+        sse_app(ticker()),
+        "POST",
+        "/runs",
+        {"messages": [{"role": "user", "content": "go"}]},
+    )
+    assert client.status == 200
+    assert client.headers["content-type"].startswith("text/event-stream")
+    frames = client.frames()
+    assert [f["id"] for f in frames] == ["1", "2", "3", "4"]
+    assert [f["event"] for f in frames] == ["node", "node", "node", "diagnostic"]
+    assert [json.loads(f["data"])["message"] for f in frames[:3]] == ["t0", "t1", "t2"]
+    last = json.loads(frames[-1]["data"])
+    assert last["scope"] == "__weavegraph_stream_end__"
+    assert "status=completed step=1" in last["message"]
+
+
+async def test_errors_are_json_4xx() -> None:
+    app = sse_app({"one": ticker(), "two": ticker()})
+    cases = [
+        ("POST", "/runs", b"{not json", 400, "not valid JSON"),
+        ("POST", "/runs", [1, 2], 400, "JSON object"),
+        ("POST", "/runs", {"graph": "three"}, 404, "unknown graph 'three'"),
+        (
+            "POST",
+            "/runs",
+            {"messages": [{"content": 5}]},
+            400,
+            "content must be a string",
+        ),
+        ("POST", "/runs", {"bogus": 1}, 400, "unknown keys"),
+        ("GET", "/runs/nope/events", None, 404, "unknown session 'nope'"),
+        ("DELETE", "/runs", None, 405, "not allowed"),
+        ("GET", "/nowhere", None, 404, "no route"),
+        ("GET", "/graph?graph=zzz", None, 404, "unknown graph"),
+    ]
+    for method, path, body, status, text in cases:
+        client = await fetch(app, method, path, body)
+        assert client.status == status, (method, path, client.body)
+        assert text in client.json()["error"], client.json()
+
+
+async def test_request_body_limit() -> None:
+    app = sse_app(ticker(), max_body=100)
+    client = await fetch(app, "POST", "/runs", b"x" * 500)
+    assert client.status == 413
+    assert "larger than 100 bytes" in client.json()["error"]
+
+
+async def test_graph_and_runs_listing() -> None:
+    app = sse_app({"main": ticker()})
+    graph = (await fetch(app, "GET", "/graph")).json()
+    assert graph["nodes"] == ["START", "tick", "END"]
+    assert graph["edges"] == [["START", "tick"], ["tick", "END"]]
+    assert graph["mermaid"].startswith("flowchart TD")
+    await fetch(app, "POST", "/runs", {"session_id": "s1"})
+    runs = (await fetch(app, "GET", "/runs")).json()["runs"]
+    assert runs == [
+        {
+            "session_id": "s1",
+            "graph": "main",
+            "status": "completed",
+            "events": 4,
+            "clients": 0,
+        }
+    ]
+
+
+async def test_the_page_is_served() -> None:
+    client = await fetch(sse_app(ticker()), "GET", "/")
+    assert client.status == 200
+    assert client.headers["content-type"].startswith("text/html")
+    assert b"<svg" in client.body or b"svg" in client.body
+
+
+async def test_disconnect_cancels_the_run_within_100ms(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[str] = []
+    app = sse_app(ticker(count=10_000, delay=0.01, log=log))
+    async with request(app, "POST", "/runs", {}) as client:
+        await client.wait_for(b"t5")
+        left_at = trio.current_time()
+        await client.disconnect()
+    assert len(log) == 1
+    cancelled_at = float(log[0].split()[-1])
+    assert cancelled_at - left_at < 0.1
+    runs = (await fetch(app, "GET", "/runs")).json()["runs"]
+    assert runs[0]["status"] == "cancelled"
+
+
+async def test_reattach_with_last_event_id_neither_loses_nor_repeats(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = sse_app(ticker(count=20, delay=0.01), grace=1.0)
+    async with request(app, "POST", "/runs", {"session_id": "r"}) as first:
+        await first.wait_for(b"t4")
+        seen = first.frames()
+        async with request(
+            app, "GET", "/runs/r/events", headers={"Last-Event-ID": seen[-1]["id"]}
+        ) as second:
+            await first.disconnect()  # the second client keeps the run alive
+            await second.finished.wait()
+    resumed = second.frames()
+    ids = [int(f["id"]) for f in seen + resumed]
+    assert ids == list(range(1, 22))
+    assert json.loads(resumed[-1]["data"])["message"].endswith(
+        "status=completed step=1"
+    )
+
+
+async def test_a_finished_run_replays_from_its_log() -> None:
+    app = sse_app(ticker())
+    await fetch(app, "POST", "/runs", {"session_id": "done"})
+    again = await fetch(app, "GET", "/runs/done/events", headers={"Last-Event-ID": "2"})
+    assert [f["id"] for f in again.frames()] == ["3", "4"]
+    bad = await fetch(app, "GET", "/runs/done/events", headers={"Last-Event-ID": "x"})
+    assert bad.status == 400
+
+
+async def test_a_stored_run_replays_from_the_checkpointer() -> None:
+    store = InMemoryCheckpointer()
+    first = sse_app(ticker(), checkpointer=store)
+    await fetch(first, "POST", "/runs", {"session_id": "kept"})
+    fresh = sse_app(ticker(), checkpointer=store)  # a restarted server
+    client = await fetch(fresh, "GET", "/runs/kept/events")
+    frames = client.frames()
+    assert [json.loads(f["data"])["scope"] for f in frames] == [
+        "replay.step",
+        "replay.step",
+        "__weavegraph_stream_end__",
+    ]
+    assert "status=completed step=1" in json.loads(frames[-1]["data"])["message"]
+
+
+async def test_keepalive_comments_when_idle(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = sse_app(ticker(count=2, delay=40.0), keepalive=15.0)
+    client = await fetch(app, "POST", "/runs", {})
+    assert client.body.count(b": keep-alive\n\n") >= 2
+    assert client.frames()[-1]["event"] == "diagnostic"
+
+
+async def test_lifespan_and_shutdown_end_open_streams(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = sse_app(ticker(count=10_000, delay=0.01))
+    to_app, from_server = trio.open_memory_channel[dict](4)
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app, {"type": "lifespan"}, from_server.receive, send)
+        await to_app.send({"type": "lifespan.startup"})
+        async with request(app, "POST", "/runs", {}) as client:
+            await client.wait_for(b"t3")
+            await to_app.send({"type": "lifespan.shutdown"})
+            await client.finished.wait()
+    assert [m["type"] for m in sent] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+    assert "status=cancelled" in json.loads(client.frames()[-1]["data"])["message"]
+
+
+async def test_concurrent_runs_with_a_conflicting_session_id(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = sse_app(ticker(count=100, delay=0.01))
+    async with request(app, "POST", "/runs", {"session_id": "same"}) as first:
+        await first.wait_for(b"t1")
+        clash = await fetch(app, "POST", "/runs", {"session_id": "same"})
+        assert clash.status == 409
+        await first.disconnect()

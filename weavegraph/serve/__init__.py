@@ -1,0 +1,15 @@
+"""Serve workflows to web clients: Server-Sent Events over ASGI, for trio servers.
+
+`sse_app` builds the ASGI application; `serve_sse` runs it with hypercorn's trio
+worker (the ``serve`` extra), for ``nursery.start``.
+"""
+
+from __future__ import annotations
+
+from ._server import serve_sse as serve_sse
+from ._sse import HTTPError as HTTPError
+from ._sse import SSEApp as SSEApp
+from ._sse import encode_sse as encode_sse
+from ._sse import sse_app as sse_app
+
+__all__ = ("HTTPError", "SSEApp", "encode_sse", "serve_sse", "sse_app")
