@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import trio
 import trio.testing
 from asgi import fetch, request
@@ -16,14 +15,14 @@ from weavegraph import (
     InMemoryCheckpointer,
     Message,
     NodeContext,
+    NodeEvent,
     NodePartial,
     StateSnapshot,
 )
 from weavegraph.serve import encode_sse, sse_app
-from weavegraph import NodeEvent
 
 
-def ticker(count: int = 3, delay: float = 0.0, log: list[str] | None = None):  # noqa: ANN201
+def ticker(count: int = 3, delay: float = 0.0, log: list[str] | None = None):
     async def tick(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
         try:
             for i in range(count):
