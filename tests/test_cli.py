@@ -86,3 +86,54 @@ def test_empty_store(tmp_path: Path) -> None:
         0,
         "no sessions stored\n",
     )
+
+
+def test_serve_command_runs_the_example(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx2
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    db = tmp_path / "served.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "weavegraph", "serve", "examples.sse_server:app",
+         "--port", str(port), "--db", str(db)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx2.get(f"{url}/graph", timeout=1)
+                break
+            except httpx2.TransportError:
+                assert time.monotonic() < deadline, "the server did not start"
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.1)
+        with httpx2.stream(
+            "POST",
+            f"{url}/runs",
+            json={"messages": ["cli"], "session_id": "c1"},
+            timeout=30,
+        ) as response:
+            body = response.read().decode()
+        assert "searched the forum for 'cli'" in body
+        assert "session=c1 status=completed step=2" in body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert f"serving examples.sse_server:app on http://127.0.0.1:{port}" in out
+    code, text = cli("runs", "show", "c1", "--db", str(db))
+    assert code == 0 and "step      2 (complete)" in text
