@@ -42,9 +42,13 @@ EXPECTED = {
 }
 
 
+# Servers run until stopped; each has a test of its own.
+SERVERS = {"sse_server.py"}
+
+
 def test_every_example_is_covered() -> None:
     scripts = {p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")}
-    assert scripts == set(EXPECTED)
+    assert scripts == set(EXPECTED) | SERVERS
 
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))
@@ -83,3 +87,42 @@ def test_research_assistant_resumes_a_stored_session(tmp_path: Path) -> None:
     )
     assert listing.returncode == 0, listing.stderr
     assert "8 of 8 steps" in listing.stdout
+
+
+def test_sse_server_example_serves_until_interrupted() -> None:
+    import signal
+    import socket
+    import time
+
+    import httpx2
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "sse_server.py"), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                page = httpx2.get(f"{url}/", timeout=1)
+                break
+            except httpx2.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert page.status_code == 200
+        with httpx2.stream(
+            "POST", f"{url}/runs", json={"messages": ["x"]}, timeout=30
+        ) as r:
+            body = r.read().decode()
+        assert "event: llm" in body and "status=completed step=2" in body
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert f"serving on http://127.0.0.1:{port}" in out
+    assert "stopped" in out
