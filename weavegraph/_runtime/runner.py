@@ -14,7 +14,7 @@ session continues from its last stored step, which is always a complete one.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -35,7 +35,7 @@ from .._core.state import NodePartial, StateError, VersionedState
 from ..checkpoint.record import Checkpoint, Checkpointer
 from ..events.bus import EventBus, Overflow
 from ..events.stream import EventStream
-from ..events.types import INVOCATION_END_SCOPE
+from ..events.types import INVOCATION_END_SCOPE, STREAM_END_SCOPE
 from .app import App
 from .config import RuntimeConfig
 from .engine import Engine, StepReport, emit_stream_end
@@ -189,21 +189,20 @@ class AppRunner:
             self._idle.set()
 
     def _checkpoint(
-        self, session: Session, report: StepReport | None = None
+        self,
+        session: Session,
+        ran: Sequence[str] = (),
+        skipped: Sequence[str] = (),
+        updated: Sequence[str] = (),
     ) -> Checkpoint:
-        extra: dict[str, Any] = {}
-        if report is not None:
-            extra = {
-                "ran_nodes": report.ran_nodes,
-                "skipped_nodes": report.skipped_nodes,
-                "updated_channels": report.updated_channels,
-            }
         return Checkpoint.from_session(
             session,
             concurrency_limit=self.config.concurrency_limit,
+            ran_nodes=tuple(ran),
+            skipped_nodes=tuple(skipped),
+            updated_channels=tuple(updated),
             graph_hash=self.app.graph.graph_hash,
             config_hash=self._config_hash,
-            **extra,
         )
 
     async def _enqueue(self, checkpoint: Checkpoint) -> None:
@@ -360,26 +359,32 @@ class AppRunner:
                 self.app.graph.graph_hash,
             )
 
-    async def _after_step(
-        self, session: Session, result: Any, *, save: bool | None = None
-    ) -> None:
-        if self.checkpointer is None or not (self.autosave if save is None else save):
+    async def _after_step(self, session: Session, result: Any) -> None:
+        """Hand the step's checkpoint to the writer (``result`` None: a failed step)."""
+        if self.checkpointer is None or not self.autosave:
             return
-        report = None
-        if result is not None:
-            step, ran, skipped, outcome, _ = result
-            report = StepReport(
-                step=step,
-                ran_nodes=tuple(ran),
-                skipped_nodes=tuple(skipped),
-                updated_channels=outcome.updated_channels,
-                errors=outcome.errors,
-                frontier_commands=outcome.frontier_commands,
-                next_frontier=session.frontier,
-                completed=is_complete(session.frontier),
-                state=session.state,
+        if result is None:
+            await self._enqueue(self._checkpoint(session))
+            return
+        _, ran, skipped, outcome, _ = result
+        await self._enqueue(
+            self._checkpoint(session, ran, skipped, outcome.updated_channels)
+        )
+
+    async def _complete(self, session: Session, end_scope: str) -> VersionedState:
+        """Run ``session`` to completion, then flush its checkpoints."""
+        try:
+            state = await self._engine.run_to_completion(
+                session,
+                self.event_bus,
+                after_step=self._after_step,
+                end_scope=end_scope,
             )
-        await self._enqueue(self._checkpoint(session, report))
+        except BaseException as exc:
+            await self._flush_after(exc)
+            raise
+        await self.flush()
+        return state
 
     async def run_step(
         self,
@@ -421,7 +426,14 @@ class AppRunner:
                 await self._after_step(session, None)
                 raise
             if self.autosave and session.step != before:
-                await self._enqueue(self._checkpoint(session, report))
+                await self._enqueue(
+                    self._checkpoint(
+                        session,
+                        report.ran_nodes,
+                        report.skipped_nodes,
+                        report.updated_channels,
+                    )
+                )
             for node in report.ran_nodes:
                 if node in interrupt_after:
                     return PausedReport(
@@ -455,15 +467,7 @@ class AppRunner:
         """
         slot = self._slot(session_id)
         async with slot.lock:
-            try:
-                state = await self._engine.run_to_completion(
-                    slot.session, self.event_bus, after_step=self._after_step
-                )
-            except BaseException as exc:
-                await self._flush_after(exc)
-                raise
-            await self.flush()
-            return state
+            return await self._complete(slot.session, STREAM_END_SCOPE)
 
     # ------------------------------------------------------ iterative sessions
 
@@ -537,18 +541,7 @@ class AppRunner:
             session.frontier = frontier
             session.versions_seen.clear()
             session.join_progress = {}
-            try:
-                state = await self._engine.run_to_completion(
-                    session,
-                    self.event_bus,
-                    after_step=self._after_step,
-                    end_scope=INVOCATION_END_SCOPE,
-                )
-            except BaseException as exc:
-                await self._flush_after(exc)
-                raise
-            await self.flush()
-            return state
+            return await self._complete(session, INVOCATION_END_SCOPE)
 
     async def finish_iterative_session(self, session_id: str) -> VersionedState:
         """End an iterative session: emit its stream-end sentinel, return its state.

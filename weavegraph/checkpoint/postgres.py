@@ -8,7 +8,7 @@ step. Writes are not abandoned when cancelled: a started transaction finishes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Self, TypeVar
 
 import trio
@@ -18,15 +18,12 @@ from . import sql
 from .record import (
     Checkpoint,
     CheckpointConflict,
-    SessionSummary,
-    StepPage,
-    check_query,
 )
 
 T = TypeVar("T")
 
 
-class PostgresCheckpointer:
+class PostgresCheckpointer(sql.SQLCheckpointer):
     """Checkpoints in PostgreSQL.
 
     The schema is created or upgraded on first use; a database whose ``sessions``
@@ -40,6 +37,7 @@ class PostgresCheckpointer:
     """
 
     backend = "postgres"
+    dialect = sql.POSTGRES
 
     def __init__(
         self, dsn: str, *, pool_size: int = 4, statement_timeout: float = 30.0
@@ -56,8 +54,8 @@ class PostgresCheckpointer:
         self._pool: Any = None
         self._limiter = trio.CapacityLimiter(pool_size)
         self._open_lock = trio.Lock()
-        self._last: dict[str, tuple[Checkpoint, str]] = {}
         self._closed = False
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"PostgresCheckpointer(pool_size={self._pool_size})"
@@ -127,98 +125,17 @@ class PostgresCheckpointer:
         """Connect (and create or upgrade the schema) now rather than at first use."""
         await self._ensure_pool()
 
-    async def save(self, checkpoint: Checkpoint) -> None:
-        """Store ``checkpoint`` in one transaction."""
-        await self.save_many([checkpoint])
+    def _checked_write(
+        self, conn: Any, planned: list[sql.PlannedRow], expected: int | None
+    ) -> dict[str, tuple[Checkpoint, str]]:
+        import psycopg
 
-    async def save_many(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Store several checkpoints in one transaction."""
-        planned = sql.plan_rows(checkpoints, self._last)  # CPU work, in this thread
-        written = await self._run(
-            lambda conn: sql.write_rows(conn, sql.POSTGRES, planned)
-        )
-        self._last.update(written)
-
-    async def save_with_concurrency_check(
-        self, checkpoint: Checkpoint, expected_last_step: int | None
-    ) -> None:
-        """Store only if the session ends at ``expected_last_step``.
-
-        The session row is locked (``SELECT … FOR UPDATE``) for the check, so of
-        two concurrent writers expecting the same step exactly one wins; a new
-        session is created by a unique insert, which also lets only one win.
-
-        Raises:
-            CheckpointConflict: another writer got there first.
-        """
-        planned = sql.plan_rows([checkpoint], self._last)
-
-        def write(conn: Any) -> dict[str, tuple[Checkpoint, str]]:
-            import psycopg
-
-            try:
-                return sql.write_rows(
-                    conn,
-                    sql.POSTGRES,
-                    planned,
-                    expected_last_step=expected_last_step,
-                    check=True,
-                )
-            except psycopg.errors.UniqueViolation as exc:
-                raise CheckpointConflict(
-                    checkpoint.session_id, expected_last_step, None
-                ) from exc
-
-        written = await self._run(write)
-        self._last.update(written)
-
-    async def load_latest(self, session_id: str) -> Checkpoint | None:
-        """The newest checkpoint of ``session_id``, or ``None``."""
-        found = await self._run(
-            lambda conn: sql.load_latest(conn, sql.POSTGRES, session_id)
-        )
-        if found is None:
-            return None
-        self._last[session_id] = found
-        return found[0]
-
-    async def list_sessions(self) -> list[SessionSummary]:
-        """Every session, most recently updated first."""
-        return await self._run(lambda conn: sql.list_sessions(conn, sql.POSTGRES))
-
-    async def query_steps(
-        self,
-        session_id: str,
-        *,
-        limit: int = 100,
-        offset: int = 0,
-        min_step: int | None = None,
-        max_step: int | None = None,
-        ran_node: str | None = None,
-        skipped_node: str | None = None,
-    ) -> StepPage:
-        """A page of the session's steps, newest first; node filters are exact."""
-        check_query(limit, offset)
-        return await self._run(
-            lambda conn: sql.query_steps(
-                conn,
-                sql.POSTGRES,
-                session_id,
-                limit=limit,
-                offset=offset,
-                min_step=min_step,
-                max_step=max_step,
-                ran_node=ran_node,
-                skipped_node=skipped_node,
-            )
-        )
-
-    async def delete_session(self, session_id: str) -> bool:
-        """Delete the session and its steps; whether it existed."""
-        self._last.pop(session_id, None)
-        return await self._run(
-            lambda conn: sql.delete_session(conn, sql.POSTGRES, session_id)
-        )
+        try:
+            return super()._checked_write(conn, planned, expected)
+        except psycopg.errors.UniqueViolation as exc:
+            # Two writers created the same new session: the second loses.
+            session = planned[0].checkpoint.session_id
+            raise CheckpointConflict(session, expected, None) from exc
 
     async def aclose(self) -> None:
         """Close the pool. Idempotent."""

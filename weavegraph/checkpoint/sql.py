@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -31,6 +31,7 @@ from .record import (
     SessionSummary,
     StepPage,
     StepRow,
+    check_query,
     decode_rows,
     encode_row,
 )
@@ -40,6 +41,7 @@ STORE_MARK = "weavegraph-checkpoints"
 
 Cursor = Any
 Connection = Any
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -622,3 +624,112 @@ def delete_session(conn: Connection, d: Dialect, session_id: str) -> bool:
         conn.rollback()
         raise
     return existed
+
+
+class SQLCheckpointer:
+    """What the SQLite and PostgreSQL checkpointers share: the protocol methods.
+
+    Subclasses set `dialect` and implement `_run(fn)`, which calls ``fn`` with a
+    connection in a worker thread and maps driver errors to `CheckpointError`.
+    """
+
+    dialect: Dialect
+
+    def __init__(self) -> None:
+        # Per session, the newest checkpoint this process stored and its row
+        # digest: the base of the next row's delta.
+        self._last: dict[str, tuple[Checkpoint, str]] = {}
+
+    async def _run(self, fn: Callable[[Connection], T]) -> T:
+        raise NotImplementedError
+
+    async def open(self) -> None:
+        """Connect (and create or upgrade the schema) now rather than at first use."""
+        await self._run(lambda conn: None)
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        """Store ``checkpoint`` in one transaction."""
+        await self.save_many([checkpoint])
+
+    async def save_many(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Store several checkpoints in one transaction (the runner's batching).
+
+        Rows are encoded here, in the caller's thread; only the statements run in
+        the worker thread. A started transaction completes even if cancelled.
+        """
+        planned = plan_rows(checkpoints, self._last)
+        written = await self._run(lambda conn: write_rows(conn, self.dialect, planned))
+        self._last.update(written)
+
+    async def save_with_concurrency_check(
+        self, checkpoint: Checkpoint, expected_last_step: int | None
+    ) -> None:
+        """Store only if the session's latest step is ``expected_last_step``.
+
+        ``None`` means the session must not exist yet. The check and the write
+        are one transaction, so of two concurrent writers expecting the same step
+        exactly one wins.
+
+        Raises:
+            CheckpointConflict: another writer got there first.
+        """
+        planned = plan_rows([checkpoint], self._last)
+        written = await self._run(
+            lambda conn: self._checked_write(conn, planned, expected_last_step)
+        )
+        self._last.update(written)
+
+    def _checked_write(
+        self, conn: Connection, planned: list[PlannedRow], expected: int | None
+    ) -> dict[str, tuple[Checkpoint, str]]:
+        return write_rows(
+            conn, self.dialect, planned, expected_last_step=expected, check=True
+        )
+
+    async def load_latest(self, session_id: str) -> Checkpoint | None:
+        """The newest checkpoint of ``session_id``, or ``None``."""
+        found = await self._run(
+            lambda conn: load_latest(conn, self.dialect, session_id)
+        )
+        if found is None:
+            return None
+        self._last[session_id] = found
+        return found[0]
+
+    async def list_sessions(self) -> list[SessionSummary]:
+        """Every session, most recently updated first."""
+        return await self._run(lambda conn: list_sessions(conn, self.dialect))
+
+    async def query_steps(
+        self,
+        session_id: str,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        ran_node: str | None = None,
+        skipped_node: str | None = None,
+    ) -> StepPage:
+        """A page of the session's steps, newest first; node filters are exact."""
+        check_query(limit, offset)
+        return await self._run(
+            lambda conn: query_steps(
+                conn,
+                self.dialect,
+                session_id,
+                limit=limit,
+                offset=offset,
+                min_step=min_step,
+                max_step=max_step,
+                ran_node=ran_node,
+                skipped_node=skipped_node,
+            )
+        )
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete the session and its steps; whether it existed."""
+        self._last.pop(session_id, None)
+        return await self._run(
+            lambda conn: delete_session(conn, self.dialect, session_id)
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self, TypeVar
 
@@ -12,12 +12,11 @@ import trio
 
 from .._core.errors import CheckpointError
 from . import sql
-from .record import Checkpoint, SessionSummary, StepPage, check_query
 
 T = TypeVar("T")
 
 
-class SQLiteCheckpointer:
+class SQLiteCheckpointer(sql.SQLCheckpointer):
     """Checkpoints in a SQLite file.
 
     One connection (opened on first use, in WAL mode) is shared by worker threads
@@ -32,6 +31,7 @@ class SQLiteCheckpointer:
     """
 
     backend = "sqlite"
+    dialect = sql.SQLITE
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         if not isinstance(path, str | os.PathLike):
@@ -39,8 +39,8 @@ class SQLiteCheckpointer:
         self.path = str(path)
         self._conn: sqlite3.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
-        self._last: dict[str, tuple[Checkpoint, str]] = {}
         self._closed = False
+        super().__init__()
 
     def __repr__(self) -> str:
         return f"SQLiteCheckpointer({self.path!r})"
@@ -87,90 +87,6 @@ class SQLiteCheckpointer:
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
 
     # ---------------------------------------------------------------- protocol
-
-    async def open(self) -> None:
-        """Open (and create or upgrade) the store now rather than at first use."""
-        await self._run(lambda conn: None)
-
-    async def save(self, checkpoint: Checkpoint) -> None:
-        """Store ``checkpoint`` in one transaction. Not cancellable mid-write."""
-        await self.save_many([checkpoint])
-
-    async def save_many(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Store several checkpoints in one transaction (the runner's batching)."""
-        planned = sql.plan_rows(checkpoints, self._last)  # CPU work, in this thread
-        written = await self._run(
-            lambda conn: sql.write_rows(conn, sql.SQLITE, planned)
-        )
-        self._last.update(written)
-
-    async def save_with_concurrency_check(
-        self, checkpoint: Checkpoint, expected_last_step: int | None
-    ) -> None:
-        """Store only if the session ends at ``expected_last_step``.
-
-        Raises:
-            CheckpointConflict: another writer got there first.
-        """
-        planned = sql.plan_rows([checkpoint], self._last)
-        written = await self._run(
-            lambda conn: sql.write_rows(
-                conn,
-                sql.SQLITE,
-                planned,
-                expected_last_step=expected_last_step,
-                check=True,
-            )
-        )
-        self._last.update(written)
-
-    async def load_latest(self, session_id: str) -> Checkpoint | None:
-        """The newest checkpoint of ``session_id``, or ``None``."""
-        found = await self._run(
-            lambda conn: sql.load_latest(conn, sql.SQLITE, session_id)
-        )
-        if found is None:
-            return None
-        self._last[session_id] = found
-        return found[0]
-
-    async def list_sessions(self) -> list[SessionSummary]:
-        """Every session, most recently updated first."""
-        return await self._run(lambda conn: sql.list_sessions(conn, sql.SQLITE))
-
-    async def query_steps(
-        self,
-        session_id: str,
-        *,
-        limit: int = 100,
-        offset: int = 0,
-        min_step: int | None = None,
-        max_step: int | None = None,
-        ran_node: str | None = None,
-        skipped_node: str | None = None,
-    ) -> StepPage:
-        """A page of the session's steps, newest first; node filters are exact."""
-        check_query(limit, offset)
-        return await self._run(
-            lambda conn: sql.query_steps(
-                conn,
-                sql.SQLITE,
-                session_id,
-                limit=limit,
-                offset=offset,
-                min_step=min_step,
-                max_step=max_step,
-                ran_node=ran_node,
-                skipped_node=skipped_node,
-            )
-        )
-
-    async def delete_session(self, session_id: str) -> bool:
-        """Delete the session and its steps; whether it existed."""
-        self._last.pop(session_id, None)
-        return await self._run(
-            lambda conn: sql.delete_session(conn, sql.SQLITE, session_id)
-        )
 
     async def aclose(self) -> None:
         """Close the connection (waiting for a running statement). Idempotent."""
