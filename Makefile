@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck pytest bench format clean postgres-bin
+.PHONY: demo test check lint typecheck pytest bench format clean postgres-bin chromium-bin
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -40,7 +40,7 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev postgres-bin
+pytest: $(VENV)/.installed-dev postgres-bin chromium-bin
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The suite starts a throwaway PostgreSQL cluster on loopback (tests/pgcluster.py)
@@ -64,3 +64,11 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
+
+# tests/serve/test_browser.py drives Debian's Chromium headless; install it if missing.
+chromium-bin:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Chromium (Debian package chromium) for the browser test"; \
+		$(SUDO) apt-get update -qq; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi

@@ -28,7 +28,7 @@ from weavegraph import (
     NodePartial,
     StateSnapshot,
 )
-from weavegraph.serve import serve_sse
+from weavegraph.serve import serve_until_interrupted
 
 
 async def research(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
@@ -62,16 +62,12 @@ app = (
 
 
 async def main(port: int) -> None:
-    """Serve until Ctrl-C."""
-    async with trio.open_nursery() as nursery:
-        urls = await nursery.start(
-            lambda task_status: serve_sse(app, port=port, task_status=task_status)
-        )
-        print(f"serving on {urls[0]} (Ctrl-C to stop)", flush=True)
+    """Serve until Ctrl-C (or SIGTERM); then stop gracefully."""
+    await serve_until_interrupted(
+        app, port=port, announce=lambda urls: print(f"serving on {urls[0]}", flush=True)
+    )
+    print("stopped")
 
 
 if __name__ == "__main__":
-    try:
-        trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 8000)
-    except* KeyboardInterrupt:
-        print("stopped")
+    trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 8000)

@@ -153,26 +153,26 @@ def load_target(spec: str) -> Any:
 async def _serve(args: argparse.Namespace, out: TextIO) -> int:
     from contextlib import AsyncExitStack
 
-    from .serve import serve_sse
+    from .serve import serve_until_interrupted
 
     target = load_target(args.target)
+
+    def announce(urls: list[str]) -> None:
+        out.write(f"serving {args.target} on {', '.join(urls)} (Ctrl-C to stop)\n")
+        out.flush()
+
     async with AsyncExitStack() as stack:
         store = (
             await stack.enter_async_context(open_store(args.db)) if args.db else None
         )
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(
-                lambda task_status: serve_sse(
-                    target,
-                    host=args.host,
-                    port=args.port,
-                    checkpointer=store,
-                    task_status=task_status,
-                )
-            )
-            out.write(f"serving {args.target} on {', '.join(urls)} (Ctrl-C to stop)\n")
-            out.flush()
-    return 0
+        signum = await serve_until_interrupted(
+            target,
+            host=args.host,
+            port=args.port,
+            checkpointer=store,
+            announce=announce,
+        )
+    return 128 + signum if signum else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

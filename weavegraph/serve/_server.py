@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import trio
@@ -50,3 +52,47 @@ async def serve_sse(
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
     )
+
+
+async def serve_until_interrupted(
+    app_or_apps: App | Mapping[str, App] | SSEApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    checkpointer: Checkpointer | None = None,
+    announce: Any = None,
+    **options: Any,
+) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully.
+
+    Open streams end with their runs' cancelled sentinels rather than being cut.
+    ``announce(urls)`` is called once the server listens. Returns the number of
+    the signal received. For command-line programs (call it from ``trio.run``).
+    """
+    stop = trio.Event()
+    received: list[int] = []
+
+    async def watch(signals: Any) -> None:
+        async for signum in signals:
+            received.append(signum)
+            stop.set()
+            return
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, signals)
+            urls = await nursery.start(
+                partial(
+                    serve_sse,
+                    app_or_apps,
+                    host=host,
+                    port=port,
+                    checkpointer=checkpointer,
+                    shutdown_trigger=stop.wait,
+                    **options,
+                )
+            )
+            if announce is not None:
+                announce(urls)
+            await stop.wait()
+    return received[0] if received else 0
