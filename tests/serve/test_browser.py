@@ -405,6 +405,15 @@ def check_whole_run(seen: dict[str, Any]) -> None:
     for text in ("plan", "write", "review", "Weavegraph streams tokens."):
         assert text in final, (text, final)
     assert re.search(r"Missed events\s+0", final), final
+    # The state the run ended with, fetched from GET /runs/{id}/state.
+    for text in (
+        "user: what is weavegraph?",
+        "assistant: plan: answer briefly",
+        "assistant: Weavegraph streams tokens.",
+        "assistant: approved",
+    ):
+        assert text in final, (text, final)
+    assert "messages 4" in final, final
     assert set(seen["done"]) == set(NODES)
     check_end(seen)
 

@@ -229,3 +229,18 @@ async def test_concurrent_runs_with_a_conflicting_session_id(
         clash = await fetch(app, "POST", "/runs", {"session_id": "same"})
         assert clash.status == 409
         await first.disconnect()
+
+
+async def test_final_state_of_a_run() -> None:
+    store = InMemoryCheckpointer()
+    app = sse_app(ticker(), checkpointer=store)
+    await fetch(app, "POST", "/runs", {"session_id": "st", "messages": ["hello"]})
+    state = (await fetch(app, "GET", "/runs/st/state")).json()
+    assert state["status"] == "completed"
+    assert [m["content"] for m in state["state"]["messages"]] == ["hello", "ticked 3"]
+    assert state["state"]["versions"]["messages"] == 2
+    restarted = sse_app(ticker(), checkpointer=store)
+    stored = (await fetch(restarted, "GET", "/runs/st/state")).json()
+    assert stored["state"] == state["state"] and stored["step"] == 1
+    missing = await fetch(restarted, "GET", "/runs/nope/state")
+    assert missing.status == 404

@@ -5,6 +5,7 @@ Routes:
 * ``POST /runs`` — start a run from a JSON body and stream its events;
 * ``GET /runs/{session_id}/events`` — attach to a run (live, recently finished, or
   stored), resuming after ``Last-Event-ID``;
+* ``GET /runs/{session_id}/state`` — the state a run ended with;
 * ``GET /runs`` — the runs this server knows;
 * ``GET /graph`` — nodes, edges and a Mermaid diagram;
 * ``GET /`` — the live run viewer page.
@@ -28,15 +29,15 @@ from typing import Any
 import attrs
 import trio
 
-from .._core.errors import WeavegraphError
+from .._core.errors import WeavegraphError, WorkflowError
 from .._core.frontier import is_complete
 from .._core.graph import display
 from .._core.state import Message, StateError, VersionedState
 from .._runtime.app import App
-from .._runtime.invocation import Invocation
+from .._runtime.invocation import Invocation, RunCancelledError
 from ..checkpoint.record import Checkpointer
 from ..events.bus import EventBusConfig
-from ..events.codec import dumps_bytes, loads
+from ..events.codec import dumps_bytes, loads, state_to_json
 from ..events.stream import EventStream
 from ..events.types import STREAM_END_SCOPE, DiagnosticEvent, Event
 from ._log import RunLog
@@ -54,6 +55,7 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_HEADERS = [(b"content-type", b"application/json")]
+STATE_WAIT = 5.0  # seconds GET /runs/{id}/state waits for a run that is ending
 
 
 class HTTPError(WeavegraphError):
@@ -168,6 +170,9 @@ class SSEApp:
         elif len(parts) == 3 and parts[0] == "runs" and parts[2] == "events":
             _allow(method, "GET")
             await self._attach(scope, receive, send, parts[1])
+        elif len(parts) == 3 and parts[0] == "runs" and parts[2] == "state":
+            _allow(method, "GET")
+            await _json(send, 200, await self._final_state(parts[1]))
         else:
             raise HTTPError(404, f"no route for {method} {scope['path']}")
 
@@ -302,6 +307,42 @@ class SSEApp:
             {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
         )
         await self._serve_client(run, receive, send, cursor=last + 1)
+
+    async def _final_state(self, session_id: str) -> dict[str, Any]:
+        """The state a run ended with (waiting briefly for one just ending)."""
+        run = self.runs.get(session_id)
+        if run is not None and run.invocation is not None:
+            with trio.move_on_after(STATE_WAIT):
+                await run.done.wait()
+            if not run.invocation.done:
+                raise HTTPError(409, f"session {session_id!r} is still running")
+            try:
+                state = await run.invocation.join()
+            except WorkflowError as exc:
+                if exc.state is None:
+                    raise HTTPError(
+                        404, f"session {session_id!r} has no state"
+                    ) from None
+                state = exc.state
+            except RunCancelledError:
+                raise HTTPError(
+                    404, f"session {session_id!r} was cancelled before any state"
+                ) from None
+            return {
+                "session_id": session_id,
+                "status": run.status,
+                "state": state_to_json(state),
+            }
+        if self.checkpointer is not None:
+            stored = await self.checkpointer.load_latest(session_id)
+            if stored is not None:
+                return {
+                    "session_id": session_id,
+                    "status": "completed" if is_complete(stored.frontier) else "stored",
+                    "step": stored.step,
+                    "state": state_to_json(stored.state),
+                }
+        raise HTTPError(404, f"unknown session {session_id!r}")
 
     async def _stored_run(self, session_id: str) -> LiveRun | None:
         """A finished log rebuilt from the checkpointer, one event per stored step."""
