@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
 from ..events.types import Event
+
+LogItem = tuple[int, Event, bytes]
+"""``(sequence number, event, its encoded frame)``."""
 
 
 class RunLog:
@@ -19,9 +24,12 @@ class RunLog:
     without losing or repeating events, as long as they are still in the log.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self, capacity: int, encode: Callable[[Event, int], bytes] | None = None
+    ) -> None:
         self.capacity = capacity
-        self._items: deque[tuple[int, Event]] = deque()
+        self._encode = encode
+        self._items: deque[LogItem] = deque()
         self._next = 1
         self._closed = False
         self._changed = trio.lowlevel.ParkingLot()
@@ -42,10 +50,15 @@ class RunLog:
         return self._closed
 
     def append(self, event: Event) -> int:
-        """Add ``event``; return its sequence number."""
+        """Add ``event``; return its sequence number.
+
+        With an ``encode`` function, the event's wire form is made here, once,
+        whatever the number of readers.
+        """
         seq = self._next
         self._next += 1
-        self._items.append((seq, event))
+        frame = self._encode(event, seq) if self._encode is not None else b""
+        self._items.append((seq, event, frame))
         if len(self._items) > self.capacity:
             self._items.popleft()
         if self._changed:
@@ -57,12 +70,12 @@ class RunLog:
         self._closed = True
         self._changed.unpark_all()
 
-    async def read(self, cursor: int) -> tuple[list[tuple[int, Event]], int]:
+    async def read(self, cursor: int) -> tuple[list[LogItem], int]:
         """Events from sequence ``cursor`` on, waiting for at least one.
 
-        Returns the events and how many before them were dropped (already gone
-        from the log). An empty list means the log is closed and fully read. A
-        checkpoint.
+        Returns ``(seq, event, frame)`` items and how many before them were
+        dropped (already gone from the log). An empty list means the log is
+        closed and fully read. A checkpoint.
         """
         while cursor >= self._next and not self._closed:
             await self._changed.park()
@@ -71,4 +84,4 @@ class RunLog:
         dropped = max(0, first - cursor)
         start = max(cursor, first)
         offset = start - first
-        return [self._items[i] for i in range(offset, len(self._items))], dropped
+        return list(itertools.islice(self._items, offset, None)), dropped

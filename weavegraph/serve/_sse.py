@@ -234,7 +234,9 @@ class SSEApp:
             ),
         )
         run = LiveRun(
-            session_id=session_id, graph=graph_name, log=RunLog(self.log_capacity)
+            session_id=session_id,
+            graph=graph_name,
+            log=RunLog(self.log_capacity, encode_sse),
         )
         self._remember(run)
         await send(
@@ -351,7 +353,7 @@ class SSEApp:
         page = await self.checkpointer.query_steps(session_id, limit=1000)
         if not page.checkpoints:
             return None
-        log = RunLog(self.log_capacity)
+        log = RunLog(self.log_capacity, encode_sse)
         steps = sorted(page.checkpoints, key=lambda c: c.step)
         for cp in steps:
             ran = ", ".join(cp.ran_nodes) or "-"
@@ -383,6 +385,9 @@ class SSEApp:
         self, run: LiveRun, receive: Receive, send: Send, cursor: int
     ) -> None:
         """Stream ``run``'s log from ``cursor`` until its end or a disconnect."""
+        # A first comment puts the response headers on the wire at once: clients
+        # know the stream is open before the run's first event.
+        await _chunk(send, b": connected\n\n")
         run.clients += 1
         try:
             async with trio.open_nursery() as nursery:
@@ -428,8 +433,8 @@ class SSEApp:
                     + dumps_bytes({"dropped": dropped, "total": dropped_total})
                     + b"\n\n"
                 )
-            for seq, event in items:
-                chunks.append(encode_sse(event, seq))
+            for seq, _, frame in items:
+                chunks.append(frame)  # encoded once, when the event was logged
                 cursor = seq + 1
             await _chunk(send, b"".join(chunks))
             if run.log.closed and cursor >= run.log.next:
