@@ -8,7 +8,12 @@ from types import MappingProxyType
 from typing import Any, final
 
 from ..events.bus import EventBus
-from ..events.types import DiagnosticEvent, LLMEvent, NodeEvent
+from ..events.types import (
+    DiagnosticEvent,
+    NodeEvent,
+    make_llm_event,
+    make_node_event,
+)
 
 _EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
 
@@ -52,14 +57,14 @@ class NodeContext:
     def _node_event(
         self, scope: str, message: str, metadata: dict[str, Any]
     ) -> NodeEvent:
-        return NodeEvent(
-            scope=scope,
-            message=message,
-            node_id=self.node_id,
-            step=self.step,
-            metadata=metadata or _EMPTY,
-            timestamp=self._now(),
-            session_id=self.session_id,
+        return make_node_event(
+            scope,
+            message,
+            self.node_id,
+            self.step,
+            metadata or _EMPTY,
+            self._now(),
+            self.session_id,
         )
 
     def emit(self, scope: str, message: str, **metadata: Any) -> None:
@@ -70,7 +75,18 @@ class NodeContext:
             message: Free text.
             **metadata: JSON-like values attached to the event.
         """
-        self._bus.emit(self._node_event(scope, message, metadata))
+        # The hot path of a chatty node: built inline, no helper call.
+        self._bus.emit(
+            make_node_event(
+                scope,
+                message,
+                self.node_id,
+                self.step,
+                metadata or _EMPTY,
+                self._now(),
+                self.session_id,
+            )
+        )
 
     async def emit_async(self, scope: str, message: str, **metadata: Any) -> None:
         """Like `emit`, but wait until every lossless (``"block"``) consumer has room.
@@ -90,14 +106,14 @@ class NodeContext:
         self, stream_id: str | None, chunk: str, final: bool, metadata: dict[str, Any]
     ) -> None:
         self._bus.emit(
-            LLMEvent(
-                chunk=chunk,
-                is_final=final,
-                session_id=self.session_id,
-                node_id=self.node_id,
-                stream_id=stream_id,
-                metadata=metadata or _EMPTY,
-                timestamp=self._now(),
+            make_llm_event(
+                chunk,
+                final,
+                self.session_id,
+                self.node_id,
+                stream_id,
+                metadata or _EMPTY,
+                self._now(),
             )
         )
 

@@ -8,15 +8,19 @@ from typing import TYPE_CHECKING, Self, final
 
 import trio
 
-from .types import Event
+from .types import STREAM_END_SCOPE, DiagnosticEvent, Event
+
+_checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
 if TYPE_CHECKING:
     from .bus import Subscriber
 
 # receive() yields to the scheduler at least this often while events are buffered,
-# so a fast consumer cannot starve other tasks; in between it only checks for
-# cancellation, which keeps the per-event cost low.
-_YIELD_EVERY = 64
+# so a busy consumer cannot starve other tasks; in between it only checks for
+# cancellation, which keeps the per-event cost low. About one default buffer: a
+# consumer empties its buffer in one turn and so keeps up with a producer that
+# fills it in one.
+_YIELD_EVERY = 1024
 
 
 @final
@@ -75,7 +79,7 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
         sub = self._sub
         if sub.closed:
             raise trio.ClosedResourceError("this EventStream was closed")
-        if self._sentinel_seen and self._stop_at_end:
+        if self._sentinel_seen:  # set only for streams that stop there
             raise trio.EndOfChannel
         if sub.buffer:
             event = sub.take()
@@ -112,20 +116,28 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
             return event
 
     async def __anext__(self) -> Event:
-        # receive() inlined for the common case (an event is buffered); this is
-        # the hot path of ``async for event in stream``.
+        # receive() inlined for the common case (an event is buffered, nothing
+        # special pending); this is the hot path of ``async for event in stream``.
         sub = self._sub
+        buffer = sub.buffer
         if (
-            sub.buffer
+            buffer
+            and not sub.backlog
             and not sub.closed
-            and not (self._sentinel_seen and self._stop_at_end)
+            and not self._sentinel_seen
             and self._since_yield < _YIELD_EVERY - 1
         ):
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if sub.buffer:
+            await _checkpoint_if_cancelled()
+            if buffer and not sub.backlog:
                 self._since_yield += 1
-                event = sub.take()
-                if self._stop_at_end and event.is_stream_end:
+                event = buffer.popleft()
+                if not buffer:
+                    sub.lagging = False
+                if (
+                    self._stop_at_end
+                    and type(event) is DiagnosticEvent
+                    and event.scope == STREAM_END_SCOPE
+                ):
                     self._sentinel_seen = True
                 return event
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -291,3 +291,48 @@ def event_from_json(obj: Mapping[str, Any] | str | bytes) -> Event:
     raise EventDecodeError(
         f"unknown event type {kind!r}; expected 'node', 'diagnostic' or 'llm'"
     )
+
+
+def _fast_constructor(cls: type[Any], names: tuple[str, ...]) -> Callable[..., Any]:
+    """A positional constructor that skips the attrs ``__init__``.
+
+    Emitting is the hot path of a run: this builds a frozen event through its
+    slot descriptors, about three times faster, for callers that pass values of
+    the right types (the `NodeContext` methods).
+    """
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    for index, name in enumerate(names):
+        namespace[f"_set{index}"] = cls.__dict__[name].__set__
+    # Helpers bound as defaults: local lookups, the cheapest there are.
+    bound = ", ".join(f"{key}={key}" for key in namespace)
+    lines = [f"def make({', '.join(names)}, *, {bound}):", "    event = _new(_cls)"]
+    lines += [f"    _set{index}(event, {name})" for index, name in enumerate(names)]
+    lines.append("    return event")
+    exec("\n".join(lines), namespace)  # unrolled: a loop would cost most of the gain
+    maker: Callable[..., Any] = namespace["make"]
+    return maker
+
+
+make_node_event: Callable[
+    [str, str, str | None, int | None, Mapping[str, Any], float, str | None], NodeEvent
+] = _fast_constructor(
+    NodeEvent,
+    ("scope", "message", "node_id", "step", "metadata", "timestamp", "session_id"),
+)
+"""``make_node_event(scope, message, node_id, step, metadata, ts, session_id)``."""
+
+make_llm_event: Callable[
+    [str, bool, str | None, str | None, str | None, Mapping[str, Any], float], LLMEvent
+] = _fast_constructor(
+    LLMEvent,
+    (
+        "chunk",
+        "is_final",
+        "session_id",
+        "node_id",
+        "stream_id",
+        "metadata",
+        "timestamp",
+    ),
+)
+"""``make_llm_event(chunk, is_final, session_id, node_id, stream_id, metadata, ts)``."""
