@@ -44,6 +44,7 @@ Overflow = Literal["drop_oldest", "drop_newest", "block"]
 OVERFLOW_POLICIES: tuple[str, ...] = get_args(Overflow)
 DEFAULT_CAPACITY = 1024
 SINK_ERROR_SCOPE = "event_bus.sink_error"
+_EMIT_ASYNC_YIELD_EVERY = 256
 CANCEL_DRAIN_TIMEOUT = 5.0
 """Seconds a cancelled ``async with bus:`` block waits for its sinks to drain."""
 
@@ -265,6 +266,7 @@ class EventBus:
         self._closed = False
         self._started = False
         self._inline = False
+        self._async_calls = 0
         self._finished = trio.Event()
         send, recv = trio.open_memory_channel[None](1)
         self._inbox_send: trio.MemorySendChannel[None] = send
@@ -398,23 +400,34 @@ class EventBus:
             self._prune()
 
     async def emit_async(self, event: Event) -> None:
-        """Publish ``event`` and wait until every ``"block"`` subscriber has room.
+        """Publish ``event``; wait while a ``"block"`` subscriber has no room for it.
 
-        A checkpoint. This is end-to-end backpressure: a producer using it is never
-        more than one buffer ahead of its slowest lossless consumer.
+        This is end-to-end backpressure with bounded memory: a producer using it
+        is never more than one buffer ahead of its slowest lossless consumer.
+        A checkpoint: always a cancellation point; it yields to the scheduler
+        whenever it waits for room, and at least every 256 calls otherwise.
 
         Raises:
             EventBusClosed: the bus was closed.
         """
         self.emit(event)
-        if (self._started or self._inline) and any(
-            s.overflow == "block" for s in self._subscribers
-        ):
-            self._flush()  # hand the event over now so that backlogs are exact
-            for sub in self._subscribers:
-                while sub.backlog and not sub.closed:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        pending = len(self._batch)
+        for sub in self._subscribers:
+            if (
+                sub.overflow == "block"
+                and not sub.closed
+                and len(sub.buffer) + len(sub.backlog) + pending > sub.capacity
+            ):
+                self._flush()  # hand the batch over so that the backlog is exact
+                pending = 0
+                while sub.backlog and not sub.closed and not sub.ended:
                     await sub.room.park()
-        await trio.lowlevel.checkpoint()
+                self._async_calls = 0
+        self._async_calls += 1
+        if self._async_calls >= _EMIT_ASYNC_YIELD_EVERY:
+            self._async_calls = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _flush(self) -> None:
         batch = self._batch

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 # consumer empties its buffer in one turn and so keeps up with a producer that
 # fills it in one.
 _YIELD_EVERY = 1024
+# While events are buffered, ``async for`` checks for cancellation every 8
+# events rather than every one: the check costs more than taking an event.
+_CANCEL_CHECK_MASK = 7
 
 
 @final
@@ -94,7 +97,9 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
         """The next event, waiting for one if needed.
 
         A checkpoint: always a cancellation point, and it yields to the scheduler
-        when it waits or at least every 64 events. Cancellation loses no event.
+        when it waits or at least every 1024 events. Cancellation loses no event.
+        (``async for`` over the stream, the fast path, checks for cancellation
+        every 8 buffered events and whenever it waits.)
 
         Raises:
             trio.EndOfChannel: the stream ended.
@@ -127,9 +132,10 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
             and not self._sentinel_seen
             and self._since_yield < _YIELD_EVERY - 1
         ):
-            await _checkpoint_if_cancelled()
+            self._since_yield += 1
+            if not self._since_yield & _CANCEL_CHECK_MASK:
+                await _checkpoint_if_cancelled()
             if buffer and not sub.backlog:
-                self._since_yield += 1
                 event = buffer.popleft()
                 if not buffer:
                     sub.lagging = False
