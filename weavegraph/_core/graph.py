@@ -825,8 +825,3 @@ class Graph:
                 + "; add an edge towards END (directly or through other nodes)",
                 stuck,
             )
-
-
-def declared_start_frontier(graph: Graph) -> tuple[str, ...]:
-    """The plain targets of START, in insertion order."""
-    return graph.edges.get(START, ())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
 from .frontier import JoinProgress
@@ -29,11 +27,3 @@ class Session:
     frontier: tuple[str, ...] = ()
     versions_seen: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     join_progress: JoinProgress = attrs.field(factory=dict)
-
-    def describe(self) -> dict[str, Any]:
-        """A short summary for logs and error messages."""
-        return {
-            "session_id": self.session_id,
-            "step": self.step,
-            "frontier": list(self.frontier),
-        }
