@@ -9,6 +9,7 @@ asyncio.  Scripts import it as ``_common`` after putting ``bench/`` on
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import importlib.metadata
@@ -226,3 +227,16 @@ def environment_line(dists: Sequence[str]) -> str:
     ]
     parts += [f"{dist} {dist_version(dist) or '-'}" for dist in dists]
     return " | ".join(parts)
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser, *, unit: str, quick_help: str
+) -> None:
+    """The options every benchmark takes: --runs, --warmup and --quick."""
+    parser.add_argument(
+        "--runs", type=int, default=5, help=f"timed runs per {unit} (default 5)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs first (default 1)"
+    )
+    parser.add_argument("--quick", action="store_true", help=quick_help)

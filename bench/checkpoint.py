@@ -114,6 +114,7 @@ from _common import (  # noqa: E402
     Runner,
     Table,
     Unavailable,
+    add_run_options,
     environment_line,
     fmt_ms,
     fmt_ratio,
@@ -1390,16 +1391,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Cost of checkpointing every step: weavegraph vs LangGraph."
     )
-    parser.add_argument(
-        "--runs", type=int, default=5, help="timed runs per measurement (default 5)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed runs first (default 1)"
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"small sizes ({QUICK}) instead of ({FULL}), for a smoke test",
+    add_run_options(
+        parser,
+        unit="measurement",
+        quick_help=f"small sizes ({QUICK}) instead of ({FULL}), for a smoke test",
     )
     parser.add_argument(
         "--lg-state",

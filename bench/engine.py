@@ -91,6 +91,7 @@ from _common import (  # noqa: E402
     Runner,
     Table,
     Unavailable,
+    add_run_options,
     dist_version,
     environment_line,
     fmt_ms,
@@ -796,16 +797,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Per-step engine overhead: weavegraph vs raw trio and peers."
     )
-    parser.add_argument(
-        "--runs", type=int, default=5, help="timed runs per measurement (default 5)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed runs first (default 1)"
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"small sizes {QUICK_SIZES} instead of {FULL_SIZES}, for a smoke test",
+    add_run_options(
+        parser,
+        unit="measurement",
+        quick_help=f"small sizes {QUICK_SIZES} instead of {FULL_SIZES} (a smoke test)",
     )
     parser.add_argument(
         "--engines",

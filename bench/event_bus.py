@@ -127,6 +127,7 @@ from _common import (  # noqa: E402
     Runner,
     Table,
     Unavailable,
+    add_run_options,
     environment_line,
     fmt_ratio,
     run_on,
@@ -1584,16 +1585,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Event streaming throughput: weavegraph vs raw trio and LangGraph."
     )
-    parser.add_argument(
-        "--runs", type=int, default=5, help="timed runs per scenario (default 5)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed runs first (default 1)"
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"N = {QUICK_EVENTS:,} instead of {FULL_EVENTS:,}, for a smoke test",
+    add_run_options(
+        parser,
+        unit="scenario",
+        quick_help=f"N = {QUICK_EVENTS:,} instead of {FULL_EVENTS:,}, for a smoke test",
     )
     parser.add_argument(
         "--events", type=int, default=None, help="N, events per run (overrides --quick)"

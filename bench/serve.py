@@ -125,6 +125,7 @@ from _common import (  # noqa: E402
     Failed,
     Measured,
     Table,
+    add_run_options,
     environment_line,
     fmt_ms,
     fmt_ratio,
@@ -1091,16 +1092,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="SSE serving throughput of weavegraph over loopback."
     )
-    parser.add_argument(
-        "--runs", type=int, default=5, help="timed runs per scenario (default 5)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed rounds first (default 1)"
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"N = {QUICK_EVENTS:,} events and {QUICK_CLIENTS} clients "
+    add_run_options(
+        parser,
+        unit="scenario",
+        quick_help=f"N = {QUICK_EVENTS:,} events and {QUICK_CLIENTS} clients "
         f"(instead of {FULL_EVENTS:,} and {FULL_CLIENTS}): a few seconds",
     )
     parser.add_argument(
