@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import importlib.metadata
+import importlib.util
 import platform
 import statistics
 import sys
@@ -240,3 +242,47 @@ def add_run_options(
         "--warmup", type=int, default=1, help="untimed runs first (default 1)"
     )
     parser.add_argument("--quick", action="store_true", help=quick_help)
+
+
+def check_run_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> None:
+    """Reject impossible --runs and --warmup values."""
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+
+
+def pick_subset(
+    parser: argparse.ArgumentParser, flag: str, value: str, keys: Sequence[str]
+) -> list[str]:
+    """The comma-separated ``value`` of ``flag``, checked against ``keys``."""
+    selected = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = sorted(set(selected) - set(keys))
+    if unknown or not selected:
+        parser.error(f"{flag}: unknown {unknown}; choose from {list(keys)}")
+    return selected
+
+
+def find_module(module: str, *, also_missing: Sequence[str] = ()) -> Any:
+    """Import an optional peer: the module, or `Unavailable` saying why not.
+
+    Tells "not installed" (the package, or one of ``also_missing``, is absent)
+    from "installed but broken".
+    """
+    top = module.partition(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return Unavailable("not installed")
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.split(".")[0] in {top, *also_missing}:
+            return Unavailable("not installed")
+        return Unavailable(f"import failed ({type(exc).__name__}: {exc})")
+    except Exception as exc:
+        return Unavailable(f"import failed ({type(exc).__name__}: {exc})")

@@ -92,7 +92,6 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Annotated, Any, Literal, TypedDict
 
 # ``_common`` sits next to this file; the checkout's own weavegraph is measured
@@ -115,10 +114,13 @@ from _common import (  # noqa: E402
     Table,
     Unavailable,
     add_run_options,
+    check_run_options,
     environment_line,
+    find_module,
     fmt_ms,
     fmt_ratio,
     fmt_us,
+    pick_subset,
     run_on,
     time_runner,
 )
@@ -177,25 +179,6 @@ def _describe(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"
-
-
-def _find_module(module: str) -> Unavailable | ModuleType:
-    """Import an optional peer, distinguishing "absent" from "broken"."""
-    top = module.partition(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        return Unavailable("not installed")
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and exc.name.split(".")[0] in {top, "aiosqlite"}:
-            return Unavailable("not installed")
-        return Unavailable(f"import failed ({type(exc).__name__}: {exc})")
-    except Exception as exc:
-        return Unavailable(f"import failed ({type(exc).__name__}: {exc})")
 
 
 def _files_size(path: Path) -> int:
@@ -779,12 +762,12 @@ class LangGraphVariant(Variant):
         self.human_message: Any = None
 
     def load(self) -> Unavailable | None:
-        found = _find_module("langgraph.graph")
+        found = find_module("langgraph.graph")
         if isinstance(found, Unavailable):
             return found
         self.lg = found
         if self.state_kind == "messages":
-            messages = _find_module("langchain_core.messages")
+            messages = find_module("langchain_core.messages")
             if isinstance(messages, Unavailable):
                 return messages
             self.ai_message = messages.AIMessage
@@ -873,7 +856,7 @@ class LangSqlite(LangGraphVariant):
         problem = super().load()
         if problem is not None:
             return problem
-        found = _find_module("langgraph.checkpoint.sqlite")
+        found = find_module("langgraph.checkpoint.sqlite")
         if isinstance(found, Unavailable):
             return found
         self.saver_cls = found.SqliteSaver
@@ -972,10 +955,12 @@ class LangAsyncSqlite(LangGraphVariant):
         problem = super().load()
         if problem is not None:
             return problem
-        found = _find_module("langgraph.checkpoint.sqlite.aio")
+        found = find_module(
+            "langgraph.checkpoint.sqlite.aio", also_missing=["aiosqlite"]
+        )
         if isinstance(found, Unavailable):
             return found
-        driver = _find_module("aiosqlite")
+        driver = find_module("aiosqlite")
         if isinstance(driver, Unavailable):
             return driver
         self.saver_cls = found.AsyncSqliteSaver
@@ -1409,14 +1394,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(VARIANT_KEYS)} (default: all)",
     )
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
-    selected = [s.strip() for s in args.variants.split(",") if s.strip()]
-    unknown = sorted(set(selected) - set(VARIANT_KEYS))
-    if unknown or not selected:
-        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANT_KEYS)}")
+    check_run_options(parser, args)
+    selected = pick_subset(parser, "--variants", args.variants, VARIANT_KEYS)
     args.variants = selected
     return args
 

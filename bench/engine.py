@@ -67,7 +67,6 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Literal, TypedDict
 
 import trio
@@ -92,11 +91,14 @@ from _common import (  # noqa: E402
     Table,
     Unavailable,
     add_run_options,
+    check_run_options,
     dist_version,
     environment_line,
+    find_module,
     fmt_ms,
     fmt_ratio,
     fmt_us,
+    pick_subset,
     run_on,
     run_trio_else_asyncio,
     time_runner,
@@ -212,21 +214,6 @@ def _describe(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"
-
-
-def _find_module(module: str) -> Unavailable | ModuleType:
-    """Import an optional peer, distinguishing "absent" from "broken"."""
-    top = module.partition(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        return Unavailable("not installed")
-    try:
-        return importlib.import_module(module)
-    except Exception as exc:
-        return Unavailable(f"import failed ({type(exc).__name__}: {exc})")
 
 
 # ---- weavegraph and raw trio share the same node functions ----------------- #
@@ -436,7 +423,7 @@ class LangGraphEngine(Engine):
         self.graph_mod: Any = None
 
     def load(self) -> Unavailable | None:
-        found = _find_module("langgraph.graph")
+        found = find_module("langgraph.graph")
         if isinstance(found, Unavailable):
             return found
         self.graph_mod = found
@@ -525,7 +512,7 @@ class PydanticGraphEngine(Engine):
         self.backends_used: set[str] = set()
 
     def load(self) -> Unavailable | None:
-        found = _find_module("pydantic_graph")
+        found = find_module("pydantic_graph")
         if isinstance(found, Unavailable):
             return found
         if not hasattr(found, "GraphBuilder"):
@@ -808,14 +795,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(ENGINE_KEYS)} (default: all)",
     )
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
-    selected = [s.strip() for s in args.engines.split(",") if s.strip()]
-    unknown = sorted(set(selected) - set(ENGINE_KEYS))
-    if unknown or not selected:
-        parser.error(f"--engines: unknown {unknown}; choose from {list(ENGINE_KEYS)}")
+    check_run_options(parser, args)
+    selected = pick_subset(parser, "--engines", args.engines, ENGINE_KEYS)
     args.engines = selected
     return args
 

@@ -92,8 +92,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import importlib
-import importlib.util
 import logging
 import pstats
 import statistics
@@ -128,8 +126,11 @@ from _common import (  # noqa: E402
     Table,
     Unavailable,
     add_run_options,
+    check_run_options,
     environment_line,
+    find_module,
     fmt_ratio,
+    pick_subset,
     run_on,
     time_runner,
 )
@@ -582,26 +583,11 @@ class _LgState(TypedDict, total=False):
 _LG_PAYLOAD = {"scope": "tick", "message": "m"}
 
 
-def _find_module(module: str) -> Unavailable | Any:
-    """Import an optional peer, telling "absent" from "broken"."""
-    top = module.partition(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        return Unavailable("not installed")
-    try:
-        return importlib.import_module(module)
-    except Exception as exc:
-        return Unavailable(f"import failed: {type(exc).__name__}: {exc}")
-
-
 def load_langgraph() -> Unavailable | tuple[Any, Any]:
-    graph_mod = _find_module("langgraph.graph")
+    graph_mod = find_module("langgraph.graph")
     if isinstance(graph_mod, Unavailable):
         return graph_mod
-    config_mod = _find_module("langgraph.config")
+    config_mod = find_module("langgraph.config")
     if isinstance(config_mod, Unavailable):
         return config_mod
     if not hasattr(config_mod, "get_stream_writer"):
@@ -1611,17 +1597,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--top", type=int, default=15, help="entries of the --profile listing"
     )
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
+    check_run_options(parser, args)
     if args.events is not None and args.events < 1:
         parser.error("--events must be >= 1")
     args.n = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
-    selected = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = sorted(set(selected) - set(GROUPS))
-    if unknown or not selected:
-        parser.error(f"--scenarios: unknown {unknown}; choose from {list(GROUPS)}")
+    selected = pick_subset(parser, "--scenarios", args.scenarios, GROUPS)
     args.groups = selected
     return args
 

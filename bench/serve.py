@@ -126,6 +126,7 @@ from _common import (  # noqa: E402
     Measured,
     Table,
     add_run_options,
+    check_run_options,
     environment_line,
     fmt_ms,
     fmt_ratio,
@@ -1136,10 +1137,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.clients = QUICK_CLIENTS if args.quick else FULL_CLIENTS
     if args.first_runs < 0:
         parser.error("--first-runs must be >= 0")
-    if args.runs < 1:
-        parser.error("--runs must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
+    check_run_options(parser, args)
     if args.events < 1:
         parser.error("--events must be >= 1")
     if args.clients < 2:
