@@ -21,6 +21,7 @@ from weavegraph import (
     END,
     START,
     Append,
+    ErrorDetail,
     ErrorEvent,
     ErrorScope,
     GraphBuilder,
@@ -31,7 +32,6 @@ from weavegraph import (
     StateSnapshot,
     VersionedState,
     Versions,
-    WeaveError,
 )
 
 
@@ -191,7 +191,7 @@ def error_events(draw: st.DrawFn) -> ErrorEvent:
     }[kind]()
     when = _BASE_TIME + dt.timedelta(seconds=draw(st.integers(0, 3)))
     message = draw(st.sampled_from(["boom", "bad", "oops"]))
-    return ErrorEvent(scope=scope, error=WeaveError(message=message), when=when)
+    return ErrorEvent(scope=scope, error=ErrorDetail(message=message), when=when)
 
 
 frontier_commands = st.one_of(

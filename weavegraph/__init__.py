@@ -12,6 +12,7 @@ from ._core.errors import CycleError as CycleError
 from ._core.errors import DuplicateEdgeError as DuplicateEdgeError
 from ._core.errors import DuplicateNodeError as DuplicateNodeError
 from ._core.errors import EdgeFromEndError as EdgeFromEndError
+from ._core.errors import ErrorDetail as ErrorDetail
 from ._core.errors import ErrorEvent as ErrorEvent
 from ._core.errors import ErrorScope as ErrorScope
 from ._core.errors import EventBusClosed as EventBusClosed
@@ -36,7 +37,6 @@ from ._core.errors import StepLimitExceeded as StepLimitExceeded
 from ._core.errors import UnknownNodeError as UnknownNodeError
 from ._core.errors import UnreachableNodesError as UnreachableNodesError
 from ._core.errors import ValidationFailed as ValidationFailed
-from ._core.errors import WeaveError as WeaveError
 from ._core.errors import WeavegraphError as WeavegraphError
 from ._core.errors import WorkflowError as WorkflowError
 from ._core.graph import END as END
@@ -183,7 +183,7 @@ __all__ = (
     # errors
     "ErrorEvent",
     "ErrorScope",
-    "WeaveError",
+    "ErrorDetail",
     "WeavegraphError",
     "GraphError",
     "ReservedNodeNameError",

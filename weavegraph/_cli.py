@@ -9,12 +9,12 @@ from typing import Any, TextIO
 
 import trio
 
+from ._codec import converter, dumps
 from ._core.errors import WeavegraphError
 from ._core.frontier import is_complete
 from .checkpoint.postgres import PostgresCheckpointer
 from .checkpoint.record import Checkpoint
 from .checkpoint.sqlite import SQLiteCheckpointer
-from .events.codec import converter, dumps
 
 
 def open_store(db: str) -> Any:

@@ -1,4 +1,4 @@
-"""The exception hierarchy and the ErrorEvent / ErrorScope / WeaveError records."""
+"""The exception hierarchy and the ErrorEvent / ErrorScope / ErrorDetail records."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from weavegraph import (
     DuplicateEdgeError,
     DuplicateNodeError,
     EdgeFromEndError,
+    ErrorDetail,
     ErrorEvent,
     ErrorScope,
     GraphError,
@@ -37,7 +38,6 @@ from weavegraph import (
     UnknownNodeError,
     UnreachableNodesError,
     ValidationFailed,
-    WeaveError,
     WeavegraphError,
     WorkflowError,
 )
@@ -198,7 +198,7 @@ class TestErrorScope:
 class TestErrorEvent:
     def test_defaults(self) -> None:
         before = dt.datetime.now(dt.UTC)
-        event = ErrorEvent(error=WeaveError(message="boom"))
+        event = ErrorEvent(error=ErrorDetail(message="boom"))
         after = dt.datetime.now(dt.UTC)
         assert event.scope == ErrorScope.for_app()
         assert event.tags == ()
@@ -208,11 +208,11 @@ class TestErrorEvent:
 
     def test_constructors_accept_text_or_weave_error(self) -> None:
         node = ErrorEvent.node("n", 1, "text", tags=["node"], context={})
-        assert node.error == WeaveError(message="text")
+        assert node.error == ErrorDetail(message="text")
         assert node.scope == ErrorScope.for_node("n", 1)
         assert node.tags == ("node",)
         assert node.context == {}
-        cause = WeaveError(message="inner")
+        cause = ErrorDetail(message="inner")
         assert ErrorEvent.scheduler(2, cause).error is cause
         assert ErrorEvent.runner("s", 3, "x").scope == ErrorScope.for_runner("s", 3)
         assert ErrorEvent.app("x").scope == ErrorScope.for_app()
@@ -243,8 +243,8 @@ class TestErrorEvent:
 
 class TestWeaveError:
     def test_chain(self) -> None:
-        inner = WeaveError(message="inner")
-        outer = WeaveError(message="outer", cause=inner, details={"k": 1})
+        inner = ErrorDetail(message="inner")
+        outer = ErrorDetail(message="outer", cause=inner, details={"k": 1})
         assert outer.chain() == [outer, inner]
         assert inner.chain() == [inner]
         assert outer.details == {"k": 1}
@@ -256,7 +256,7 @@ class TestWeaveError:
             except KeyError as exc:
                 raise ValueError("bad value") from exc
         except ValueError as exc:
-            described = WeaveError.from_exception(exc)
+            described = ErrorDetail.from_exception(exc)
         assert [e.message for e in described.chain()] == [
             "ValueError: bad value",
             "KeyError: 'k'",

@@ -17,6 +17,7 @@ from weavegraph import (
     START,
     Append,
     BarrierOutcome,
+    ErrorDetail,
     ErrorEvent,
     ErrorScope,
     GraphBuilder,
@@ -28,7 +29,6 @@ from weavegraph import (
     StateSnapshot,
     VersionedState,
     Versions,
-    WeaveError,
     WeavegraphError,
     add_errors,
     add_messages,
@@ -675,6 +675,6 @@ def test_one_barrier_per_partial_reaches_the_same_content(
 
 
 def test_weave_error_in_partial_round_trip() -> None:
-    error = ErrorEvent.node("n", 1, WeaveError(message="m", details={"k": 1}))
+    error = ErrorEvent.node("n", 1, ErrorDetail(message="m", details={"k": 1}))
     out = apply_barrier(hi(), ["n"], [NodePartial(errors=[error])])
     assert out.state.errors[0] is error

@@ -26,7 +26,7 @@ from weavegraph import (
     StepLimitExceeded,
     WorkflowError,
 )
-from weavegraph.events.codec import converter
+from weavegraph._codec import converter
 
 
 def single(node, **kwargs):

@@ -39,7 +39,7 @@ def _utcnow() -> _dt.datetime:
 
 
 @attrs.frozen(kw_only=True)
-class WeaveError:
+class ErrorDetail:
     """A serialisable error description with an optional cause chain.
 
     Attributes:
@@ -49,21 +49,21 @@ class WeaveError:
     """
 
     message: str
-    cause: WeaveError | None = None
+    cause: ErrorDetail | None = None
     details: Any = None
 
-    def chain(self) -> list[WeaveError]:
+    def chain(self) -> list[ErrorDetail]:
         """Return this error followed by its causes, outermost first."""
-        out: list[WeaveError] = []
-        current: WeaveError | None = self
+        out: list[ErrorDetail] = []
+        current: ErrorDetail | None = self
         while current is not None:
             out.append(current)
             current = current.cause
         return out
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> WeaveError:
-        """Describe ``exc`` (and its ``__cause__`` chain) as a `WeaveError`."""
+    def from_exception(cls, exc: BaseException) -> ErrorDetail:
+        """Describe ``exc`` (and its ``__cause__`` chain) as a `ErrorDetail`."""
         cause = exc.__cause__
         return cls(
             message=describe_exception(exc),
@@ -138,7 +138,7 @@ class ErrorEvent:
         context: Any JSON-like value; ``{}`` for framework-recorded node failures.
     """
 
-    error: WeaveError
+    error: ErrorDetail
     scope: ErrorScope = attrs.field(factory=ErrorScope)
     when: _dt.datetime = attrs.field(factory=_utcnow, converter=_aware)
     tags: tuple[str, ...] = attrs.field(default=(), converter=_to_tags)
@@ -146,19 +146,21 @@ class ErrorEvent:
 
     @classmethod
     def node(
-        cls, node: str, step: int, error: WeaveError | str, **kwargs: Any
+        cls, node: str, step: int, error: ErrorDetail | str, **kwargs: Any
     ) -> ErrorEvent:
         """An error of node ``node`` at ``step``; ``error`` may be plain text."""
         return cls(scope=ErrorScope.for_node(node, step), error=_weave(error), **kwargs)
 
     @classmethod
-    def scheduler(cls, step: int, error: WeaveError | str, **kwargs: Any) -> ErrorEvent:
+    def scheduler(
+        cls, step: int, error: ErrorDetail | str, **kwargs: Any
+    ) -> ErrorEvent:
         """An error of the scheduler at ``step``."""
         return cls(scope=ErrorScope.for_scheduler(step), error=_weave(error), **kwargs)
 
     @classmethod
     def runner(
-        cls, session: str, step: int, error: WeaveError | str, **kwargs: Any
+        cls, session: str, step: int, error: ErrorDetail | str, **kwargs: Any
     ) -> ErrorEvent:
         """An error of the runner of ``session`` at ``step``."""
         return cls(
@@ -166,7 +168,7 @@ class ErrorEvent:
         )
 
     @classmethod
-    def app(cls, error: WeaveError | str, **kwargs: Any) -> ErrorEvent:
+    def app(cls, error: ErrorDetail | str, **kwargs: Any) -> ErrorEvent:
         """An application-level error."""
         return cls(scope=ErrorScope.for_app(), error=_weave(error), **kwargs)
 
@@ -186,8 +188,8 @@ class ErrorEvent:
         return f"{self.scope}: {self.error.message}"
 
 
-def _weave(error: WeaveError | str) -> WeaveError:
-    return error if isinstance(error, WeaveError) else WeaveError(message=error)
+def _weave(error: ErrorDetail | str) -> ErrorDetail:
+    return error if isinstance(error, ErrorDetail) else ErrorDetail(message=error)
 
 
 def describe_exception(exc: BaseException) -> str:

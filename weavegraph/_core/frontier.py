@@ -26,11 +26,6 @@ JoinProgress = Mapping[str, frozenset[str]]
 _NO_PROGRESS: JoinProgress = MappingProxyType({})
 
 
-def is_virtual(name: str) -> bool:
-    """Whether ``name`` is ``START`` or ``END``."""
-    return name in (START, END)
-
-
 def is_complete(frontier: Sequence[str]) -> bool:
     """A run is complete when its frontier holds no real node (only START/END)."""
     # A plain loop: ~3x cheaper than all() over a generator on this hot path.

@@ -16,13 +16,13 @@ from .._core.errors import describe_exception
 from .._core.graph import Graph
 from .._core.session import Session
 from .._core.state import StateError, VersionedState
+from .._trio import open_service_nursery
 from ..events.sinks import ChannelSink, EventSink
 from ..events.stream import EventStream
 from ..events.types import Event
 from .config import RuntimeConfig
 from .engine import Engine, emit_stream_end
 from .invocation import Invocation
-from .nursery import open_service_nursery
 
 if TYPE_CHECKING:
     from ..events.bus import EventBus
@@ -56,7 +56,6 @@ class App:
     def __init__(self, graph: Graph, config: RuntimeConfig) -> None:
         self._graph = graph
         self._config = config
-        self._engines: dict[int, Engine] = {}
 
     @property
     def graph(self) -> Graph:

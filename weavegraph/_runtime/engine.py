@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from .._core.errors import (
+    ErrorDetail,
     ErrorEvent,
     NodeNotFound,
     NodeOutputError,
@@ -24,7 +25,6 @@ from .._core.errors import (
     ReducerError,
     RouterError,
     StepLimitExceeded,
-    WeaveError,
     WorkflowError,
     describe_exception,
 )
@@ -40,7 +40,7 @@ from .._core.reducers import BarrierOutcome, apply_barrier
 from .._core.session import Session
 from .._core.state import FrontierCommand, NodePartial, StateSnapshot, VersionedState
 from ..events.bus import EventBus
-from ..events.types import STREAM_END_SCOPE, DiagnosticEvent
+from ..events.types import STREAM_END_SCOPE, DiagnosticEvent, stream_end_event
 from .config import RuntimeConfig
 from .context import NodeContext
 
@@ -269,7 +269,11 @@ class Engine:
                 ["node", "timeout"] if isinstance(exc, NodeTimeoutError) else ["node"]
             )
             event = ErrorEvent.node(
-                failed.node, step, WeaveError.from_exception(exc), tags=tags, context={}
+                failed.node,
+                step,
+                ErrorDetail.from_exception(exc),
+                tags=tags,
+                context={},
             )
             self._fail(session, event, exc, bus)
 
@@ -523,16 +527,6 @@ class Engine:
             emit_stream_end(bus, session, status, error_text, scope=end_scope)
 
 
-def end_message(
-    session_id: str, status: str, step: int, error: str | None = None
-) -> str:
-    """The stream-end sentinel's message text."""
-    text = f"session={session_id} status={status} step={step}"
-    if error is not None:
-        text += f" error={error}"
-    return text
-
-
 def emit_stream_end(
     bus: EventBus,
     session: Session,
@@ -548,9 +542,4 @@ def emit_stream_end(
             session.session_id,
         )
         return
-    bus.emit(
-        DiagnosticEvent(
-            scope=scope,
-            message=end_message(session.session_id, status, session.step, error),
-        )
-    )
+    bus.emit(stream_end_event(session.session_id, status, session.step, error, scope))

@@ -15,9 +15,9 @@ from typing import Any
 
 import attrs
 
+from .._codec import converter, dumps
 from .._core.errors import WeavegraphError
 from .._core.state import VersionedState
-from ..events.codec import converter, dumps
 from ..events.types import Event
 
 EventNormalizer = Callable[[Event], Any]

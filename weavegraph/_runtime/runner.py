@@ -32,6 +32,7 @@ from .._core.graph import END, START, display
 from .._core.reducers import apply_barrier
 from .._core.session import Session
 from .._core.state import NodePartial, StateError, VersionedState
+from .._trio import open_service_nursery
 from ..checkpoint.record import Checkpoint, Checkpointer
 from ..events.bus import EventBus, Overflow
 from ..events.stream import EventStream
@@ -39,7 +40,6 @@ from ..events.types import INVOCATION_END_SCOPE, STREAM_END_SCOPE
 from .app import App
 from .config import RuntimeConfig
 from .engine import Engine, StepReport, emit_stream_end
-from .nursery import open_service_nursery
 
 logger = logging.getLogger("weavegraph.runner")
 
@@ -98,7 +98,6 @@ class PausedReport:
     report: StepReport | None = None
 
     completed = False
-    paused = True
 
 
 @attrs.frozen(kw_only=True)

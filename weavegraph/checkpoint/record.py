@@ -21,10 +21,10 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 from cattrs.errors import BaseValidationError as cattrs_errors
 
+from .._codec import converter, dumps, loads
 from .._core.errors import CheckpointError, ErrorEvent
 from .._core.session import Session
 from .._core.state import History, Message, VersionedState, Versions, freeze_extra
-from ..events.codec import converter, dumps, loads
 
 
 def _utcnow() -> _dt.datetime:

@@ -31,7 +31,7 @@ import attrs
 import trio
 
 from .._core.errors import EventBusClosed, WeavegraphError
-from .._runtime.nursery import single_exception
+from .._trio import single_exception
 from .types import DiagnosticEvent, Event
 
 if TYPE_CHECKING:

@@ -89,7 +89,7 @@ class _EventMixin:
 
     def to_json_str(self, pretty: bool = False) -> str:
         """`to_json` encoded as JSON text (two-space indented when ``pretty``)."""
-        from .codec import dumps
+        from .._codec import dumps
 
         return dumps(self.to_json(), pretty=pretty)
 
@@ -150,6 +150,9 @@ class DiagnosticEvent(_EventMixin):
         scope: The diagnostic's scope, e.g. `STREAM_END_SCOPE`.
         message: Free text.
         timestamp: POSIX seconds when emitted.
+        metadata: Structured facts (JSON-like). The stream-end sentinel carries
+            ``status``, ``session_id``, ``step`` and ``error`` (``None`` unless
+            the run failed); read these instead of parsing ``message``.
     """
 
     type: ClassVar[EventType] = "diagnostic"
@@ -157,6 +160,7 @@ class DiagnosticEvent(_EventMixin):
     scope: str
     message: str = ""
     timestamp: float = attrs.field(factory=time.time)
+    metadata: Mapping[str, Any] = _EMPTY
 
     @property
     def scope_label(self) -> str:
@@ -167,7 +171,7 @@ class DiagnosticEvent(_EventMixin):
         return self.scope == STREAM_END_SCOPE
 
     def json_metadata(self) -> dict[str, Any]:
-        return {}
+        return dict(self.metadata)
 
     def __str__(self) -> str:
         return self.message
@@ -239,6 +243,40 @@ class LLMEvent(_EventMixin):
 Event: TypeAlias = NodeEvent | DiagnosticEvent | LLMEvent
 """Any event."""
 
+
+def end_message(
+    session_id: str, status: str, step: int, error: str | None = None
+) -> str:
+    """The stream-end sentinel's message text (SPEC §4)."""
+    text = f"session={session_id} status={status} step={step}"
+    if error is not None:
+        text += f" error={error}"
+    return text
+
+
+def stream_end_event(
+    session_id: str,
+    status: str,
+    step: int,
+    error: str | None = None,
+    scope: str = STREAM_END_SCOPE,
+    timestamp: float | None = None,
+) -> DiagnosticEvent:
+    """The sentinel that ends a run's stream: its text and its structured facts.
+
+    The one place a sentinel is built. ``metadata`` holds ``status``,
+    ``session_id``, ``step`` and ``error`` (``None`` unless the run failed).
+    """
+    return DiagnosticEvent(
+        scope=scope,
+        message=end_message(session_id, status, step, error),
+        metadata=MappingProxyType(
+            {"status": status, "session_id": session_id, "step": step, "error": error}
+        ),
+        timestamp=time.time() if timestamp is None else timestamp,
+    )
+
+
 _NODE_KEYS = ("session_id", "node_id", "step")
 _LLM_KEYS = ("session_id", "node_id", "stream_id", "is_final")
 
@@ -253,7 +291,7 @@ def event_from_json(obj: Mapping[str, Any] | str | bytes) -> Event:
     Raises:
         EventDecodeError: unknown ``type`` or missing/ill-typed keys.
     """
-    from .codec import loads
+    from .._codec import loads
 
     data = loads(obj) if isinstance(obj, str | bytes) else obj
     if not isinstance(data, Mapping):
@@ -279,7 +317,12 @@ def event_from_json(obj: Mapping[str, Any] | str | bytes) -> Event:
             **fields,
         )
     if kind == "diagnostic":
-        return DiagnosticEvent(scope=scope, message=message, timestamp=timestamp)
+        return DiagnosticEvent(
+            scope=scope,
+            message=message,
+            timestamp=timestamp,
+            metadata=MappingProxyType(metadata) if metadata else _EMPTY,
+        )
     if kind == "llm":
         fields = {k: metadata.pop(k) for k in _LLM_KEYS if k in metadata}
         return LLMEvent(

@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 import trio
 
+from .._codec import dumps_bytes, loads, state_to_json
 from .._core.errors import WeavegraphError, WorkflowError
 from .._core.frontier import is_complete
 from .._core.graph import display
@@ -37,9 +38,8 @@ from .._runtime.app import App
 from .._runtime.invocation import Invocation, RunCancelledError
 from ..checkpoint.record import Checkpointer
 from ..events.bus import EventBusConfig
-from ..events.codec import dumps_bytes, loads, state_to_json
 from ..events.stream import EventStream
-from ..events.types import STREAM_END_SCOPE, DiagnosticEvent, Event
+from ..events.types import DiagnosticEvent, Event, stream_end_event
 from ._log import RunLog
 
 logger = logging.getLogger("weavegraph.serve")
@@ -292,7 +292,7 @@ class SSEApp:
             async for event in events:
                 run.log.append(event)
                 if event.is_stream_end:
-                    run.status = event.message.split("status=", 1)[-1].split(" ", 1)[0]
+                    run.status = str(event.metadata.get("status", "error"))
         run.log.close()
         run.done.set()
 
@@ -368,9 +368,10 @@ class SSEApp:
         last = steps[-1]
         status = "completed" if is_complete(last.frontier) else "stored"
         log.append(
-            DiagnosticEvent(
-                scope=STREAM_END_SCOPE,
-                message=f"session={session_id} status={status} step={last.step}",
+            stream_end_event(
+                session_id,
+                status,
+                last.step,
                 timestamp=last.created_at.timestamp(),
             )
         )

@@ -17,8 +17,8 @@ from typing import Any
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from .._core.errors import ErrorEvent, ErrorScope, WeaveError
-from .._core.state import History, Message, VersionedState, Versions
+from ._core.errors import ErrorDetail, ErrorEvent, ErrorScope
+from ._core.state import History, Message, VersionedState, Versions
 
 _orjson: Any
 try:
@@ -116,20 +116,20 @@ def _structure_scope(value: Any, _: Any) -> ErrorScope:
     raise ValueError(f"unknown error scope {kind!r}")
 
 
-def _unstructure_weave(error: WeaveError) -> dict[str, Any]:
+def _unstructure_detail(error: ErrorDetail) -> dict[str, Any]:
     out: dict[str, Any] = {"message": error.message, "details": error.details}
     if error.cause is not None:
-        out["cause"] = _unstructure_weave(error.cause)
+        out["cause"] = _unstructure_detail(error.cause)
     return out
 
 
-def _structure_weave(value: Any, _: Any) -> WeaveError:
+def _structure_detail(value: Any, _: Any) -> ErrorDetail:
     if not isinstance(value, Mapping) or not isinstance(value.get("message"), str):
         raise ValueError(f"an error must be an object with a message, got {value!r}")
     cause = value.get("cause")
-    return WeaveError(
+    return ErrorDetail(
         message=value["message"],
-        cause=_structure_weave(cause, None) if cause is not None else None,
+        cause=_structure_detail(cause, None) if cause is not None else None,
         details=value.get("details"),
     )
 
@@ -140,8 +140,8 @@ def _make() -> cattrs.Converter:
     conv.register_structure_hook(_dt.datetime, _parse_dt)
     conv.register_unstructure_hook(ErrorScope, _unstructure_scope)
     conv.register_structure_hook(ErrorScope, _structure_scope)
-    conv.register_unstructure_hook(WeaveError, _unstructure_weave)
-    conv.register_structure_hook(WeaveError, _structure_weave)
+    conv.register_unstructure_hook(ErrorDetail, _unstructure_detail)
+    conv.register_structure_hook(ErrorDetail, _structure_detail)
     conv.register_unstructure_hook(
         MappingProxyType, lambda m: conv.unstructure(dict(m))
     )
@@ -208,8 +208,3 @@ converter: cattrs.Converter = _make()
 def state_to_json(state: VersionedState) -> dict[str, Any]:
     """The JSON-ready form of a state (messages, extra, errors, versions)."""
     return converter.unstructure(state, VersionedState)  # type: ignore[no-any-return]
-
-
-def state_from_json(data: Mapping[str, Any]) -> VersionedState:
-    """Rebuild a state; missing channels default to empty with version 1."""
-    return converter.structure(dict(data), VersionedState)
