@@ -21,9 +21,7 @@ from weavegraph import (
     END,
     START,
     Append,
-    ErrorDetail,
     ErrorEvent,
-    ErrorScope,
     GraphBuilder,
     Message,
     NodeContext,
@@ -31,8 +29,9 @@ from weavegraph import (
     Replace,
     StateSnapshot,
     VersionedState,
-    Versions,
 )
+from weavegraph.errors import ErrorDetail, ErrorScope
+from weavegraph.lowlevel import Versions
 
 
 async def dummy_node(snapshot: StateSnapshot, ctx: NodeContext) -> None:

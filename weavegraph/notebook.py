@@ -25,11 +25,10 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._core.errors import WeavegraphError
+from ._core.errors import PortalClosedError, RunCancelledError
 from ._core.state import VersionedState
 from ._runtime.app import App
 from ._runtime.config import RuntimeConfig
-from ._runtime.invocation import RunCancelledError
 from .events.types import Event
 
 __all__ = ("Portal", "PortalClosedError", "invoke", "portal", "stop", "stream")
@@ -37,10 +36,6 @@ __all__ = ("Portal", "PortalClosedError", "invoke", "portal", "stop", "stream")
 T = TypeVar("T")
 
 _QUEUE_SIZE = 256
-
-
-class PortalClosedError(WeavegraphError):
-    """The notebook portal was stopped, or its asyncio loop is gone."""
 
 
 class Portal:

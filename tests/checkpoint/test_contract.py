@@ -9,7 +9,6 @@ import pytest
 import trio
 
 from weavegraph import (
-    Checkpoint,
     CheckpointConflict,
     CheckpointError,
     ErrorEvent,
@@ -19,8 +18,8 @@ from weavegraph import (
     PostgresCheckpointer,
     SQLiteCheckpointer,
     VersionedState,
-    apply_barrier,
 )
+from weavegraph.lowlevel import Checkpoint, apply_barrier
 
 BACKENDS = ["memory", "sqlite", "postgres"]
 

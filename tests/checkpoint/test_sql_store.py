@@ -10,16 +10,15 @@ import pytest
 import trio
 
 from weavegraph import (
-    Checkpoint,
     CheckpointError,
     Message,
     NodePartial,
     PostgresCheckpointer,
     SQLiteCheckpointer,
     VersionedState,
-    apply_barrier,
 )
 from weavegraph.checkpoint import sql
+from weavegraph.lowlevel import Checkpoint, apply_barrier
 
 
 def conversation(session: str, length: int, steps: int) -> list[Checkpoint]:

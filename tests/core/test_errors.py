@@ -10,14 +10,24 @@ import pytest
 
 import weavegraph as wg
 from weavegraph import (
+    ErrorEvent,
+    GraphError,
+    NodeNotFound,
+    RouterError,
+    SessionNotFound,
+    StateError,
+    StepLimitExceeded,
+    WeavegraphError,
+    WorkflowError,
+)
+from weavegraph._core.errors import describe_exception
+from weavegraph.errors import (
     CycleError,
     DuplicateEdgeError,
     DuplicateNodeError,
     EdgeFromEndError,
     ErrorDetail,
-    ErrorEvent,
     ErrorScope,
-    GraphError,
     InvalidEdgeError,
     InvalidNodeError,
     InvalidReducerError,
@@ -25,23 +35,15 @@ from weavegraph import (
     MissingEntryError,
     MissingInput,
     NodeError,
-    NodeNotFound,
     NodeTimeoutError,
     NoPathToEndError,
     ProviderError,
     ReducerError,
     ReservedNodeNameError,
-    RouterError,
-    SessionNotFound,
-    StateError,
-    StepLimitExceeded,
     UnknownNodeError,
     UnreachableNodesError,
     ValidationFailed,
-    WeavegraphError,
-    WorkflowError,
 )
-from weavegraph._core.errors import describe_exception
 
 GRAPH_ERRORS = [
     ReservedNodeNameError,

@@ -24,7 +24,6 @@ from weavegraph import (
     StateSnapshot,
     VersionedState,
     WeavegraphError,
-    apply_barrier,
 )
 from weavegraph._core.frontier import (
     FrontierOutcome,
@@ -36,6 +35,7 @@ from weavegraph._core.frontier import (
     start_frontier,
 )
 from weavegraph._core.graph import ConditionalEdge
+from weavegraph.lowlevel import apply_barrier
 
 LOGGER = "weavegraph.frontier"
 

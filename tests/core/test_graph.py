@@ -14,31 +14,34 @@ from strategies import DagSpec, build_dag, dag_with_shuffled_insertion, dags
 from weavegraph import (
     END,
     START,
-    CycleError,
-    DuplicateEdgeError,
-    DuplicateNodeError,
-    EdgeFromEndError,
+    ConfigError,
     Graph,
     GraphBuilder,
     GraphError,
-    InvalidEdgeError,
-    InvalidNodeError,
-    InvalidReducerError,
-    InvalidRouterError,
-    MissingEntryError,
     NodeContext,
-    NoPathToEndError,
-    ReservedNodeNameError,
     RetryPolicy,
     RuntimeConfig,
     StateSnapshot,
-    UnknownNodeError,
-    UnreachableNodesError,
     VersionedState,
     WeavegraphError,
     add_messages,
 )
 from weavegraph._core.frontier import start_frontier
+from weavegraph.errors import (
+    CycleError,
+    DuplicateEdgeError,
+    DuplicateNodeError,
+    EdgeFromEndError,
+    InvalidEdgeError,
+    InvalidNodeError,
+    InvalidReducerError,
+    InvalidRouterError,
+    MissingEntryError,
+    NoPathToEndError,
+    ReservedNodeNameError,
+    UnknownNodeError,
+    UnreachableNodesError,
+)
 
 
 async def node_a(snapshot: StateSnapshot, ctx: NodeContext) -> None:
@@ -405,7 +408,7 @@ class TestValidation:
         assert start_frontier(graph, VersionedState().snapshot()).frontier == (END,)
 
     def test_compile_rejects_non_config(self) -> None:
-        with pytest.raises(GraphError, match="RuntimeConfig"):
+        with pytest.raises(ConfigError, match="RuntimeConfig"):
             chain("a").compile(config="fast")  # type: ignore[arg-type]
 
     def test_compile_keeps_config(self) -> None:

@@ -16,26 +16,21 @@ from weavegraph import (
     END,
     START,
     Append,
-    BarrierOutcome,
-    ErrorDetail,
     ErrorEvent,
-    ErrorScope,
     GraphBuilder,
-    History,
     Message,
     NodePartial,
-    ReducerError,
     Replace,
     StateSnapshot,
     VersionedState,
-    Versions,
     WeavegraphError,
     add_errors,
     add_messages,
-    apply_barrier,
     map_merge,
 )
 from weavegraph._core.reducers import ReducerRegistry
+from weavegraph.errors import ErrorDetail, ErrorScope, ReducerError
+from weavegraph.lowlevel import BarrierOutcome, History, Versions, apply_barrier
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 

@@ -14,7 +14,6 @@ from strategies import history_programs
 from weavegraph import (
     Append,
     ErrorEvent,
-    History,
     Message,
     NodePartial,
     Replace,
@@ -22,10 +21,9 @@ from weavegraph import (
     StateError,
     StateSnapshot,
     VersionedState,
-    Versions,
     WeavegraphError,
-    apply_barrier,
 )
+from weavegraph.lowlevel import History, Versions, apply_barrier
 
 # --------------------------------------------------------------------- messages
 

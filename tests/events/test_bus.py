@@ -19,13 +19,13 @@ from weavegraph import (
     EventBus,
     EventBusClosed,
     EventBusConfig,
-    EventBusConfigError,
     JsonLinesSink,
     LoggingSink,
     MemorySink,
     NodeEvent,
     StdOutSink,
 )
+from weavegraph.errors import EventBusConfigError
 
 
 def ev(i: int, scope: str = "s") -> NodeEvent:

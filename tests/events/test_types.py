@@ -14,11 +14,11 @@ from weavegraph import (
     STREAM_END_SCOPE,
     DiagnosticEvent,
     Event,
-    EventDecodeError,
     LLMEvent,
     NodeEvent,
     event_from_json,
 )
+from weavegraph.errors import EventDecodeError
 
 
 def test_scope_constants_are_exact() -> None:

@@ -13,12 +13,8 @@ from weavegraph import (
     GraphBuilder,
     MemorySink,
     Message,
-    MissingInput,
     NodeContext,
-    NodeOutputError,
     NodePartial,
-    NodeTimeoutError,
-    ReducerError,
     RetryPolicy,
     RouterError,
     RuntimeConfig,
@@ -27,6 +23,12 @@ from weavegraph import (
     WorkflowError,
 )
 from weavegraph._codec import converter
+from weavegraph.errors import (
+    MissingInput,
+    NodeOutputError,
+    NodeTimeoutError,
+    ReducerError,
+)
 
 
 def single(node, **kwargs):

@@ -9,11 +9,13 @@ from weavegraph import (
     DiagnosticEvent,
     MemorySink,
     NodeEvent,
+    RuntimeConfig,
+    VersionedState,
+)
+from weavegraph.testing import (
     ReplayComparison,
     ReplayMismatchError,
     ReplayRun,
-    RuntimeConfig,
-    VersionedState,
     compare_event_sequences,
     compare_final_state,
     compare_replay_runs,

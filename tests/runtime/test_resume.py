@@ -33,9 +33,9 @@ from weavegraph import (
     SQLiteCheckpointer,
     StateSnapshot,
     VersionedState,
-    normalize_event,
     open_runner,
 )
+from weavegraph.testing import normalize_event
 
 
 def workflow(n: int, edges: set[tuple[int, int]], loops: int) -> Any:

@@ -17,7 +17,6 @@ from weavegraph import (
     EventBus,
     GraphBuilder,
     InMemoryCheckpointer,
-    InvalidEntryError,
     MemorySink,
     NodeContext,
     NodePartial,
@@ -31,6 +30,7 @@ from weavegraph import (
     WorkflowError,
     open_runner,
 )
+from weavegraph.errors import InvalidEntryError
 
 
 def texts(state: VersionedState) -> list[str]:

@@ -208,6 +208,37 @@ class WeavegraphError(Exception):
     """Base class of every exception weavegraph raises on purpose."""
 
 
+# ------------------------------------------------------------------ input and config
+
+
+class ConfigError(WeavegraphError, ValueError):
+    """A configuration value is invalid (`RuntimeConfig`, a bus, a server …)."""
+
+
+class EventBusConfigError(ConfigError):
+    """An event bus was configured with an invalid capacity or overflow policy."""
+
+
+class StateError(WeavegraphError, TypeError):
+    """A state, message or partial was built from values of the wrong type."""
+
+
+class InvalidSessionIdError(WeavegraphError, ValueError):
+    """A session id breaks the one rule for ids (see `check_session_id`)."""
+
+
+class NotInTrioError(WeavegraphError, RuntimeError):
+    """An async entry point was awaited outside a trio run (e.g. in asyncio)."""
+
+
+class ReservedScopeError(WeavegraphError, ValueError):
+    """Node code emitted an event under a scope reserved for the framework."""
+
+
+class EventDecodeError(WeavegraphError, ValueError):
+    """`event_from_json` was given something that is not a normalized event."""
+
+
 class GraphError(WeavegraphError):
     """The graph definition is invalid; raised while building or compiling."""
 
@@ -376,6 +407,21 @@ class CheckpointError(WeavegraphError):
     """A checkpoint could not be stored or read (corrupt row, wrong schema …)."""
 
 
+class CheckpointConflict(CheckpointError):
+    """Another writer stored a step of the session first; this write lost."""
+
+    def __init__(
+        self, session_id: str, expected: int | None, found: int | None
+    ) -> None:
+        super().__init__(
+            f"concurrency conflict on session {session_id!r}: expected last step"
+            f" {expected}, found {found}; reload the session and retry"
+        )
+        self.session_id = session_id
+        self.expected = expected
+        self.found = found
+
+
 class SessionNotFound(WeavegraphError):
     """No session with that id exists in the runner or its checkpointer."""
 
@@ -389,3 +435,27 @@ class SessionNotFound(WeavegraphError):
 
 class EventBusClosed(WeavegraphError):
     """An event was published on a bus that is closed."""
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class RunCancelledError(WeavegraphError):
+    """`Invocation.join` on a run that was cancelled before finishing."""
+
+
+class InvalidEntryError(WeavegraphError):
+    """An iterative session was given an entry that is not START or a node."""
+
+
+class PortalClosedError(WeavegraphError):
+    """The notebook portal was stopped, or its asyncio loop is gone."""
+
+
+class ReplayMismatchError(WeavegraphError, AssertionError):
+    """`ReplayComparison.assert_matches` found differences."""
+
+    def __init__(self, differences: Sequence[str]) -> None:
+        lines = "\n  ".join(differences)
+        super().__init__(f"replay conformance mismatch:\n  {lines}")
+        self.differences = tuple(differences)

@@ -13,7 +13,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast, runtime_checkable
 
 import attrs
 
@@ -22,7 +22,6 @@ from .errors import (
     DuplicateEdgeError,
     DuplicateNodeError,
     EdgeFromEndError,
-    GraphError,
     InvalidEdgeError,
     InvalidNodeError,
     InvalidRouterError,
@@ -38,10 +37,6 @@ from .state import NodePartial, StateSnapshot
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from .._runtime.app import App
-    from .._runtime.config import RuntimeConfig
-    from .._runtime.context import NodeContext
-
 START = "__start__"
 """The virtual entry point of every graph; edges from it seed the first frontier."""
 END = "__end__"
@@ -49,8 +44,8 @@ END = "__end__"
 
 _VIRTUAL = (START, END)
 
-NodeFunction = Callable[[StateSnapshot, "NodeContext"], "Awaitable[NodePartial | None]"]
-"""An async function ``(snapshot, ctx) -> NodePartial | None``."""
+NodeFunction = Callable[[StateSnapshot, Any], "Awaitable[NodePartial | None]"]
+"""An async function ``(snapshot, ctx) -> NodePartial | None`` (ctx: NodeContext)."""
 
 Router = Callable[[StateSnapshot], Any]
 """``router(snapshot)`` returns a node name, ``END``, or a list of them."""
@@ -61,7 +56,7 @@ class Node(Protocol):
     """An object whose ``async def run(self, snapshot, ctx)`` is the node body."""
 
     async def run(
-        self, snapshot: StateSnapshot, ctx: NodeContext
+        self, snapshot: StateSnapshot, ctx: Any
     ) -> NodePartial | None:  # pragma: no cover - protocol
         """Run the node and return its update (``None`` for no update)."""
         ...
@@ -215,10 +210,11 @@ def _check_name(name: object, what: str) -> str:
 # ----------------------------------------------------------------------- builder
 
 
-class GraphBuilder:
-    """Describe a workflow graph, then `compile` it into an ``App``.
+class BaseGraphBuilder:
+    """The pure part of ``GraphBuilder``: nodes, edges, reducers, validation.
 
-    Every method but `compile` returns the builder, so calls chain::
+    ``weavegraph.GraphBuilder`` (in the runtime layer, next to ``App``) adds
+    ``compile()``. Every method returns the builder, so calls chain::
 
         app = (GraphBuilder()
                .add_node("greet", greet)
@@ -243,7 +239,7 @@ class GraphBuilder:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         destinations: Sequence[str] | None = None,
-    ) -> GraphBuilder:
+    ) -> Self:
         """Register ``node`` under ``name``.
 
         Args:
@@ -309,7 +305,7 @@ class GraphBuilder:
         )
         return self
 
-    def add_edge(self, source: str | Sequence[str], target: str) -> GraphBuilder:
+    def add_edge(self, source: str | Sequence[str], target: str) -> Self:
         """Add an unconditional edge, or a join when ``source`` is a list.
 
         ``add_edge([a, b], c)`` schedules ``c`` once, after both ``a`` and ``b``
@@ -377,7 +373,7 @@ class GraphBuilder:
         source: str,
         router: Router,
         path_map: Mapping[Hashable, str] | Sequence[str] | None = None,
-    ) -> GraphBuilder:
+    ) -> Self:
         """Route from ``source`` with ``router(snapshot)`` after ``source`` runs.
 
         The router returns a node name, ``END``, or a list of them (a fan-out).
@@ -431,7 +427,7 @@ class GraphBuilder:
         )
         return self
 
-    def add_entry(self, name: str) -> GraphBuilder:
+    def add_entry(self, name: str) -> Self:
         """Declare ``name`` as an extra entry point (an iterative session's ``entry``).
 
         Runs still start from START; the declaration makes the node count as
@@ -449,7 +445,7 @@ class GraphBuilder:
 
     def with_reducer(
         self, channel: str, reducer: Reducer, *, replace: bool = False
-    ) -> GraphBuilder:
+    ) -> Self:
         """Add a reducer for ``channel`` (``messages``, ``extra`` or ``errors``).
 
         Reducers of a channel run in registration order, after the built-in one
@@ -461,17 +457,14 @@ class GraphBuilder:
         self._reducers = self._reducers.with_reducer(channel, reducer, replace=replace)
         return self
 
-    def compile(self, config: RuntimeConfig | None = None) -> App:
-        """Validate the topology and return a runnable ``App``.
+    def build(self) -> Graph:
+        """Validate the topology and return the immutable `Graph`.
 
         Raises:
             GraphError: the first problem found, checked in this order: missing
                 entry, unknown node, cycle of unconditional edges, unreachable
                 nodes, nodes with no path to END.
         """
-        from .._runtime.app import App
-        from .._runtime.config import RuntimeConfig
-
         graph = Graph(
             nodes=MappingProxyType(dict(self._nodes)),
             edges=MappingProxyType({k: tuple(v) for k, v in self._edges.items()}),
@@ -481,9 +474,7 @@ class GraphBuilder:
             entries=tuple(self._entries),
         )
         graph.validate()
-        if not isinstance(config, RuntimeConfig | None):
-            raise GraphError(f"compile() takes a RuntimeConfig, got {config!r}")
-        return App(graph, config if config is not None else RuntimeConfig())
+        return graph
 
 
 # ------------------------------------------------------------------ compiled graph

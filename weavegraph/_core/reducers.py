@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ErrorEvent, InvalidReducerError, ReducerError
+from .errors import ErrorEvent, InvalidReducerError, ReducerError, StateError
 from .state import (
     CHANNELS,
     ERRORS,
@@ -24,7 +24,6 @@ from .state import (
     History,
     Message,
     NodePartial,
-    StateError,
     VersionedState,
     Versions,
     freeze_extra,

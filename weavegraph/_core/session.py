@@ -2,10 +2,37 @@
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
+from .errors import InvalidSessionIdError
 from .frontier import JoinProgress
 from .state import VersionedState
+
+SESSION_ID_RULE = (
+    "1 to 128 characters of letters, digits and '._:@-', starting with a letter"
+    " or a digit"
+)
+"""The one rule every entry point applies to session ids (human-readable)."""
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def check_session_id(value: object) -> str:
+    """Return ``value`` if it is a valid session id, else raise.
+
+    Ids travel in URLs, CLI arguments, log lines and SQL rows, so one rule keeps
+    them safe everywhere: see `SESSION_ID_RULE`.
+
+    Raises:
+        InvalidSessionIdError: ``value`` is not a string or breaks the rule.
+    """
+    if isinstance(value, str) and _SESSION_ID.fullmatch(value):
+        return value
+    raise InvalidSessionIdError(
+        f"invalid session id {value!r}: a session id is {SESSION_ID_RULE}"
+    )
 
 
 @attrs.define(kw_only=True)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar, final, overload
 
 import attrs
 
-from .errors import ErrorEvent, WeavegraphError
+from .errors import ErrorEvent, StateError
 
 T = TypeVar("T")
 
@@ -23,10 +23,6 @@ MESSAGES = "messages"
 EXTRA = "extra"
 ERRORS = "errors"
 CHANNELS: tuple[str, ...] = (MESSAGES, EXTRA, ERRORS)
-
-
-class StateError(WeavegraphError, TypeError):
-    """A state, message or partial was built from values of the wrong type."""
 
 
 # ----------------------------------------------------------------------- messages

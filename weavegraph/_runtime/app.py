@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
 
-from .._core.errors import describe_exception
-from .._core.graph import Graph
+from .._core.errors import ConfigError, StateError, describe_exception
+from .._core.graph import BaseGraphBuilder, Graph
 from .._core.session import Session
-from .._core.state import StateError, VersionedState
+from .._core.state import VersionedState
 from .._trio import open_service_nursery
 from ..events.sinks import ChannelSink, EventSink
 from ..events.stream import EventStream
@@ -42,8 +42,33 @@ def _check_state(state: object, where: str) -> VersionedState:
 
 def _check_config(config: object) -> RuntimeConfig | None:
     if config is not None and not isinstance(config, RuntimeConfig):
-        raise StateError(f"config must be a RuntimeConfig, got {config!r}")
+        raise ConfigError(f"config must be a RuntimeConfig, got {config!r}")
     return config
+
+
+class GraphBuilder(BaseGraphBuilder):
+    """Describe a workflow graph, then `compile` it into an ``App``.
+
+    Every method but `compile` returns the builder, so calls chain::
+
+        app = (GraphBuilder()
+               .add_node("greet", greet)
+               .add_edge(START, "greet")
+               .add_edge("greet", END)
+               .compile())
+    """
+
+    def compile(self, config: RuntimeConfig | None = None) -> App:
+        """Validate the topology and return a runnable ``App``.
+
+        Raises:
+            GraphError: the first problem found, checked in this order: missing
+                entry, unknown node, cycle of unconditional edges, unreachable
+                nodes, nodes with no path to END.
+            ConfigError: ``config`` is not a `RuntimeConfig`.
+        """
+        graph = self.build()
+        return App(graph, _check_config(config) or RuntimeConfig())
 
 
 class App:

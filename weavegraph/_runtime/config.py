@@ -8,12 +8,8 @@ from typing import Any
 
 import attrs
 
-from .._core.errors import WeavegraphError
+from .._core.errors import ConfigError
 from ..events.bus import EventBusConfig
-
-
-class ConfigError(WeavegraphError, ValueError):
-    """A `RuntimeConfig` field has an invalid value."""
 
 
 def _check_limit(_: object, __: object, value: Any) -> None:

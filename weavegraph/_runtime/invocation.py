@@ -6,12 +6,8 @@ from typing import final
 
 import trio
 
-from .._core.errors import WeavegraphError
+from .._core.errors import RunCancelledError
 from .._core.state import VersionedState
-
-
-class RunCancelledError(WeavegraphError):
-    """`Invocation.join` on a run that was cancelled before finishing."""
 
 
 @final

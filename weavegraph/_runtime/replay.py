@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from .._codec import converter, dumps
-from .._core.errors import WeavegraphError
+from .._core.errors import ReplayMismatchError
 from .._core.state import VersionedState
 from ..events.types import Event
 
@@ -40,15 +40,6 @@ def normalize_state(state: VersionedState) -> dict[str, Any]:
         "errors": [converter.unstructure(e) for e in state.errors],
         "errors_version": state.versions.errors,
     }
-
-
-class ReplayMismatchError(WeavegraphError, AssertionError):
-    """`ReplayComparison.assert_matches` found differences."""
-
-    def __init__(self, differences: Sequence[str]) -> None:
-        lines = "\n  ".join(differences)
-        super().__init__(f"replay conformance mismatch:\n  {lines}")
-        self.differences = tuple(differences)
 
 
 @attrs.frozen

@@ -23,15 +23,16 @@ import trio
 
 from .._core.errors import (
     CheckpointError,
+    InvalidEntryError,
     SessionNotFound,
-    WeavegraphError,
+    StateError,
     WorkflowError,
 )
 from .._core.frontier import is_complete, start_frontier
 from .._core.graph import END, START, display
 from .._core.reducers import apply_barrier
 from .._core.session import Session
-from .._core.state import NodePartial, StateError, VersionedState
+from .._core.state import NodePartial, VersionedState
 from .._trio import open_service_nursery
 from ..checkpoint.record import Checkpoint, Checkpointer
 from ..events.bus import EventBus, Overflow
@@ -47,10 +48,6 @@ FLUSH_TIMEOUT = 10.0
 """Seconds a cancelled runner waits for its last checkpoints to be stored."""
 
 _QUEUE_SIZE = 256
-
-
-class InvalidEntryError(WeavegraphError):
-    """An iterative session was given an entry that is not START or a node."""
 
 
 @attrs.frozen(kw_only=True)

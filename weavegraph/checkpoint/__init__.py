@@ -7,10 +7,10 @@ the `Checkpointer` protocol.
 
 from __future__ import annotations
 
+from .._core.errors import CheckpointConflict as CheckpointConflict
 from .memory import InMemoryCheckpointer as InMemoryCheckpointer
 from .postgres import PostgresCheckpointer as PostgresCheckpointer
 from .record import Checkpoint as Checkpoint
-from .record import CheckpointConflict as CheckpointConflict
 from .record import Checkpointer as Checkpointer
 from .record import SessionSummary as SessionSummary
 from .record import StepPage as StepPage

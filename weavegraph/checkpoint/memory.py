@@ -8,9 +8,9 @@ from typing import Self
 
 import trio
 
+from .._core.errors import CheckpointConflict
 from .record import (
     Checkpoint,
-    CheckpointConflict,
     SessionSummary,
     StepPage,
     check_query,

@@ -13,11 +13,10 @@ from typing import Any, Self, TypeVar
 
 import trio
 
-from .._core.errors import CheckpointError
+from .._core.errors import CheckpointConflict, CheckpointError
 from . import sql
 from .record import (
     Checkpoint,
-    CheckpointConflict,
 )
 
 T = TypeVar("T")

@@ -169,21 +169,6 @@ class StepPage:
         return self.offset + self.limit < self.total
 
 
-class CheckpointConflict(CheckpointError):
-    """`save_with_concurrency_check` found another writer's step first."""
-
-    def __init__(
-        self, session_id: str, expected: int | None, found: int | None
-    ) -> None:
-        super().__init__(
-            f"concurrency conflict on session {session_id!r}: expected last step"
-            f" {expected}, found {found}; reload the session and retry"
-        )
-        self.session_id = session_id
-        self.expected = expected
-        self.found = found
-
-
 MAX_PAGE = 1000
 
 

@@ -24,10 +24,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .._core.errors import CheckpointError
+from .._core.errors import CheckpointConflict, CheckpointError
 from .record import (
     Checkpoint,
-    CheckpointConflict,
     SessionSummary,
     StepPage,
     StepRow,

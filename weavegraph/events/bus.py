@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal, Self, get_args
 import attrs
 import trio
 
-from .._core.errors import EventBusClosed, WeavegraphError
+from .._core.errors import EventBusClosed, EventBusConfigError
 from .._trio import single_exception
 from .types import DiagnosticEvent, Event
 
@@ -53,10 +53,6 @@ def _is_cancellation(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return any(_is_cancellation(e) for e in exc.exceptions)
     return isinstance(exc, trio.Cancelled | KeyboardInterrupt)
-
-
-class EventBusConfigError(WeavegraphError, ValueError):
-    """An event bus was configured with an invalid capacity or overflow policy."""
 
 
 def check_capacity(capacity: object) -> int:

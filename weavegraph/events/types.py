@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 
 import attrs
 
-from .._core.errors import WeavegraphError
+from .._core.errors import EventDecodeError
 
 STREAM_END_SCOPE = "__weavegraph_stream_end__"
 """Scope of the one diagnostic that ends every streamed run."""
@@ -279,10 +279,6 @@ def stream_end_event(
 
 _NODE_KEYS = ("session_id", "node_id", "step")
 _LLM_KEYS = ("session_id", "node_id", "stream_id", "is_final")
-
-
-class EventDecodeError(WeavegraphError, ValueError):
-    """`event_from_json` was given something that is not a normalized event."""
 
 
 def event_from_json(obj: Mapping[str, Any] | str | bytes) -> Event:

@@ -30,12 +30,12 @@ import attrs
 import trio
 
 from .._codec import dumps_bytes, loads, state_to_json
-from .._core.errors import WeavegraphError, WorkflowError
+from .._core.errors import RunCancelledError, StateError, WeavegraphError, WorkflowError
 from .._core.frontier import is_complete
 from .._core.graph import display
-from .._core.state import Message, StateError, VersionedState
+from .._core.state import Message, VersionedState
 from .._runtime.app import App
-from .._runtime.invocation import Invocation, RunCancelledError
+from .._runtime.invocation import Invocation
 from ..checkpoint.record import Checkpointer
 from ..events.bus import EventBusConfig
 from ..events.stream import EventStream
