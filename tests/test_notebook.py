@@ -145,3 +145,17 @@ def test_failures_reach_asyncio() -> None:
         assert events[-1].is_stream_end
 
     host(cell)
+
+
+def test_awaiting_a_trio_entry_point_from_asyncio_points_to_the_notebook() -> None:
+    import weavegraph
+
+    async def cell() -> str:
+        with pytest.raises(weavegraph.NotInTrioError) as info:
+            await ticking(1, 0.001).invoke(VersionedState())
+        await asyncio.sleep(0)  # the asyncio loop is still fine afterwards
+        return str(info.value)
+
+    message = asyncio.run(cell())
+    assert "weavegraph.notebook" in message
+    assert issubclass(weavegraph.NotInTrioError, weavegraph.WeavegraphError)
