@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from ._core.errors import NotInTrioError
+
 
 def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """The only leaf of ``group`` (marked to hide the group), or ``None``."""
@@ -36,3 +38,22 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
         if only is None:
             raise
         raise only from only.__cause__
+
+
+def require_trio(api: str) -> None:
+    """Raise `NotInTrioError` unless called from inside a trio run.
+
+    An asyncio host (a default Jupyter kernel) that awaits a weavegraph
+    coroutine would otherwise fail deep inside trio with "Task got bad yield".
+    """
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        raise NotInTrioError(
+            f"{api} runs on trio, but it was awaited outside a trio run (an asyncio"
+            " loop, such as a default notebook kernel?). In a notebook use"
+            " `await weavegraph.notebook.invoke(app, state)` (or"
+            " `weavegraph.notebook.stream`), or switch IPython to trio with"
+            " `%autoawait trio`; in a script call `trio.run(...)` or"
+            " `app.invoke_sync(state)`."
+        ) from None

@@ -12,16 +12,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
 
-from .._core.errors import ConfigError, StateError, describe_exception
+from .._core.errors import ConfigError, StateError
 from .._core.graph import BaseGraphBuilder, Graph
-from .._core.session import Session
 from .._core.state import VersionedState
-from .._trio import open_service_nursery
+from .._trio import open_service_nursery, require_trio
 from ..events.sinks import ChannelSink, EventSink
 from ..events.stream import EventStream
-from ..events.types import Event
+from ..events.types import STREAM_END_SCOPE, Event
 from .config import RuntimeConfig
-from .engine import Engine, emit_stream_end
+from .engine import Engine
 from .invocation import Invocation
 
 if TYPE_CHECKING:
@@ -105,35 +104,21 @@ class App:
         bus: EventBus,
         config: RuntimeConfig,
         session_id: str | None = None,
+        on_completed: Callable[[VersionedState], None] | None = None,
     ) -> VersionedState:
-        """Start ``bus`` and run one session to completion on it.
+        """Start ``bus`` and run one session to completion on it, through a runner.
 
-        With a checkpointer in ``config`` the run goes through a runner: the
-        session resumes if it is stored (``state`` is then ignored; a completed
-        session returns its stored final state) and every step is saved.
+        The one path of every ``invoke*``, with or without a checkpointer. With
+        one, the session resumes if it is stored (``state`` is then ignored; a
+        completed session returns its stored final state) and every step is saved.
         """
-        sid = session_id or self._session_id(config)
-        if config.checkpointer is None:
-            async with bus:
-                engine = self.engine(config)
-                session = engine.new_session(sid, state, bus)
-                return await engine.run_to_completion(session, bus)
         from .runner import open_runner
 
+        sid = session_id or self._session_id(config)
         async with open_runner(self, event_bus=bus, config=config) as runner:
-            try:
-                await runner.create_session(sid, state)
-            except BaseException as exc:
-                # The run never started: its stream still gets its one sentinel.
-                cancelled = isinstance(exc, trio.Cancelled | KeyboardInterrupt)
-                emit_stream_end(
-                    bus,
-                    Session(session_id=sid, state=state),
-                    "cancelled" if cancelled else "error",
-                    None if cancelled else describe_exception(exc),
-                )
-                raise
-            return await runner.run_until_complete(sid)
+            return await runner._complete(
+                sid, STREAM_END_SCOPE, state=state, on_completed=on_completed
+            )
 
     # ------------------------------------------------------------------ invoking
 
@@ -153,6 +138,7 @@ class App:
             WorkflowError: a node failed; ``error_event`` says which and why.
             StepLimitExceeded: the run did not finish within ``max_steps``.
         """
+        require_trio("App.invoke()")
         state = _check_state(state, "invoke()")
         cfg = _check_config(config) or self._config
         return await self._execute(state, cfg.event_bus.build(), cfg)
@@ -172,6 +158,7 @@ class App:
         Raises:
             WorkflowError: a node failed (the sinks still saw every event).
         """
+        require_trio("App.invoke_with_sinks()")
         state = _check_state(state, "invoke_with_sinks()")
         cfg = _check_config(config) or self._config
         sink_list = list(sinks)
@@ -211,6 +198,7 @@ class App:
         and ends right after the run's stream-end sentinel. The run's failure is
         kept for `Invocation.join`; it never crashes ``nursery``. A checkpoint.
         """
+        require_trio("App.start_streaming()")
         state = _check_state(state, "start_streaming()")
         cfg = _check_config(config) or self._config
         bus = cfg.event_bus.build()
@@ -231,17 +219,20 @@ class App:
         task_status.started()
         try:
             with invocation.cancel_scope:
-                result = await self._execute(
-                    state, bus, config, session_id=invocation.session_id
+                await self._execute(
+                    state,
+                    bus,
+                    config,
+                    session_id=invocation.session_id,
+                    on_completed=invocation._record_result,
                 )
-                invocation._set_result(result)
-                return
-            invocation._set_cancelled()
         except Exception as exc:
-            invocation._set_error(exc)
+            # A run whose sentinel said completed stays completed, even if
+            # closing its runner failed afterwards.
+            if not invocation.completed_early:
+                invocation._set_error(exc)
         finally:
-            if not invocation.done:
-                invocation._set_cancelled()
+            invocation._finish()
 
     @asynccontextmanager
     async def invoke_streaming(
@@ -252,6 +243,7 @@ class App:
         The run happens while the block is open. Leaving the block cancels the run
         if it is still going and closes the stream; no task outlives the block.
         """
+        require_trio("App.invoke_streaming()")
         async with open_service_nursery() as nursery:
             invocation, events = await self.start_streaming(
                 nursery, state, config=config

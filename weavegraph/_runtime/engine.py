@@ -77,8 +77,41 @@ class StepReport:
     state: VersionedState
 
 
-_StepResult = tuple[int, list[str], list[str], BarrierOutcome, FrontierOutcome]
-AfterStep = Callable[[Session, "_StepResult | None"], Awaitable[None]]
+@attrs.frozen
+class StepOutcome:
+    """What the engine hands its caller after one superstep (internal record).
+
+    Attributes:
+        step: The superstep's number.
+        ran: Nodes that ran, in frontier order.
+        skipped: Frontier entries that did not run.
+        barrier: The barrier's result (new state, updated channels, commands).
+        frontier: The next frontier and join progress.
+    """
+
+    step: int
+    ran: Sequence[str]
+    skipped: Sequence[str]
+    barrier: BarrierOutcome
+    frontier: FrontierOutcome
+
+    def report(self) -> StepReport:
+        """The public `StepReport` of this step."""
+        return StepReport(
+            step=self.step,
+            ran_nodes=tuple(self.ran),
+            skipped_nodes=tuple(self.skipped),
+            updated_channels=self.barrier.updated_channels,
+            errors=self.barrier.errors,
+            frontier_commands=self.barrier.frontier_commands,
+            next_frontier=self.frontier.frontier,
+            completed=is_complete(self.frontier.frontier),
+            state=self.barrier.state,
+        )
+
+
+AfterStep = Callable[[Session, StepOutcome | None], Awaitable[None]]
+"""Called after every step with its outcome, and with ``None`` after a failed one."""
 
 
 def _has_update(partials: list[NodePartial | None]) -> bool:
@@ -193,35 +226,31 @@ class Engine:
                 not registered.
             StepLimitExceeded: ``max_steps`` supersteps already ran.
         """
+        outcome = await self.step(session, bus)
+        return self.completed_report(session) if outcome is None else outcome.report()
+
+    async def step(self, session: Session, bus: EventBus) -> StepOutcome | None:
+        """`run_step`, returning the internal `StepOutcome` (``None``: complete)."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        result = await self._step(session, bus)
+        outcome = await self._step(session, bus)
         await trio.lowlevel.cancel_shielded_checkpoint()
-        if result is None:
-            return StepReport(
-                step=session.step,
-                ran_nodes=(),
-                skipped_nodes=tuple(session.frontier),
-                updated_channels=(),
-                errors=(),
-                frontier_commands=(),
-                next_frontier=(),
-                completed=True,
-                state=session.state,
-            )
-        step, ran, skipped, outcome, frontier_outcome = result
+        return outcome
+
+    def completed_report(self, session: Session) -> StepReport:
+        """The report of a step asked of a session that is already complete."""
         return StepReport(
-            step=step,
-            ran_nodes=tuple(ran),
-            skipped_nodes=tuple(skipped),
-            updated_channels=outcome.updated_channels,
-            errors=outcome.errors,
-            frontier_commands=outcome.frontier_commands,
-            next_frontier=frontier_outcome.frontier,
-            completed=is_complete(frontier_outcome.frontier),
-            state=outcome.state,
+            step=session.step,
+            ran_nodes=(),
+            skipped_nodes=tuple(session.frontier),
+            updated_channels=(),
+            errors=(),
+            frontier_commands=(),
+            next_frontier=(),
+            completed=True,
+            state=session.state,
         )
 
-    async def _step(self, session: Session, bus: EventBus) -> _StepResult | None:
+    async def _step(self, session: Session, bus: EventBus) -> StepOutcome | None:
         """`run_step` without its checkpoints (nodes may still checkpoint).
 
         Returns ``None`` when the session was already complete.
@@ -311,7 +340,7 @@ class Engine:
         session.join_progress = frontier_outcome.join_progress
         if frontier_outcome.dropped:
             self._report_dropped(frontier_outcome.dropped, bus)
-        return step, to_run, skipped, outcome, frontier_outcome
+        return StepOutcome(step, to_run, skipped, outcome, frontier_outcome)
 
     def _report_dropped(
         self, dropped: Sequence[tuple[str, str]], bus: EventBus
@@ -480,51 +509,34 @@ class Engine:
         bus: EventBus,
         *,
         after_step: AfterStep | None = None,
-        end_scope: str = STREAM_END_SCOPE,
     ) -> VersionedState:
-        """Run supersteps until the frontier is exhausted, then emit the sentinel.
+        """Run supersteps until the frontier is exhausted; return the final state.
 
-        Exactly one end diagnostic (scope ``end_scope``) is emitted whatever
-        happens: ``status=completed``, ``status=error`` (then `WorkflowError`
-        propagates) or ``status=cancelled`` (cancellation or KeyboardInterrupt
-        propagates). ``after_step(session, report)`` is awaited after every
-        successful step, and with ``None`` after a failed one.
+        ``after_step(session, outcome)`` is awaited after every successful step,
+        and with ``None`` after a failed one (then `WorkflowError` propagates).
+        Emits no sentinel: the runner owns the run's lifecycle. A checkpoint.
         """
-        status = "cancelled"
-        error_text: str | None = None
-        try:
-            # Yielding costs ~10 µs, more than a whole superstep of quick nodes, so
-            # the loop checks for cancellation every step but yields to other tasks
-            # only once per _YIELD_INTERVAL of wall time (nodes that await real
-            # I/O yield on their own anyway).
-            last_yield = time.perf_counter()
-            while not is_complete(session.frontier):
-                await trio.lowlevel.checkpoint_if_cancelled()
-                if after_step is None:
-                    await self._step(session, bus)
-                else:
-                    try:
-                        result = await self._step(session, bus)
-                    except WorkflowError:
-                        await after_step(session, None)
-                        raise
-                    await after_step(session, result)
-                now = time.perf_counter()
-                if now - last_yield >= _YIELD_INTERVAL:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    last_yield = time.perf_counter()
-            status = "completed"
-            return session.state
-        except WorkflowError as exc:
-            status = "error"
-            error_text = exc.error_event.error.message
-            raise
-        except Exception as exc:
-            status = "error"
-            error_text = describe_exception(exc)
-            raise
-        finally:
-            emit_stream_end(bus, session, status, error_text, scope=end_scope)
+        # Yielding costs ~10 µs, more than a whole superstep of quick nodes, so
+        # the loop checks for cancellation every step but yields to other tasks
+        # only once per _YIELD_INTERVAL of wall time (nodes that await real I/O
+        # yield on their own anyway).
+        last_yield = time.perf_counter()
+        while not is_complete(session.frontier):
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if after_step is None:
+                await self._step(session, bus)
+            else:
+                try:
+                    outcome = await self._step(session, bus)
+                except WorkflowError:
+                    await after_step(session, None)
+                    raise
+                await after_step(session, outcome)
+            now = time.perf_counter()
+            if now - last_yield >= _YIELD_INTERVAL:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                last_yield = time.perf_counter()
+        return session.state
 
 
 def emit_stream_end(

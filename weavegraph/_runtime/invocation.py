@@ -65,15 +65,20 @@ class Invocation:
             )
         return self._result
 
-    def _set_result(self, state: VersionedState) -> None:
+    @property
+    def completed_early(self) -> bool:
+        """Whether the run recorded its final state (its sentinel said completed)."""
+        return self._result is not None
+
+    def _record_result(self, state: VersionedState) -> None:
+        """The run completed: from now on it counts as completed."""
         self._result = state
-        self._finished.set()
 
     def _set_error(self, error: BaseException) -> None:
         self._error = error
-        self._finished.set()
 
-    def _set_cancelled(self) -> None:
+    def _finish(self) -> None:
+        """The run's task ended: `join` returns (cancelled if nothing recorded)."""
         self._finished.set()
 
     def __repr__(self) -> str:

@@ -1,53 +1,46 @@
 """`AppRunner` and `open_runner`: sessions, stepping, interrupts, persistence.
 
 The runner owns, for the lifetime of its ``async with`` block, the event bus it
-publishes to and a checkpoint writer task. Checkpoints are written behind the
-run: each superstep hands its checkpoint to the writer, which stores what has
-accumulated in one transaction per batch, so a fast run is not slowed down by a
-thread hop per step. `AppRunner.flush` waits until everything handed over is
-stored; `run_until_complete`, `invoke_next` and leaving the block flush (leaving a
-cancelled block flushes in a shielded scope, for at most `FLUSH_TIMEOUT`
-seconds). A crash loses at most the checkpoints not yet flushed: a resumed
-session continues from its last stored step, which is always a complete one.
+publishes to and (with a checkpointer) a `CheckpointWriter` task that stores
+checkpoints behind the run. It also owns each run's lifecycle: whatever happens
+(completion, a failure, a cancellation at any instant, even while the session
+is loading), a run ends with exactly one stream-end sentinel, published after
+the run's checkpoints are stored, so a client that saw it can read the state.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 import trio
 
 from .._core.errors import (
-    CheckpointError,
     InvalidEntryError,
     SessionNotFound,
     StateError,
     WorkflowError,
+    describe_exception,
 )
 from .._core.frontier import is_complete, start_frontier
 from .._core.graph import END, START, display
 from .._core.reducers import apply_barrier
-from .._core.session import Session
+from .._core.session import Session, check_session_id
 from .._core.state import NodePartial, VersionedState
-from .._trio import open_service_nursery
+from .._trio import open_service_nursery, require_trio
 from ..checkpoint.record import Checkpoint, Checkpointer
 from ..events.bus import EventBus, Overflow
 from ..events.stream import EventStream
-from ..events.types import INVOCATION_END_SCOPE, STREAM_END_SCOPE
+from ..events.types import INVOCATION_END_SCOPE, STREAM_END_SCOPE, stream_end_event
 from .app import App
 from .config import RuntimeConfig
-from .engine import Engine, StepReport, emit_stream_end
+from .engine import Engine, StepOutcome, StepReport
+from .writer import CheckpointWriter
 
 logger = logging.getLogger("weavegraph.runner")
-
-FLUSH_TIMEOUT = 10.0
-"""Seconds a cancelled runner waits for its last checkpoints to be stored."""
-
-_QUEUE_SIZE = 256
 
 
 @attrs.frozen(kw_only=True)
@@ -108,6 +101,47 @@ class RunMetadata:
     clock_mode: str
 
 
+class _RunEnd:
+    """Publishes one run's end sentinel, exactly once, with its structured facts."""
+
+    __slots__ = ("bus", "scope", "sent", "session", "session_id")
+
+    def __init__(self, bus: EventBus, session_id: str, scope: str) -> None:
+        self.bus = bus
+        self.session_id = session_id
+        self.scope = scope
+        self.session: Session | None = None
+        self.sent = False
+
+    def completed(self) -> None:
+        self._send("completed", None)
+
+    def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, WorkflowError):
+            self._send("error", exc.error_event.error.message)
+        elif isinstance(exc, Exception):
+            self._send("error", describe_exception(exc))
+        else:  # trio.Cancelled, KeyboardInterrupt, GeneratorExit …
+            self._send("cancelled", None)
+
+    def _send(self, status: str, error: str | None) -> None:
+        # Synchronous: safe inside a cancelled scope.
+        if self.sent:
+            return
+        self.sent = True
+        step = self.session.step if self.session is not None else 0
+        if self.bus.closed:
+            logger.warning(
+                "event bus closed before the %s sentinel of session %s",
+                status,
+                self.session_id,
+            )
+            return
+        self.bus.emit(
+            stream_end_event(self.session_id, status, step, error, self.scope)
+        )
+
+
 @attrs.define
 class _SessionSlot:
     session: Session
@@ -137,52 +171,13 @@ class AppRunner:
         self._engine = Engine(app.graph, config)
         self._config_hash = config.config_hash  # computed once, stored per step
         self._sessions: dict[str, _SessionSlot] = {}
-        self._send, self._receive = trio.open_memory_channel[Checkpoint](_QUEUE_SIZE)
-        self._queued = 0
-        self._idle = trio.Event()
-        self._idle.set()
-        self._writer_error: BaseException | None = None
-        self._writer_scope: trio.CancelScope | None = None
-        self._writer_done = trio.Event()
-        if checkpointer is not None:
-            nursery.start_soon(self._write_checkpoints)
-        else:
-            self._writer_done.set()
+        self._writer = (
+            CheckpointWriter(checkpointer, nursery)
+            if checkpointer is not None
+            else None
+        )
 
     # ------------------------------------------------------------ persistence
-
-    async def _write_checkpoints(self) -> None:
-        # Shielded: the runner's exit decides how long pending writes may take.
-        assert self.checkpointer is not None
-        save_many = getattr(self.checkpointer, "save_many", None)
-        try:
-            with trio.CancelScope(shield=True) as scope:
-                self._writer_scope = scope
-                with self._receive:
-                    async for first in self._receive:
-                        # Everything queued goes in one transaction: a fast run
-                        # hands over many checkpoints between two yields.
-                        batch = [first]
-                        while True:
-                            try:
-                                batch.append(self._receive.receive_nowait())
-                            except (trio.WouldBlock, trio.EndOfChannel):
-                                break
-                        try:
-                            if save_many is not None:
-                                await save_many(batch)
-                            else:
-                                for checkpoint in batch:
-                                    await self.checkpointer.save(checkpoint)
-                        except Exception as exc:
-                            logger.error("checkpoint write failed: %s", exc)
-                            self._writer_error = exc
-                        self._queued -= len(batch)
-                        if self._queued == 0:
-                            self._idle.set()
-        finally:
-            self._writer_done.set()
-            self._idle.set()
 
     def _checkpoint(
         self,
@@ -201,62 +196,43 @@ class AppRunner:
             config_hash=self._config_hash,
         )
 
-    async def _enqueue(self, checkpoint: Checkpoint) -> None:
-        self._raise_writer_error()
-        if self.checkpointer is None:
-            return
-        self._queued += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        try:
-            # No yield per step: the writer picks the queue up whenever the run
-            # yields (at least every few milliseconds), in one batch.
-            self._send.send_nowait(checkpoint)
-        except trio.WouldBlock:
-            await self._send.send(checkpoint)
-
-    def _raise_writer_error(self) -> None:
-        if self._writer_error is not None:
-            raise CheckpointError(
-                f"storing checkpoints failed: {self._writer_error}"
-            ) from self._writer_error
-
     async def flush(self) -> None:
         """Wait until every checkpoint handed to the writer is stored.
 
         A checkpoint. Raises `CheckpointError` if a write failed.
         """
-        if self._queued:
-            await self._idle.wait()
-        else:
+        if self._writer is None:
             await trio.lowlevel.checkpoint()
-        self._raise_writer_error()
+        else:
+            await self._writer.flush()
 
-    async def _flush_after(self, exc: BaseException) -> None:
-        """Store what a failed or cancelled run handed over; ``exc`` then goes on.
+    async def _save(self, session: Session, outcome: StepOutcome | None) -> None:
+        """The one save path: hand the session's checkpoint to the writer.
 
-        After a cancellation the flush is shielded and bounded by `FLUSH_TIMEOUT`.
-        A write error here is only logged: the original exception matters more.
+        ``outcome`` is the step that just ran (``None``: a fresh session or a
+        failed step, whose error is recorded in the session's state).
         """
-        if self.checkpointer is None:
+        if self._writer is None:
             return
-        try:
-            if isinstance(exc, trio.Cancelled | KeyboardInterrupt):
-                with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT):
-                    await self.flush()
-            else:
-                await self.flush()
-        except CheckpointError as write_error:
-            logger.error("checkpoints of a failed run were not stored: %s", write_error)
+        if outcome is None:
+            checkpoint = self._checkpoint(session)
+        else:
+            checkpoint = self._checkpoint(
+                session, outcome.ran, outcome.skipped, outcome.barrier.updated_channels
+            )
+        await self._writer.put(checkpoint)
+
+    async def _autosave(self, session: Session, outcome: StepOutcome | None) -> None:
+        if self.autosave:
+            await self._save(session, outcome)
 
     async def _close(self, cancelled: bool) -> None:
-        self._send.close()
-        if cancelled:
-            with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_TIMEOUT):
-                await self._writer_done.wait()
-        else:
-            await self._writer_done.wait()
-        if self._writer_scope is not None:
-            self._writer_scope.cancel()
+        if self._writer is not None:
+            await self._writer.close(cancelled)
+
+    def _raise_writer_error(self) -> None:
+        if self._writer is not None:
+            self._writer.raise_error()
 
     # --------------------------------------------------------------- sessions
 
@@ -324,8 +300,7 @@ class AppRunner:
             CheckpointError: the stored session is unreadable.
             WorkflowError: a router on START failed.
         """
-        if not isinstance(session_id, str) or not session_id:
-            raise StateError(f"session ids are non-empty strings, got {session_id!r}")
+        check_session_id(session_id)
         if not isinstance(state, VersionedState):
             raise StateError(
                 f"create_session takes a VersionedState, got {type(state).__name__}"
@@ -342,7 +317,7 @@ class AppRunner:
             await trio.lowlevel.checkpoint()
         session = self._engine.new_session(session_id, state, self.event_bus)
         self._sessions[session_id] = _SessionSlot(session)
-        await self._enqueue(self._checkpoint(session))
+        await self._save(session, None)
         return SessionInit(session_id=session_id, resumed=False, step=0)
 
     def _check_graph(self, stored: Checkpoint) -> None:
@@ -355,32 +330,43 @@ class AppRunner:
                 self.app.graph.graph_hash,
             )
 
-    async def _after_step(self, session: Session, result: Any) -> None:
-        """Hand the step's checkpoint to the writer (``result`` None: a failed step)."""
-        if self.checkpointer is None or not self.autosave:
-            return
-        if result is None:
-            await self._enqueue(self._checkpoint(session))
-            return
-        _, ran, skipped, outcome, _ = result
-        await self._enqueue(
-            self._checkpoint(session, ran, skipped, outcome.updated_channels)
-        )
+    async def _complete(
+        self,
+        session_id: str,
+        end_scope: str,
+        *,
+        state: VersionedState | None = None,
+        on_completed: Callable[[VersionedState], None] | None = None,
+    ) -> VersionedState:
+        """Run a session to completion under one lifecycle; exactly one sentinel.
 
-    async def _complete(self, session: Session, end_scope: str) -> VersionedState:
-        """Run ``session`` to completion, then flush its checkpoints."""
+        With ``state``, the session is created (or resumed) first, inside the
+        same lifecycle, so a run cancelled while its session loads still ends
+        with its sentinel. The sentinel goes out after the run's checkpoints are
+        stored; ``on_completed`` is called with the final state just before a
+        ``completed`` one, so the run counts as completed from then on whatever
+        happens to its caller afterwards.
+        """
+        end = _RunEnd(self.event_bus, session_id, end_scope)
         try:
-            state = await self._engine.run_to_completion(
-                session,
-                self.event_bus,
-                after_step=self._after_step,
-                end_scope=end_scope,
-            )
+            if state is not None:
+                await self.create_session(session_id, state)
+            slot = self._slot(session_id)
+            end.session = slot.session
+            async with slot.lock:
+                final = await self._engine.run_to_completion(
+                    slot.session, self.event_bus, after_step=self._autosave
+                )
+                await self.flush()
         except BaseException as exc:
-            await self._flush_after(exc)
+            if self._writer is not None:
+                await self._writer.flush_after(exc)
+            end.failed(exc)
             raise
-        await self.flush()
-        return state
+        if on_completed is not None:
+            on_completed(final)
+        end.completed()
+        return final
 
     async def run_step(
         self,
@@ -415,21 +401,16 @@ class AppRunner:
                         node=node,
                         state=session.state,
                     )
-            before = session.step
             try:
-                report = await self._engine.run_step(session, self.event_bus)
+                outcome = await self._engine.step(session, self.event_bus)
             except WorkflowError:
-                await self._after_step(session, None)
+                await self._autosave(session, None)
                 raise
-            if self.autosave and session.step != before:
-                await self._enqueue(
-                    self._checkpoint(
-                        session,
-                        report.ran_nodes,
-                        report.skipped_nodes,
-                        report.updated_channels,
-                    )
-                )
+            if outcome is None:
+                report = self._engine.completed_report(session)
+            else:
+                await self._autosave(session, outcome)
+                report = outcome.report()
             for node in report.ran_nodes:
                 if node in interrupt_after:
                     return PausedReport(
@@ -461,9 +442,8 @@ class AppRunner:
             SessionNotFound: unknown session.
             WorkflowError: a step failed (it was recorded and saved).
         """
-        slot = self._slot(session_id)
-        async with slot.lock:
-            return await self._complete(slot.session, STREAM_END_SCOPE)
+        self._slot(session_id)
+        return await self._complete(session_id, STREAM_END_SCOPE)
 
     # ------------------------------------------------------ iterative sessions
 
@@ -537,7 +517,7 @@ class AppRunner:
             session.frontier = frontier
             session.versions_seen.clear()
             session.join_progress = {}
-            return await self._complete(session, INVOCATION_END_SCOPE)
+        return await self._complete(session_id, INVOCATION_END_SCOPE)
 
     async def finish_iterative_session(self, session_id: str) -> VersionedState:
         """End an iterative session: emit its stream-end sentinel, return its state.
@@ -547,8 +527,10 @@ class AppRunner:
         """
         slot = self._slot(session_id)
         async with slot.lock:
-            emit_stream_end(self.event_bus, slot.session, "completed", None)
             await self.flush()
+            end = _RunEnd(self.event_bus, session_id, STREAM_END_SCOPE)
+            end.session = slot.session
+            end.completed()
             return slot.session.state
 
 
@@ -574,6 +556,7 @@ async def open_runner(
         autosave: Save a checkpoint after every step.
         config: Overrides ``app.config``.
     """
+    require_trio("open_runner()")
     if not isinstance(app, App):
         raise StateError(f"open_runner takes a compiled App, got {app!r}")
     cfg = config if config is not None else app.config
