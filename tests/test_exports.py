@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 import weavegraph
+import weavegraph.errors
+import weavegraph.lowlevel
+import weavegraph.testing
+
+MODULES = [weavegraph, weavegraph.errors, weavegraph.lowlevel, weavegraph.testing]
+ROOT_BUDGET = 70
 
 SPEC_NAMES = {
     # Names SPEC.md promises at the package root.
@@ -20,21 +28,48 @@ SPEC_NAMES = {
 }  # fmt: skip
 
 
-def test_all_is_a_tuple_without_duplicates() -> None:
-    assert isinstance(weavegraph.__all__, tuple)
-    assert len(set(weavegraph.__all__)) == len(weavegraph.__all__)
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_all_is_a_tuple_without_duplicates(module: types.ModuleType) -> None:
+    assert isinstance(module.__all__, tuple)
+    assert len(set(module.__all__)) == len(module.__all__)
 
 
-def test_all_matches_the_public_names_exactly() -> None:
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_all_matches_the_public_names_exactly(module: types.ModuleType) -> None:
     public = {
         name
-        for name, value in vars(weavegraph).items()
+        for name, value in vars(module).items()
         # Subpackages are namespaces, not exported names.
         if not name.startswith("_")
         and name != "annotations"
         and not isinstance(value, types.ModuleType)
     }
-    assert set(weavegraph.__all__) == public
+    assert set(module.__all__) == public
+
+
+def test_the_root_stays_small() -> None:
+    # The root is for what a workflow author writes every day.
+    assert len(weavegraph.__all__) <= ROOT_BUDGET
+
+
+def test_every_exception_is_in_the_errors_module() -> None:
+    for module in MODULES:
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, BaseException):
+                assert getattr(weavegraph.errors, name, None) is obj, name
+
+
+def test_every_library_exception_is_in_the_errors_module() -> None:
+    # Also those defined away from the root and raised by subpackages.
+    import weavegraph.checkpoint
+    import weavegraph.notebook
+
+    for module in (weavegraph.checkpoint, weavegraph.notebook):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, BaseException):
+                assert getattr(weavegraph.errors, name, None) is obj, name
 
 
 def test_spec_names_are_exported() -> None:
@@ -42,19 +77,21 @@ def test_spec_names_are_exported() -> None:
     assert not missing
 
 
-def test_every_exported_name_has_a_docstring() -> None:
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_every_exported_name_has_a_docstring(module: types.ModuleType) -> None:
     undocumented = [
         name
-        for name in weavegraph.__all__
-        if callable(getattr(weavegraph, name))
-        and not isinstance(getattr(weavegraph, name), str)
-        and not (getattr(weavegraph, name).__doc__ or "").strip()
+        for name in module.__all__
+        if callable(getattr(module, name))
+        and not isinstance(getattr(module, name), str)
+        and not (getattr(module, name).__doc__ or "").strip()
     ]
     assert undocumented == []
 
 
-def test_errors_share_one_base() -> None:
-    for name in weavegraph.__all__:
-        obj = getattr(weavegraph, name)
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_errors_share_one_base(module: types.ModuleType) -> None:
+    for name in module.__all__:
+        obj = getattr(module, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, weavegraph.WeavegraphError), name

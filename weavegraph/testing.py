@@ -5,15 +5,11 @@ uninterrupted one?).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import typing
 
 import attrs
 
 from ._core.errors import ReplayMismatchError as ReplayMismatchError
-from ._core.state import VersionedState
-from ._runtime.app import App
-from ._runtime.config import RuntimeConfig
-from ._runtime.context import NodeContext
 from ._runtime.replay import ReplayComparison as ReplayComparison
 from ._runtime.replay import ReplayRun as ReplayRun
 from ._runtime.replay import compare_event_sequences as compare_event_sequences
@@ -21,7 +17,15 @@ from ._runtime.replay import compare_final_state as compare_final_state
 from ._runtime.replay import compare_replay_runs as compare_replay_runs
 from ._runtime.replay import normalize_event as normalize_event
 from ._runtime.replay import normalize_state as normalize_state
-from .events.types import Event
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ._core.state import VersionedState
+    from ._runtime.app import App
+    from ._runtime.config import RuntimeConfig
+    from ._runtime.context import NodeContext
+    from .events.types import Event
 
 __all__ = (
     "FakeClock",
