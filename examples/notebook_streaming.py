@@ -30,10 +30,10 @@ from weavegraph import (
 
 async def think(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
     """Stream a short answer."""
-    for word in ["trio", "runs", "inside", "asyncio"]:
+    for word in ["trio", "runs", "inside"]:
         await trio.sleep(0.005)
         ctx.emit_llm_chunk("answer", word + " ")
-    ctx.emit_llm_final("answer", "trio runs inside asyncio")
+    ctx.emit_llm_final("answer", "asyncio")  # the last piece, not the whole text
     return NodePartial(messages=[Message.assistant("trio runs inside asyncio")])
 
 

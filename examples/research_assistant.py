@@ -51,11 +51,15 @@ class ScriptedModel:
         self.delay = delay
 
     async def stream(self, ctx: NodeContext, stream_id: str, text: str) -> str:
-        """Emit ``text`` word by word as LLM chunks, then a final event."""
-        for word in text.split(" "):
+        """Emit ``text`` word by word as LLM chunks; the last word is the final one.
+
+        The chunks, final included, add up to ``text``.
+        """
+        *words, last = text.split(" ")
+        for word in words:
             await trio.sleep(self.delay)
             ctx.emit_llm_chunk(stream_id, word + " ")
-        ctx.emit_llm_final(stream_id, text)
+        ctx.emit_llm_final(stream_id, last)
         return text
 
 

@@ -41,9 +41,11 @@ async def fetch(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
 async def summarise(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
     """Stream a summary, token by token."""
     words = ["The", "page", "is", "short."]
-    for word in words:
+    for word in words[:-1]:
         ctx.emit_llm_chunk("summary", word + " ")
-    ctx.emit_llm_final("summary", " ".join(words))
+    # The final event is the stream's last piece: the chunks, final included,
+    # add up to the whole text.
+    ctx.emit_llm_final("summary", words[-1])
     return NodePartial(messages=[Message.assistant(" ".join(words))])
 
 

@@ -17,7 +17,7 @@ EXPECTED = {
     "streaming_events.py": [
         "alice: fetched 100%",
         "bob: done (status=completed)",
-        "llm.final: [LLM summary] The page is short.",
+        "llm.chunk: [LLM summary] is \nllm.final: [LLM summary] short.",
     ],
     "convenience_streaming.py": [
         "final extra: {'units': 3}",
@@ -29,7 +29,8 @@ EXPECTED = {
         "block: received  5000, dropped     0, first 0, last 4999",
     ],
     "notebook_streaming.py": [
-        "llm.final  'trio runs inside asyncio'",
+        "llm.final  'asyncio'",
+        "invoke -> 'trio runs inside asyncio'",
         "cancelled from asyncio: the trio run was cancelled too",
         "extra -> {'weather': 'Lisbon: 21°C'}",
     ],
