@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check lint typecheck pytest bench format clean postgres-bin chromium-bin
+.PHONY: demo test check lint typecheck pytest bench bench-quick format clean postgres-bin chromium-bin
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -29,7 +29,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python examples/research_assistant.py --db runs.db --session demo
 
-test: check pytest
+test: check pytest bench-quick
 
 check: lint typecheck
 
@@ -55,8 +55,21 @@ postgres-bin:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
 	fi
 
-bench: $(VENV)/.installed-bench
+# Every benchmark at full size (several minutes; a missing peer is reported and
+# skipped). The PostgreSQL rows use a throwaway cluster, as the tests do.
+bench: $(VENV)/.installed-bench postgres-bin
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/event_bus.py
+	$(BIN)/python bench/serve.py
+
+# Every benchmark once at tiny sizes, results still checked, so none can rot;
+# here every peer must be installed. A failing benchmark fails `make test`.
+bench-quick: $(VENV)/.installed-bench postgres-bin
+	$(BIN)/python bench/engine.py --quick
+	$(BIN)/python bench/checkpoint.py --quick
+	$(BIN)/python bench/event_bus.py --quick
+	$(BIN)/python bench/serve.py --quick
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .

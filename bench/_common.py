@@ -1,10 +1,11 @@
-"""Shared helpers for the benchmark scripts in ``bench/``.
+"""What every benchmark shares: options, the measuring loop, tables, optional peers.
 
-Nothing here depends on a particular event loop: the timing helpers only use
-``time.perf_counter`` and plain ``await``, so they work the same under trio and
-asyncio.  Scripts import it as ``_common`` after putting ``bench/`` on
-``sys.path``, so they work both as ``python bench/<script>.py`` and as
-``python -m bench.<script>``.
+A script describes its rows as `Case`s and hands them to `measure`, which runs
+each case once untimed and checks its result, then times ``--runs`` rounds, every
+case once per round (so a noisy phase of a shared machine hits all rows alike),
+and returns the median of each. Only what a case wraps in its `Stopwatch` is
+timed. Everything runs on one trio loop; asyncio-only peers run their samples on
+a fresh asyncio loop in a worker thread while trio waits.
 """
 
 from __future__ import annotations
@@ -14,275 +15,202 @@ import asyncio
 import gc
 import importlib
 import importlib.metadata
-import importlib.util
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Literal
 
 import trio
 
-# --------------------------------------------------------------------------- #
-# Running one whole graph invocation
-# --------------------------------------------------------------------------- #
+
+class CheckFailed(AssertionError):
+    """A benchmark produced a wrong result; its timings would mean nothing."""
 
 
-@dataclass
-class Probe:
-    """Counts node-body calls during an untimed verification run."""
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
 
-    calls: int = 0
 
-    def hit(self) -> None:
-        self.calls += 1
+class Stopwatch:
+    """Adds up the time spent inside its ``with`` blocks (or start/stop pairs)."""
+
+    __slots__ = ("_start", "elapsed")
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+        self._start = 0.0
+
+    def start(self) -> None:
+        self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        self.elapsed += time.perf_counter() - self._start
+
+    def __enter__(self) -> Stopwatch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 @dataclass(frozen=True)
-class Runner:
-    """One benchmarkable unit of work: a whole graph run.
+class Case:
+    """One measured row.
 
-    ``prepare`` builds the run's input (outside the timed region); ``run``
-    performs the run and is the only thing that is timed.
+    ``run(watch)`` does one unit of work and returns what ``check`` verifies
+    (``check`` raises `CheckFailed`, or returns an awaitable that may raise).
+    The figure is seconds per ``units``.
     """
 
-    prepare: Callable[[], Any]
-    run: Callable[[Any], Awaitable[Any]]
+    name: str
+    run: Callable[[Stopwatch], Awaitable[Any]]
+    check: Callable[[Any], Any]
+    units: int = 1
+    loop: Literal["trio", "asyncio"] = "trio"
 
 
-async def time_runner(runner: Runner, *, runs: int, warmup: int) -> list[float]:
-    """Time ``runs`` whole invocations of ``runner`` after ``warmup`` untimed ones.
+def whole(fn: Callable[[], Awaitable[Any]]) -> Callable[[Stopwatch], Awaitable[Any]]:
+    """A `Case.run` that times all of ``fn()``."""
 
-    Returns wall-clock seconds per run.  Before timing, everything alive (imported
-    libraries, the compiled graph) is moved to the GC's permanent generation with
-    ``gc.freeze()``: the collector stays enabled during runs, but its passes only
-    walk objects the run itself created, not whichever other frameworks this
-    process happens to have imported.  A collection before every run (outside the
-    timed region) keeps one run's garbage from being billed to the next.
+    async def run(watch: Stopwatch) -> Any:
+        with watch:
+            return await fn()
+
+    return run
+
+
+async def _sample(case: Case) -> tuple[float, Any]:
+    watch = Stopwatch()
+    if case.loop == "trio":
+        value = await case.run(watch)
+    else:
+        value = await trio.to_thread.run_sync(lambda: asyncio.run(case.run(watch)))
+    if watch.elapsed <= 0:
+        raise RuntimeError(f"{case.name}: the run timed nothing")
+    return watch.elapsed, value
+
+
+async def measure(cases: Sequence[Case], runs: int) -> dict[str, float]:
+    """Median seconds per unit of every case, by name (see the module docstring).
+
+    Objects alive before timing are moved out of the collector's reach
+    (``gc.freeze``) so that no row pays for the others' imports, and a collection
+    runs before every sample.
     """
-    for _ in range(warmup):
-        await runner.run(runner.prepare())
+    for case in cases:
+        _, value = await _sample(case)
+        try:
+            verdict = case.check(value)
+            if isinstance(verdict, Awaitable):
+                await verdict
+        except CheckFailed as exc:
+            raise CheckFailed(f"{case.name}: {exc}") from None
+    samples: dict[str, list[float]] = {case.name: [] for case in cases}
     gc.collect()
     gc.freeze()
     try:
-        samples: list[float] = []
         for _ in range(runs):
-            payload = runner.prepare()
-            gc.collect()
-            start = time.perf_counter()
-            await runner.run(payload)
-            samples.append(time.perf_counter() - start)
+            for case in cases:
+                gc.collect()
+                elapsed, _ = await _sample(case)
+                samples[case.name].append(elapsed / case.units)
     finally:
         gc.unfreeze()
-    return samples
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
-# --------------------------------------------------------------------------- #
-# Outcomes of one (engine, workload) measurement
-# --------------------------------------------------------------------------- #
+# ----------------------------------------------------------------- options, output
 
 
-@dataclass(frozen=True)
-class Measured:
-    """Successful measurement: wall-clock seconds of each timed run."""
-
-    samples: Sequence[float]
-    units: int
-    """Number of node-steps / branches / iterations a run performs."""
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def per_unit_us(self) -> float:
-        return self.median_s / self.units * 1e6
-
-
-@dataclass(frozen=True)
-class Unavailable:
-    """The engine could not be used at all (missing package, broken import)."""
-
-    reason: str
+def options(description: str, **sizes: tuple[Any, Any]) -> argparse.Namespace:
+    """``--quick`` and ``--runs``; ``sizes`` maps a name to (full, quick) values."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes and one timed run: a smoke test that still checks results",
+    )
+    parser.add_argument(
+        "--runs", type=int, help="timed runs per row, median taken (default 5; 1 quick)"
+    )
+    args = parser.parse_args()
+    if args.runs is None:
+        args.runs = 1 if args.quick else 5
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    for name, (full, quick) in sizes.items():
+        setattr(args, name, quick if args.quick else full)
+    return args
 
 
-@dataclass(frozen=True)
-class Failed:
-    """The engine was importable but the workload raised or misbehaved."""
-
-    error: str
-
-
-Outcome = Measured | Unavailable | Failed
+def header(title: str, args: argparse.Namespace, dists: Sequence[str]) -> None:
+    versions = [f"{dist} {_version(dist)}" for dist in ("trio", *dists)]
+    mode = "quick sizes" if args.quick else "full sizes"
+    print(f"{title} | Python {platform.python_version()} | {', '.join(versions)}")
+    print(f"{mode}, median of {args.runs} timed run(s), results checked first")
 
 
-# --------------------------------------------------------------------------- #
-# Event-loop selection
-# --------------------------------------------------------------------------- #
-
-Backend = Literal["trio", "asyncio"]
-
-
-@dataclass
-class LoopResult:
-    """Value produced inside an event loop plus the loop that produced it."""
-
-    value: Any
-    backend: Backend
-    fallback_reason: str | None = None
-
-
-def run_on(backend: Backend, fn: Callable[[], Awaitable[Any]]) -> Any:
-    """Run ``fn()`` to completion on a fresh event loop of the given kind."""
-    if backend == "trio":
-        return trio.run(fn)
-
-    async def main() -> Any:
-        return await fn()
-
-    return asyncio.run(main())
-
-
-def run_trio_else_asyncio(fn: Callable[[], Awaitable[Any]]) -> LoopResult:
-    """Run ``fn()`` under trio; if that raises, retry it under asyncio.
-
-    Meant for anyio-based libraries that should work on trio but might not.
-    The retry reason is recorded so that it can be reported.
-    """
-    try:
-        return LoopResult(run_on("trio", fn), "trio")
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-    return LoopResult(run_on("asyncio", fn), "asyncio", fallback_reason=reason)
-
-
-# --------------------------------------------------------------------------- #
-# Formatting
-# --------------------------------------------------------------------------- #
-
-
-def fmt_us(value: float) -> str:
-    return f"{value:,.2f}" if value < 100 else f"{value:,.1f}"
-
-
-def fmt_ms(value: float) -> str:
-    return f"{value:,.2f}" if value < 100 else f"{value:,.1f}"
-
-
-def fmt_ratio(value: float) -> str:
-    return f"{value:.2f}x"
-
-
-@dataclass
-class Table:
-    """Plain-text table.
-
-    ``left`` is how many leading columns are left-aligned (labels); the rest are
-    right-aligned (numbers).
-    """
-
-    headers: Sequence[str]
-    left: int = 1
-    rows: list[Sequence[str]] = field(default_factory=list)
-
-    def add(self, *cells: str) -> None:
-        if len(cells) != len(self.headers):
-            raise ValueError(f"expected {len(self.headers)} cells, got {len(cells)}")
-        self.rows.append(cells)
-
-    def render(self, indent: str = "  ") -> str:
-        widths = [len(h) for h in self.headers]
-        for row in self.rows:
-            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-
-        def line(cells: Sequence[str]) -> str:
-            parts = [
-                c.ljust(w) if i < self.left else c.rjust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ]
-            return indent + "  ".join(parts).rstrip()
-
-        rule = indent + "  ".join("-" * w for w in widths)
-        return "\n".join([line(self.headers), rule, *map(line, self.rows)])
-
-
-# --------------------------------------------------------------------------- #
-# Environment
-# --------------------------------------------------------------------------- #
-
-
-def dist_version(dist: str) -> str | None:
-    """Installed version of distribution ``dist``, or ``None`` if absent."""
+def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
-        return None
+        return "-"
 
 
-def environment_line(dists: Sequence[str]) -> str:
-    """One-line summary of interpreter, platform and package versions."""
-    parts = [
-        f"{platform.python_implementation()} {platform.python_version()}",
-        f"{sys.platform}/{platform.machine()}",
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print a plain table: the first column left-aligned, the rest right."""
+    widths = [
+        max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))
     ]
-    parts += [f"{dist} {dist_version(dist) or '-'}" for dist in dists]
-    return " | ".join(parts)
+
+    def line(cells: Sequence[str]) -> str:
+        first, *rest = (str(c) for c in cells)
+        parts = [first.ljust(widths[0])]
+        parts += [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
+        return "  " + "  ".join(parts).rstrip()
+
+    print(f"\n{title}")
+    print(line(headers))
+    for row in rows:
+        print(line(row))
 
 
-def add_run_options(
-    parser: argparse.ArgumentParser, *, unit: str, quick_help: str
-) -> None:
-    """The options every benchmark takes: --runs, --warmup and --quick."""
-    parser.add_argument(
-        "--runs", type=int, default=5, help=f"timed runs per {unit} (default 5)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed runs first (default 1)"
-    )
-    parser.add_argument("--quick", action="store_true", help=quick_help)
+def us(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    value = seconds * 1e6
+    return f"{value:,.2f}" if value < 10 else f"{value:,.1f}"
 
 
-def check_run_options(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> None:
-    """Reject impossible --runs and --warmup values."""
-    if args.runs < 1:
-        parser.error("--runs must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:,.2f}"
 
 
-def pick_subset(
-    parser: argparse.ArgumentParser, flag: str, value: str, keys: Sequence[str]
-) -> list[str]:
-    """The comma-separated ``value`` of ``flag``, checked against ``keys``."""
-    selected = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = sorted(set(selected) - set(keys))
-    if unknown or not selected:
-        parser.error(f"{flag}: unknown {unknown}; choose from {list(keys)}")
-    return selected
+def rate(seconds_per_unit: float | None) -> str:
+    return "-" if seconds_per_unit is None else f"{1 / seconds_per_unit:,.0f}"
 
 
-def find_module(module: str, *, also_missing: Sequence[str] = ()) -> Any:
-    """Import an optional peer: the module, or `Unavailable` saying why not.
+def ratio(numerator: float | None, denominator: float | None) -> str:
+    if numerator is None or denominator is None or not denominator:
+        return "-"
+    return f"{numerator / denominator:.2f}x"
 
-    Tells "not installed" (the package, or one of ``also_missing``, is absent)
-    from "installed but broken".
-    """
-    top = module.partition(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        return Unavailable("not installed")
+
+def peer(module: str, quick: bool) -> ModuleType | None:
+    """Import a peer framework. Quick mode (CI) needs every peer; a full run
+    reports a missing one and goes on without it."""
     try:
         return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and exc.name.split(".")[0] in {top, *also_missing}:
-            return Unavailable("not installed")
-        return Unavailable(f"import failed ({type(exc).__name__}: {exc})")
-    except Exception as exc:
-        return Unavailable(f"import failed ({type(exc).__name__}: {exc})")
+    except ImportError as exc:
+        if quick:
+            raise SystemExit(
+                f"{module} is missing ({exc}); install the bench extra:"
+                " pip install -e '.[dev,bench]'"
+            ) from exc
+        print(f"skipped: {module} is not installed ({exc})")
+        return None
