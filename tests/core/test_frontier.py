@@ -118,6 +118,32 @@ class TestPartition:
         # Only (messages, extra) are recorded and compared.
         assert partition(["a"], {"a": (1, 1)}, (1, 1)) == ([], ["a"])
 
+    def test_ungated_nodes_always_run(self) -> None:
+        seen = {"a": (2, 3), "b": (2, 3)}
+        assert partition(["a", "b"], seen, (2, 3), {"b"}) == (["b"], ["a"])
+        assert partition([START, "b", END], seen, (2, 3), {"b"}) == (
+            ["b"],
+            [START, END],
+        )
+
+    def test_ungated_from_the_compiled_graph(self) -> None:
+        g = (
+            GraphBuilder()
+            .add_node("poll", node, gated=False)
+            .add_node("work", node)
+            .add_edge(START, "poll")
+            .add_edge("poll", "work")
+            .add_edge("work", END)
+            .compile()
+            .graph
+        )
+        assert g.ungated == frozenset({"poll"})
+        seen = {"poll": (1, 1), "work": (1, 1)}
+        assert partition(["poll", "work"], seen, (1, 1), g.ungated) == (
+            ["poll"],
+            ["work"],
+        )
+
     def test_recorded_versions_newer_than_state(self) -> None:
         assert partition(["a"], {"a": (5, 5)}, (2, 2)) == ([], ["a"])
 
@@ -260,6 +286,45 @@ class TestCommands:
         out = nf(g, ["a"], [("a", Append(["d"])), ("a", Replace(["c"]))])
         assert out.frontier == ("c",)
 
+    def test_command_outside_declared_destinations_is_an_error(self) -> None:
+        g = graph_of(
+            [(START, "a"), ("a", "b"), ("b", END), ("c", END)],
+            destinations={"a": ["c"]},
+        )
+        # "b" is a registered node, but "a" declared only "c".
+        with pytest.raises(RouterError) as info:
+            nf(g, ["a"], [("a", Replace(["b"]))])
+        text = str(info.value)
+        assert "node 'a' returned Replace(['b'])" in text
+        assert "'b' is not among its declared destinations ['c']" in text
+        assert "destinations=[...]" in text
+
+    def test_end_must_be_declared_when_destinations_are(self) -> None:
+        g = graph_of(
+            [(START, "a"), ("a", "b"), ("b", END), ("c", END)],
+            destinations={"a": ["c"]},
+        )
+        with pytest.raises(RouterError, match="END is not among"):
+            nf(g, ["a"], [("a", Append([END]))])
+        declared = graph_of(
+            [(START, "a"), ("a", "b"), ("b", END), ("c", END)],
+            destinations={"a": ["c", END]},
+        )
+        assert nf(declared, ["a"], [("a", Replace([END]))]).frontier == (END,)
+
+    def test_typo_in_a_destination_gets_a_hint(self) -> None:
+        g = graph_of(
+            [(START, "a"), ("a", "b"), ("b", END), ("worker", END)],
+            destinations={"a": ["worker"]},
+        )
+        with pytest.raises(RouterError, match=r"did you mean 'worker'\?"):
+            nf(g, ["a"], [("a", Replace(["wroker"]))])
+
+    def test_undeclared_senders_may_name_any_node(self) -> None:
+        g = graph_of([(START, "a"), (START, "c"), ("a", "b"), ("b", END), ("c", END)])
+        out = nf(g, ["a"], [("a", Append(["c", END]))])
+        assert out.frontier == ("b", "c", END)
+
     def test_commands_through_the_barrier(self) -> None:
         g = graph_of(
             [(START, "a"), (START, "b"), ("a", "x"), ("b", "y"), ("x", END), ("y", END)]
@@ -307,9 +372,12 @@ class TestRouters:
             )
             assert nf(g, ["a"]).frontier == ("b", END)
 
-    def test_empty_list_routes_nowhere(self) -> None:
-        g = graph_of([(START, "a"), ("a", END)], routers=[("a", lambda s: [])])
-        assert nf(g, ["a"]).frontier == (END,)
+    @pytest.mark.parametrize("result", [[], (), set(), frozenset()], ids=repr)
+    def test_an_empty_result_is_an_error(self, result: Any) -> None:
+        # No silent endings: a branch ends by routing to END.
+        g = graph_of([(START, "a"), ("a", END)], routers=[("a", lambda s: result)])
+        with pytest.raises(RouterError, match=r"router of 'a'.*names no node.*END"):
+            nf(g, ["a"])
 
     def test_path_map_lookups(self) -> None:
         g = graph_of(
@@ -328,13 +396,48 @@ class TestRouters:
         )
         assert nf(g, ["a"]).frontier == ("y", "x", END)
 
-    def test_path_map_passes_unmapped_names_through(self) -> None:
+    def test_path_map_accepts_its_declared_targets_by_name(self) -> None:
+        g = graph_of(
+            [(START, "a"), ("x", END), ("y", END)],
+            routers=[("a", lambda s: ["x", "k"], {"k": "x", "j": "y"})],
+        )
+        assert nf(g, ["a"]).frontier == ("x",)
+
+    def test_path_map_keys_win_over_target_names(self) -> None:
+        g = graph_of(
+            [(START, "a"), ("x", END), ("y", END)],
+            routers=[("a", lambda s: "x", {"x": "y", "z": "x"})],
+        )
+        assert nf(g, ["a"]).frontier == ("y",)
+
+    def test_result_outside_the_path_map_is_an_error(self) -> None:
+        # "y" is a registered node, but not one this router declared.
         g = graph_of(
             [(START, "a"), ("x", END), ("y", END)],
             routers=[("a", lambda s: ["y", "k"], {"k": "x"})],
             destinations={"a": ["y"]},
         )
-        assert nf(g, ["a"]).frontier == ("y", "x")
+        with pytest.raises(RouterError) as info:
+            nf(g, ["a"])
+        text = str(info.value)
+        assert "router of 'a'" in text
+        assert "'y'" in text
+        assert "not among its declared targets" in text
+        assert "['k']" in text
+        assert "['x']" in text
+
+    def test_end_outside_a_path_map_is_an_error(self) -> None:
+        g = graph_of([(START, "a"), ("x", END)], routers=[("a", lambda s: END, ["x"])])
+        with pytest.raises(RouterError, match="declared targets"):
+            nf(g, ["a"])
+
+    def test_typo_in_a_path_map_result_gets_a_hint(self) -> None:
+        g = graph_of(
+            [(START, "a"), ("x", END), ("y", END)],
+            routers=[("a", lambda s: "approve", {"approved": "x", "rejected": "y"})],
+        )
+        with pytest.raises(RouterError, match=r"did you mean 'approved'\?"):
+            nf(g, ["a"])
 
     def test_path_map_unmapped_non_string_result(self) -> None:
         g = graph_of([(START, "a"), ("x", END)], routers=[("a", lambda s: 7, {1: "x"})])
@@ -356,32 +459,45 @@ class TestRouters:
         )
         assert nf(g, ["a", "b"]).frontier == ("x", "y", END)
 
-    def test_unknown_targets_dropped_with_warning(
-        self, caplog: pytest.LogCaptureFixture
-    ) -> None:
+    def test_unknown_router_target_is_an_error(self) -> None:
         g = graph_of(
             [(START, "a"), ("a", "b"), ("b", END)],
-            routers=[("a", lambda s: ["ghost", "b", "phantom"])],
+            routers=[("a", lambda s: ["b", "ghost", "phantom"])],
         )
-        with caplog.at_level(logging.WARNING, logger=LOGGER):
-            out = nf(g, ["a"])
-        assert out.frontier == ("b",)
-        assert out.dropped == (("a", "ghost"), ("a", "phantom"))
-        messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
-        assert len(messages) == 2
-        assert "'ghost'" in messages[0]
-        assert "'a'" in messages[0]
-        assert all(r.levelno == logging.WARNING for r in caplog.records)
+        with pytest.raises(RouterError) as info:
+            nf(g, ["a"])
+        text = str(info.value)
+        # The source node, the value and the allowed targets.
+        assert "router of 'a'" in text
+        assert "'ghost'" in text
+        assert "names no node" in text
+        assert "allowed targets: ['a', 'b', END]" in text
+        assert isinstance(info.value, WeavegraphError)
 
-    def test_unknown_command_targets_dropped(
-        self, caplog: pytest.LogCaptureFixture
-    ) -> None:
+    def test_unknown_router_target_of_a_plain_string(self) -> None:
+        g = graph_of(
+            [(START, "a"), ("a", END), ("b", END)], routers=[("a", lambda s: "B")]
+        )
+        with pytest.raises(RouterError, match=r"'B'.*did you mean 'b'\?"):
+            nf(g, ["a"])
+
+    def test_long_lists_of_allowed_targets_are_cut(self) -> None:
+        names = [f"n{i:02}" for i in range(30)]
+        g = graph_of(
+            [(START, "a"), ("a", END), *((n, END) for n in names)],
+            routers=[("a", lambda s: "zzz")],
+        )
+        with pytest.raises(RouterError, match=r"\.\.\. \(20 more\)"):
+            nf(g, ["a"])
+
+    def test_unknown_command_target_is_an_error(self) -> None:
         g = graph_of([(START, "a"), ("a", "b"), ("b", END)])
-        with caplog.at_level(logging.WARNING, logger=LOGGER):
-            out = nf(g, ["a"], [("a", Append(["ghost"]))])
-        assert out.frontier == ("b",)
-        assert out.dropped == (("a", "ghost"),)
-        assert "ghost" in caplog.text
+        with pytest.raises(RouterError) as info:
+            nf(g, ["a"], [("a", Append(["ghost"]))])
+        text = str(info.value)
+        assert "node 'a' returned Append(['ghost'])" in text
+        assert "'ghost' names no node" in text
+        assert "allowed targets: ['a', 'b', END]" in text
 
     def test_start_and_end_targets_accepted(self) -> None:
         g = graph_of([(START, "a")], routers=[("a", lambda s: [START, END])])
@@ -419,10 +535,23 @@ class TestRouters:
     def test_route_directly(self) -> None:
         edge = ConditionalEdge("a", lambda s: "b")
         assert route(edge, snap()) == ["b"]
-        mapped = ConditionalEdge("a", lambda s: ["k", "b"], {"k": "c"})
-        assert route(mapped, snap()) == ["c", "b"]
+        mapped = ConditionalEdge("a", lambda s: ["k", "c"], {"k": "c"})
+        assert route(mapped, snap()) == ["c", "c"]
+        with pytest.raises(RouterError, match="declared targets"):
+            route(ConditionalEdge("a", lambda s: "b", {"k": "c"}), snap())
         with pytest.raises(RouterError):
             route(ConditionalEdge("a", lambda s: 1), snap())
+
+    def test_route_checks_names_against_the_graph(self) -> None:
+        g = graph_of([(START, "a"), (START, "b"), ("a", END), ("b", END)])
+        edge = ConditionalEdge("a", lambda s: "ghost")
+        assert route(edge, snap()) == ["ghost"]  # no graph: names unchecked
+        with pytest.raises(RouterError, match="names no node"):
+            route(edge, snap(), g)
+        assert route(ConditionalEdge("a", lambda s: ["b", END]), snap(), g) == [
+            "b",
+            END,
+        ]
 
     def test_router_from_start_node_label(self) -> None:
         edge = ConditionalEdge(START, lambda s: 1)
@@ -631,15 +760,12 @@ class TestStartFrontier:
         g = graph_of([("a", END)], routers=[(START, lambda s: END, ["a", END])])
         assert start_frontier(g, snap()).frontier == (END,)
 
-    def test_unknown_router_targets_dropped(
-        self, caplog: pytest.LogCaptureFixture
-    ) -> None:
+    def test_unknown_router_target_is_an_error(self) -> None:
         g = graph_of([(START, "a"), ("a", END)], routers=[(START, lambda s: "ghost")])
-        with caplog.at_level(logging.WARNING, logger=LOGGER):
-            out = start_frontier(g, snap())
-        assert out.frontier == ("a",)
-        assert out.dropped == ((START, "ghost"),)
-        assert "START" in caplog.text
+        with pytest.raises(
+            RouterError, match=r"router of 'START'.*'ghost'.*\['a', END\]"
+        ):
+            start_frontier(g, snap())
 
     def test_router_errors(self) -> None:
         g = graph_of([(START, "a"), ("a", END)], routers=[(START, lambda s: 1)])
@@ -651,9 +777,9 @@ class TestStartFrontier:
 
 
 class TestWorkedTraces:
-    def test_trace5_mixed_predicate_targets(
-        self, caplog: pytest.LogCaptureFixture
-    ) -> None:
+    def test_trace5_mixed_predicate_targets(self) -> None:
+        # Unlike the reference, which drops "Invalid" with a warning, a typo in a
+        # router result fails loudly.
         g = graph_of(
             [(START, "Root"), ("Root", "Valid"), ("Valid", END)],
             routers=[("Root", lambda s: ["Valid", "Invalid", END])],
@@ -664,13 +790,12 @@ class TestWorkedTraces:
         barrier = apply_barrier(
             state, to_run, [NodePartial(messages=[Message.assistant("root")])]
         )
-        with caplog.at_level(logging.WARNING, logger=LOGGER):
-            out = next_frontier(
+        with pytest.raises(
+            RouterError, match=r"'Root'.*'Invalid'.*did you mean 'Valid'\?"
+        ):
+            next_frontier(
                 g, to_run, barrier.frontier_commands, barrier.state.snapshot()
             )
-        assert out.frontier == ("Valid", END)
-        assert out.dropped == (("Root", "Invalid"),)
-        assert "Invalid" in caplog.text
 
     def test_trace6_replace(self) -> None:
         g = graph_of([(START, "controller"), ("controller", "worker"), ("worker", END)])

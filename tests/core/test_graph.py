@@ -25,6 +25,7 @@ from weavegraph import (
     VersionedState,
     WeavegraphError,
     add_messages,
+    reducers,
 )
 from weavegraph._core.frontier import start_frontier
 from weavegraph.errors import (
@@ -208,6 +209,21 @@ class TestAddNode:
         assert b.add_edge(START, "a") is b
         assert b.add_conditional_edge("a", router_end, [END]) is b
         assert b.with_reducer("messages", add_messages) is b
+        assert b.with_key_reducer("facts", "append") is b
+
+    def test_nodes_are_gated_by_default(self) -> None:
+        b = GraphBuilder().add_node("a", node_a).add_node("poll", node_a, gated=False)
+        b.add_edge(START, "a").add_edge(START, "poll")
+        b.add_edge("a", END).add_edge("poll", END)
+        graph = compiled(b)
+        assert graph.nodes["a"].gated is True
+        assert graph.nodes["poll"].gated is False
+        assert graph.ungated == frozenset({"poll"})
+
+    @pytest.mark.parametrize("gated", [0, 1, "no", None], ids=repr)
+    def test_gated_must_be_a_bool(self, gated: Any) -> None:
+        with pytest.raises(InvalidNodeError, match=r"'poll'.*gated"):
+            GraphBuilder().add_node("poll", node_a, gated=gated)
 
 
 class TestRetryPolicy:
@@ -381,6 +397,55 @@ class TestReducerRegistration:
     def test_non_callable(self) -> None:
         with pytest.raises(InvalidReducerError, match="'messages'"):
             GraphBuilder().with_reducer("messages", "add")  # type: ignore[arg-type]
+
+    def test_an_extra_key_as_channel_points_to_key_reducers(self) -> None:
+        with pytest.raises(InvalidReducerError, match="with_key_reducer"):
+            GraphBuilder().with_reducer("facts", add_messages)
+
+
+class TestKeyReducerRegistration:
+    @pytest.mark.parametrize(
+        ("name", "function"),
+        [
+            ("append", reducers.append),
+            ("add", reducers.add),
+            ("merge", reducers.merge),
+            ("replace", reducers.replace),
+        ],
+    )
+    def test_builtins_by_name(self, name: str, function: Any) -> None:
+        b = GraphBuilder().with_key_reducer("k", name).add_edge(START, END)
+        assert compiled(b).reducers.by_key == {"k": function}
+
+    def test_custom_function(self) -> None:
+        b = GraphBuilder().with_key_reducer("k", keep_last).add_edge(START, END)
+        assert compiled(b).reducers.by_key["k"] is keep_last
+
+    def test_unknown_name(self) -> None:
+        with pytest.raises(
+            InvalidReducerError, match=r"'concat'.*'append', 'add', 'merge', 'replace'"
+        ):
+            GraphBuilder().with_key_reducer("k", "concat")
+
+    @pytest.mark.parametrize("reducer", [3, None, ["append"]], ids=repr)
+    def test_not_callable(self, reducer: Any) -> None:
+        with pytest.raises(InvalidReducerError, match=r'extra\["k"\]'):
+            GraphBuilder().with_key_reducer("k", reducer)
+
+    @pytest.mark.parametrize("key", ["", 3, None], ids=repr)
+    def test_bad_key(self, key: Any) -> None:
+        with pytest.raises(InvalidReducerError, match="key"):
+            GraphBuilder().with_key_reducer(key, "append")
+
+    def test_one_reducer_per_key(self) -> None:
+        b = GraphBuilder().with_key_reducer("k", "append")
+        with pytest.raises(InvalidReducerError, match=r'extra\["k"\] already has'):
+            b.with_key_reducer("k", "add")
+        b.with_key_reducer("other", "add")
+
+    def test_a_graph_error(self) -> None:
+        with pytest.raises(GraphError):
+            GraphBuilder().with_key_reducer("k", "nope")
 
 
 # ------------------------------------------------------------------- validation
@@ -570,8 +635,12 @@ class TestValidation:
         compiled(b)
         b2 = GraphBuilder().add_node("boss", node_a).add_node("worker", node_a)
         b2.add_edge(START, "boss").add_edge("boss", END).add_edge("worker", END)
-        with pytest.raises(UnreachableNodesError, match="worker"):
+        with pytest.raises(UnreachableNodesError, match="worker") as info:
             b2.compile()
+        # A node reached only through Replace/Append: the message names the fix.
+        assert "add_node(sender, ..., destinations=[...])" in str(info.value)
+        assert "add_edge" in str(info.value)
+        assert "path_map" in str(info.value)
 
     def test_join_target_needs_every_source_reachable(self) -> None:
         b = chain("a").add_node("b", node_a).add_node("c", node_a)
@@ -904,6 +973,13 @@ class TestGraphHash:
         timed.add_edge("c", END).add_edge(["a", "b"], "d").add_edge("d", END)
         timed.add_conditional_edge("c", router_end, {"stop": END})
 
+        ungated = GraphBuilder()
+        for name in ("a", "b", "c", "d"):
+            ungated.add_node(name, node_a, gated=name != "b")
+        ungated.add_edge(START, "a").add_edge("a", "b").add_edge("b", "c")
+        ungated.add_edge("c", END).add_edge(["a", "b"], "d").add_edge("d", END)
+        ungated.add_conditional_edge("c", router_end, {"stop": END})
+
         return {
             "base": base_builder(),
             "extra node": extra_node,
@@ -924,11 +1000,38 @@ class TestGraphHash:
             "reducer on another channel": base_builder().with_reducer(
                 "errors", keep_last
             ),
+            "key reducer": base_builder().with_key_reducer("facts", "append"),
+            "other key reducer": base_builder().with_key_reducer("facts", "add"),
+            "key reducer on another key": base_builder().with_key_reducer(
+                "notes", "append"
+            ),
+            "custom key reducer": base_builder().with_key_reducer("facts", keep_last),
+            "two key reducers": base_builder()
+            .with_key_reducer("facts", "append")
+            .with_key_reducer("notes", "append"),
+            "ungated node": ungated,
         }
 
     def test_sensitive_to_every_part(self) -> None:
         hashes = {k: compiled(b).graph_hash for k, b in self._variants().items()}
         assert len(set(hashes.values())) == len(hashes), hashes
+
+    def test_key_reducers_hash_independent_of_declaration_order(self) -> None:
+        one = base_builder().with_key_reducer("a", "add").with_key_reducer("b", "merge")
+        two = base_builder().with_key_reducer("b", "merge").with_key_reducer("a", "add")
+        assert compiled(one).graph_hash == compiled(two).graph_hash
+
+    def test_name_and_function_of_a_builtin_hash_alike(self) -> None:
+        by_name = base_builder().with_key_reducer("facts", "append")
+        by_function = base_builder().with_key_reducer("facts", reducers.append)
+        assert compiled(by_name).graph_hash == compiled(by_function).graph_hash
+
+    def test_gated_true_is_the_default_hash(self) -> None:
+        explicit = GraphBuilder().add_node("a", node_a, gated=True)
+        explicit.add_edge(START, "a").add_edge("a", END)
+        default = GraphBuilder().add_node("a", node_a)
+        default.add_edge(START, "a").add_edge("a", END)
+        assert compiled(explicit).graph_hash == compiled(default).graph_hash
 
     def test_base_variant_matches(self) -> None:
         assert (

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import types
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,14 +24,16 @@ from weavegraph import (
     Message,
     NodePartial,
     Replace,
+    StateError,
     StateSnapshot,
     VersionedState,
     WeavegraphError,
     add_errors,
     add_messages,
     map_merge,
+    reducers,
 )
-from weavegraph._core.reducers import ReducerRegistry
+from weavegraph._core.reducers import KeyConflict, ReducerRegistry
 from weavegraph.errors import ErrorDetail, ErrorScope, ReducerError
 from weavegraph.lowlevel import BarrierOutcome, History, Versions, apply_barrier
 
@@ -478,24 +483,48 @@ class TestCustomReducers:
         assert [m.content for m in out.state.messages] == ["4", "5"]
         assert out.state.versions.messages == 1  # same length: no bump
 
-    def test_extra_reducer_sees_merged_update(self) -> None:
-        seen: list[dict[str, Any]] = []
+    def test_extra_reducer_sees_every_partial_in_frontier_order(self) -> None:
+        seen: list[tuple[dict[str, Any], dict[str, Any]]] = []
 
         def counting(current: Mapping[str, Any], update: Mapping[str, Any]) -> Any:
-            seen.append(dict(update))
+            seen.append((dict(current), dict(update)))
             return {**current, "merges": current.get("merges", 0) + 1}
 
         registry = registry_with(("extra", counting, False))
         out = apply_barrier(
             VersionedState(extra={"k": 0}),
-            ["a", "b"],
-            [NodePartial(extra={"k": 1, "d": None}), NodePartial(extra={"k": 2})],
+            ["a", "b", "c"],
+            [
+                NodePartial(extra={"k": 1, "d": None}),
+                NodePartial(messages=[msg("no extra")]),
+                NodePartial(extra={"k": 2}),
+            ],
             registry,
         )
-        assert seen == [{"k": 2, "d": None}]
-        assert dict(out.state.extra) == {"k": 2, "merges": 1}
+        # map_merge, then counting, once per partial that writes extra; each
+        # sees the result of the partials before it.
+        assert seen == [
+            ({"k": 1}, {"k": 1, "d": None}),
+            ({"k": 2, "merges": 1}, {"k": 2}),
+        ]
+        assert dict(out.state.extra) == {"k": 2, "merges": 2}
         with pytest.raises(TypeError):
             out.state.extra["k"] = 0  # type: ignore[index]
+
+    def test_replacing_extra_reducer_keeps_every_parallel_write(self) -> None:
+        # The case that lost a write when the reducer saw the merged update.
+        def collect(current: Mapping[str, Any], update: Mapping[str, Any]) -> Any:
+            return {"log": [*current.get("log", []), *update["log"]]}
+
+        registry = registry_with(("extra", collect, True))
+        out = apply_barrier(
+            VersionedState(extra={"log": ["start"]}),
+            ["a", "b", "c"],
+            [NodePartial(extra={"log": [n]}) for n in "abc"],
+            registry,
+        )
+        assert out.state.extra["log"] == ["start", "a", "b", "c"]
+        assert out.conflicts == ()  # map_merge is not in charge: no last write
 
     def test_reducers_only_run_for_channels_with_data(self) -> None:
         calls: list[str] = []
@@ -673,3 +702,384 @@ def test_weave_error_in_partial_round_trip() -> None:
     error = ErrorEvent.node("n", 1, ErrorDetail(message="m", details={"k": 1}))
     out = apply_barrier(hi(), ["n"], [NodePartial(errors=[error])])
     assert out.state.errors[0] is error
+
+
+# ----------------------------------------------------------------- key reducers
+
+
+def keyed(*pairs: tuple[str, Any]) -> ReducerRegistry:
+    """A compiled graph's registry with ``(key, reducer)`` key reducers."""
+    builder = GraphBuilder().add_edge(START, END)
+    for key, reducer in pairs:
+        builder.with_key_reducer(key, reducer)
+    return builder.compile().graph.reducers
+
+
+class TestBuiltinKeyReducers:
+    def test_append(self) -> None:
+        assert reducers.append([1, 2], [3]) == [1, 2, 3]
+        assert reducers.append([1], (2, 3)) == [1, 2, 3]
+        assert reducers.append((1,), [2]) == (1, 2)
+
+    @pytest.mark.parametrize(
+        ("current", "value"), [([1], 2), ("ab", ["c"]), ([1], "c"), ({1}, [2])]
+    )
+    def test_append_needs_lists(self, current: Any, value: Any) -> None:
+        with pytest.raises(TypeError, match=r"append joins lists.*\[item\]"):
+            reducers.append(current, value)
+
+    def test_add(self) -> None:
+        assert reducers.add(1, 2) == 3
+        assert reducers.add(1.5, 1) == 2.5
+        assert reducers.add(Decimal("1.1"), Decimal("2.2")) == Decimal("3.3")
+
+    @pytest.mark.parametrize(
+        ("current", "value"), [(1, True), (False, 1), ("1", 2), (1, None), ([1], [2])]
+    )
+    def test_add_needs_numbers(self, current: Any, value: Any) -> None:
+        with pytest.raises(TypeError, match="add sums numbers"):
+            reducers.add(current, value)
+
+    def test_merge(self) -> None:
+        current = {"a": 1, "b": 2}
+        assert reducers.merge(current, {"b": 3, "c": None}) == {
+            "a": 1,
+            "b": 3,
+            "c": None,
+        }
+        assert current == {"a": 1, "b": 2}
+
+    def test_merge_needs_dicts(self) -> None:
+        with pytest.raises(TypeError, match="merge combines dicts"):
+            reducers.merge({"a": 1}, [("b", 2)])
+
+    def test_replace(self) -> None:
+        assert reducers.replace([1], "x") == "x"
+
+    def test_public_module_lists_its_names(self) -> None:
+        public = {
+            name
+            for name, value in vars(reducers).items()
+            if not name.startswith("_")
+            and name != "annotations"
+            and not isinstance(value, types.ModuleType)
+        }
+        assert set(reducers.__all__) == public
+        assert reducers.add_messages is add_messages
+        assert reducers.map_merge is map_merge
+        assert reducers.add_errors is add_errors
+
+
+class TestKeyReducersAtTheBarrier:
+    def test_three_parallel_writers_keep_all_facts(self) -> None:
+        out = apply_barrier(
+            VersionedState(),
+            ["search", "lookup", "browse"],
+            [
+                NodePartial(extra={"facts": ["s1", "s2"]}),
+                NodePartial(extra={"facts": ["l1"]}),
+                NodePartial(extra={"facts": ["b1"]}),
+            ],
+            keyed(("facts", "append")),
+        )
+        # The first write of an absent key is stored as is, then folded.
+        assert out.state.extra["facts"] == ["s1", "s2", "l1", "b1"]
+        assert out.state.versions.extra == 2
+        assert out.conflicts == ()
+
+    def test_a_counter_written_by_two_nodes_adds_both(self) -> None:
+        registry = keyed(("count", "add"))
+        state = VersionedState(extra={"count": 10})
+        out = apply_barrier(
+            state,
+            ["a", "b"],
+            [NodePartial(extra={"count": 1}), NodePartial(extra={"count": 2})],
+            registry,
+        )
+        assert out.state.extra["count"] == 13
+        again = apply_barrier(
+            out.state, ["a"], [NodePartial(extra={"count": 5})], registry
+        )
+        assert again.state.extra["count"] == 18
+
+    def test_merge_folds_dicts_across_steps(self) -> None:
+        registry = keyed(("profile", "merge"))
+        out = apply_barrier(
+            VersionedState(extra={"profile": {"name": "Ada"}}),
+            ["a", "b"],
+            [
+                NodePartial(extra={"profile": {"lang": "en"}}),
+                NodePartial(extra={"profile": {"name": "Ada L."}}),
+            ],
+            registry,
+        )
+        assert out.state.extra["profile"] == {"name": "Ada L.", "lang": "en"}
+
+    def test_frontier_order_whatever_the_completion_order(self) -> None:
+        registry = keyed(("log", "append"))
+        parts = [NodePartial(extra={"log": [n]}) for n in "cab"]
+        out = apply_barrier(VersionedState(), ["c", "a", "b"], parts, registry)
+        assert out.state.extra["log"] == ["c", "a", "b"]
+
+    def test_none_deletes_a_keyed_key(self) -> None:
+        registry = keyed(("log", "append"))
+        out = apply_barrier(
+            VersionedState(extra={"log": ["x"]}),
+            ["a", "b"],
+            [NodePartial(extra={"log": None}), NodePartial(extra={"log": ["y"]})],
+            registry,
+        )
+        # Deleted by "a", so "b"'s write is the first of an absent key.
+        assert out.state.extra["log"] == ["y"]
+        gone = apply_barrier(
+            out.state, ["a"], [NodePartial(extra={"log": None})], registry
+        )
+        assert "log" not in gone.state.extra
+
+    def test_plain_keys_beside_keyed_ones(self) -> None:
+        out = apply_barrier(
+            VersionedState(extra={"facts": ["f0"], "status": "new"}),
+            ["a", "b"],
+            [
+                NodePartial(extra={"facts": ["f1"], "status": "busy"}),
+                NodePartial(extra={"facts": ["f2"]}),
+            ],
+            keyed(("facts", "append")),
+        )
+        assert dict(out.state.extra) == {"facts": ["f0", "f1", "f2"], "status": "busy"}
+
+    def test_custom_key_reducer(self) -> None:
+        calls: list[tuple[Any, Any]] = []
+
+        def longest(current: Any, value: Any) -> Any:
+            calls.append((current, value))
+            return max(current, value, key=len)
+
+        out = apply_barrier(
+            VersionedState(),
+            ["a", "b", "c"],
+            [NodePartial(extra={"best": w}) for w in ("ab", "abcd", "abc")],
+            keyed(("best", longest)),
+        )
+        assert calls == [("ab", "abcd"), ("abcd", "abc")]
+        assert out.state.extra["best"] == "abcd"
+
+    def test_key_reducer_returning_none_deletes(self) -> None:
+        out = apply_barrier(
+            VersionedState(extra={"k": 1}),
+            ["a"],
+            [NodePartial(extra={"k": 2})],
+            keyed(("k", lambda current, value: None)),
+        )
+        assert "k" not in out.state.extra
+
+    def test_unchanged_fold_does_not_bump(self) -> None:
+        state = VersionedState(extra={"k": [1]})
+        out = apply_barrier(
+            state, ["a"], [NodePartial(extra={"k": []})], keyed(("k", "append"))
+        )
+        assert out.state.extra["k"] == [1]
+        assert out.state.versions == state.versions
+        assert out.updated_channels == ()
+
+    def test_a_raising_key_reducer_names_key_and_node(self) -> None:
+        with pytest.raises(ReducerError) as info:
+            apply_barrier(
+                VersionedState(extra={"count": "many"}),
+                ["tally"],
+                [NodePartial(extra={"count": 1})],
+                keyed(("count", "add")),
+            )
+        text = str(info.value)
+        assert 'extra["count"]' in text
+        assert "'tally'" in text
+        assert "TypeError" in text
+        assert isinstance(info.value.__cause__, TypeError)
+
+    def test_a_custom_key_reducer_must_return_storable_values(self) -> None:
+        with pytest.raises(ReducerError, match=r'extra\["k"\]\[0\].*object'):
+            apply_barrier(
+                VersionedState(extra={"k": [1]}),
+                ["a"],
+                [NodePartial(extra={"k": [2]})],
+                keyed(("k", lambda current, value: [object()])),
+            )
+
+    def test_key_reducers_with_custom_channel_reducers(self) -> None:
+        seen: list[dict[str, Any]] = []
+
+        def spy(current: Mapping[str, Any], update: Mapping[str, Any]) -> Any:
+            seen.append(dict(update))
+            return current
+
+        builder = GraphBuilder().add_edge(START, END).with_reducer("extra", spy)
+        registry = builder.with_key_reducer("n", "add").compile().graph.reducers
+        out = apply_barrier(
+            VersionedState(extra={"n": 1}),
+            ["a", "b"],
+            [NodePartial(extra={"n": 2, "x": 1}), NodePartial(extra={"n": 3})],
+            registry,
+        )
+        # Channel reducers see each partial with its keyed values already folded.
+        assert seen == [{"n": 3, "x": 1}, {"n": 6}]
+        assert dict(out.state.extra) == {"n": 6, "x": 1}
+
+    def test_registry_signature_lists_key_reducers_sorted(self) -> None:
+        registry = ReducerRegistry().with_key_reducer("z", "add")
+        registry = registry.with_key_reducer("a", "append")
+        assert registry.signature()[-2:] == [
+            'key:"a":weavegraph._core.reducers.append',
+            'key:"z":weavegraph._core.reducers.add',
+        ]
+        assert ReducerRegistry().with_key_reducer("a", "add").by_channel == (
+            ReducerRegistry().by_channel
+        )
+
+
+# -------------------------------------------------------------------- conflicts
+
+
+class TestConflicts:
+    def test_same_plain_key_last_write_wins_and_is_reported(self) -> None:
+        out = apply_barrier(
+            VersionedState(),
+            ["a", "b", "c"],
+            [
+                NodePartial(extra={"answer": 1, "only_a": True}),
+                NodePartial(extra={"other": 0}),
+                NodePartial(extra={"answer": 2}),
+            ],
+        )
+        assert out.state.extra["answer"] == 2
+        assert out.conflicts == (KeyConflict("answer", ("a", "c")),)
+        conflict = out.conflicts[0]
+        assert conflict.winner == "c"
+        text = conflict.describe()
+        assert 'extra["answer"]' in text
+        assert "'a', 'c'" in text
+        assert "with_key_reducer" in text
+
+    def test_every_writer_in_frontier_order(self) -> None:
+        out = apply_barrier(
+            VersionedState(),
+            ["x", "y", "z"],
+            [NodePartial(extra={"k": n, "j": n}) for n in (1, 2, 3)],
+        )
+        assert out.conflicts == (
+            KeyConflict("k", ("x", "y", "z")),
+            KeyConflict("j", ("x", "y", "z")),
+        )
+
+    def test_equal_writes_lose_nothing(self) -> None:
+        out = apply_barrier(
+            VersionedState(),
+            ["a", "b"],
+            [NodePartial(extra={"status": "done"})] * 2,
+        )
+        assert out.conflicts == ()
+
+    def test_values_of_different_types_differ(self) -> None:
+        out = apply_barrier(
+            VersionedState(),
+            ["a", "b"],
+            [NodePartial(extra={"n": 1}), NodePartial(extra={"n": 1.0})],
+        )
+        assert out.conflicts == (KeyConflict("n", ("a", "b")),)
+
+    def test_a_delete_and_a_write_conflict(self) -> None:
+        out = apply_barrier(
+            VersionedState(extra={"k": 0}),
+            ["a", "b"],
+            [NodePartial(extra={"k": None}), NodePartial(extra={"k": 5})],
+        )
+        assert out.conflicts == (KeyConflict("k", ("a", "b")),)
+
+    def test_keyed_keys_never_conflict(self) -> None:
+        out = apply_barrier(
+            VersionedState(),
+            ["a", "b"],
+            [NodePartial(extra={"k": [1]}), NodePartial(extra={"k": [2]})],
+            keyed(("k", "replace")),
+        )
+        assert out.state.extra["k"] == [2]
+        assert out.conflicts == ()
+
+    def test_one_writer_never_conflicts(self) -> None:
+        out = apply_barrier(VersionedState(), ["a"], [NodePartial(extra={"k": 1})])
+        assert out.conflicts == ()
+
+    def test_reported_with_an_added_channel_reducer(self) -> None:
+        registry = registry_with(("extra", lambda current, update: current, False))
+        out = apply_barrier(
+            VersionedState(),
+            ["a", "b"],
+            [NodePartial(extra={"k": 1}), NodePartial(extra={"k": 2})],
+            registry,
+        )
+        assert out.conflicts == (KeyConflict("k", ("a", "b")),)
+
+
+# ------------------------------------------------------- the storable domain
+
+
+@attrs.frozen
+class Unregistered:
+    when: dt.datetime
+
+
+class TestUnstorableWrites:
+    def test_refused_naming_node_and_key_path(self) -> None:
+        tools = [{"name": "a"}, {"name": "b"}, {"name": "c", "when": object()}]
+        with pytest.raises(StateError) as info:
+            apply_barrier(
+                hi(),
+                ["planner", "search"],
+                [
+                    NodePartial(extra={"ok": 1}),
+                    NodePartial(extra={"fine": (1, 2), "tools": tools}),
+                ],
+            )
+        text = str(info.value)
+        assert "'search'" in text
+        assert 'extra["tools"][2]["when"]' in text
+        assert "object" in text
+
+    def test_unregistered_attrs_class_names_the_fix(self) -> None:
+        value = Unregistered(when=T0)
+        with pytest.raises(StateError, match=r"register_type\(Unregistered\)"):
+            apply_barrier(hi(), ["n"], [NodePartial(extra={"u": value})])
+
+    def test_nothing_is_merged_when_refused(self) -> None:
+        state = VersionedState(extra={"k": 1})
+        with pytest.raises(StateError):
+            apply_barrier(
+                state,
+                ["a", "b"],
+                [NodePartial(extra={"k": 2}), NodePartial(extra={"bad": {1j}})],
+            )
+        assert dict(state.extra) == {"k": 1}
+
+    def test_domain_values_pass(self) -> None:
+        value = {
+            "t": (1, "x"),
+            "s": {1, 2},
+            "b": b"\x00",
+            "when": T0,
+            "d": Decimal("1.10"),
+            "nan": float("nan"),
+        }
+        out = apply_barrier(hi(), ["n"], [NodePartial(extra=value)])
+        assert out.state.extra["t"] == (1, "x")
+
+    def test_error_contexts_are_checked_too(self) -> None:
+        event = ErrorEvent.node("n", 1, "bad", context={"obj": object()})
+        with pytest.raises(StateError, match=r"'n'.*errors\[0\]\.context\[\"obj\"\]"):
+            apply_barrier(hi(), ["n"], [NodePartial(errors=[event])])
+        detail = ErrorDetail(
+            message="outer", cause=ErrorDetail(message="inner", details=[{1j}])
+        )
+        nested = ErrorEvent.node("n", 1, detail)
+        with pytest.raises(StateError, match=r"errors\[1\]\.error\.cause\.details"):
+            apply_barrier(
+                hi(), ["n"], [NodePartial(errors=[ErrorEvent.app("x"), nested])]
+            )

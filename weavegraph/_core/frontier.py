@@ -1,12 +1,16 @@
 """Version gating and next-frontier computation (routers, commands, joins).
 
 Plain functions over plain data: the runtime calls them between supersteps.
+Routing never fails silently: a router result or frontier command target that
+the graph does not allow raises `RouterError` naming the source node, the value
+and the allowed targets.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from types import MappingProxyType
 
 import attrs
@@ -24,6 +28,8 @@ JoinProgress = Mapping[str, frozenset[str]]
 """Per join key, the sources that ran since the join target last ran."""
 
 _NO_PROGRESS: JoinProgress = MappingProxyType({})
+_NOBODY: frozenset[str] = frozenset()
+_SHOWN = 12  # allowed targets listed in an error message
 
 
 def is_complete(frontier: Sequence[str]) -> bool:
@@ -36,12 +42,18 @@ def is_complete(frontier: Sequence[str]) -> bool:
 
 
 def partition(
-    frontier: Sequence[str], seen: VersionsSeen, versions: tuple[int, int]
+    frontier: Sequence[str],
+    seen: VersionsSeen,
+    versions: tuple[int, int],
+    ungated: Collection[str] = _NOBODY,
 ) -> tuple[list[str], list[str]]:
     """Split ``frontier`` into nodes to run and nodes skipped, keeping its order.
 
     START and END are always skipped. A node that ran before is skipped unless the
-    messages or extra version grew since (version gating).
+    messages or extra version grew since (version gating), or it is in
+    ``ungated`` (registered with ``gated=False``: `Graph.ungated`), which runs
+    whenever it is scheduled. Skipped entries other than START/END are the nodes
+    gated out.
     """
     to_run: list[str] = []
     skipped: list[str] = []
@@ -51,7 +63,12 @@ def partition(
             skipped.append(node)
             continue
         last = seen.get(node)
-        if last is not None and last[0] >= messages and last[1] >= extra:
+        if (
+            last is not None
+            and last[0] >= messages
+            and last[1] >= extra
+            and node not in ungated
+        ):
             skipped.append(node)
         else:
             to_run.append(node)
@@ -60,19 +77,53 @@ def partition(
 
 @attrs.frozen
 class FrontierOutcome:
-    """The next frontier, what was dropped on the way, and the join progress."""
+    """The next frontier and the join progress.
+
+    Attributes:
+        frontier: The nodes of the next superstep, in order, without duplicates.
+        dropped: Always empty: unknown targets raise `RouterError` now. Kept
+            only until the runtime stops reading it.
+        join_progress: Which join sources ran since their target last ran.
+    """
 
     frontier: tuple[str, ...]
     dropped: tuple[tuple[str, str], ...] = ()
     join_progress: JoinProgress = _NO_PROGRESS
 
 
-def route(edge: ConditionalEdge, snapshot: StateSnapshot) -> list[str]:
+def _names(targets: Sequence[str]) -> str:
+    shown = [display(t) if t in (START, END) else repr(t) for t in targets]
+    if len(shown) > _SHOWN:
+        shown = [*shown[:_SHOWN], f"... ({len(targets) - _SHOWN} more)"]
+    return "[" + ", ".join(shown) + "]"
+
+
+def _hint(value: object, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, list(allowed), n=1)
+    if not close:
+        close = [a for a in allowed if a.lower() == value.lower()]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _any_node(graph: Graph) -> list[str]:
+    return [*sorted(graph.nodes), END]
+
+
+def route(
+    edge: ConditionalEdge, snapshot: StateSnapshot, graph: Graph | None = None
+) -> list[str]:
     """Call ``edge``'s router and turn its result into target names.
 
+    With a ``path_map``, each result must be one of its keys (then mapped) or one
+    of the names it maps to. Without one, each result must be a node name or
+    ``END`` (checked against ``graph`` when given). Sets are routed in a stable
+    order.
+
     Raises:
-        RouterError: the router raised, or returned something that is not a name,
-            ``END``, or a list of them (after ``path_map`` lookup).
+        RouterError: the router raised, or returned something that is not a
+            declared target, not a registered node, or not a name at all.
     """
     try:
         result = edge.router(snapshot)
@@ -80,9 +131,12 @@ def route(edge: ConditionalEdge, snapshot: StateSnapshot) -> list[str]:
         raise RouterError(
             f"the router of {display(edge.source)!r} raised {type(exc).__name__}: {exc}"
         ) from exc
-    if type(result) is str and edge.path_map is None:
-        return [result]  # the common case
-    source = display(edge.source)
+    path_map = edge.path_map
+    if type(result) is str and path_map is None:
+        # The common case.
+        if graph is not None and result not in graph.nodes:
+            _check_routed(edge, result, graph)
+        return [result]
     items: list[object]
     if isinstance(result, set | frozenset):
         items = sorted(result, key=repr)  # a stable order for unordered results
@@ -90,26 +144,19 @@ def route(edge: ConditionalEdge, snapshot: StateSnapshot) -> list[str]:
         items = list(result)
     else:
         items = [result]
+    source = display(edge.source)
+    if not items:
+        raise RouterError(
+            f"the router of {source!r} returned {result!r}, which names no node;"
+            " return END to end this branch"
+        )
     targets: list[str] = []
     for item in items:
-        if edge.path_map is not None:
-            try:
-                mapped = edge.path_map.get(item)
-            except TypeError:  # unhashable, possibly nested: (1, [2])
-                raise RouterError(
-                    f"the router of {source!r} returned {item!r}, which cannot be"
-                    " looked up in its path_map"
-                ) from None
-            if mapped is None:
-                if isinstance(item, str):
-                    targets.append(item)  # validated (and dropped if unknown) later
-                    continue
-                raise RouterError(
-                    f"the router of {source!r} returned {item!r}, which is not a key"
-                    f" of its path_map {sorted(map(repr, edge.path_map))}"
-                )
-            targets.append(mapped)
+        if path_map is not None:
+            targets.append(_mapped(edge, path_map, item))
         elif isinstance(item, str):
+            if graph is not None and item not in graph.nodes:
+                _check_routed(edge, item, graph)
             targets.append(item)
         else:
             raise RouterError(
@@ -120,37 +167,90 @@ def route(edge: ConditionalEdge, snapshot: StateSnapshot) -> list[str]:
     return targets
 
 
-class _FrontierBuilder:
-    """Accumulates an ordered, duplicate-free frontier and the dropped targets."""
+def _mapped(
+    edge: ConditionalEdge, path_map: Mapping[Hashable, str], item: object
+) -> str:
+    source = display(edge.source)
+    try:
+        mapped = path_map.get(item)
+    except TypeError:  # unhashable, possibly nested: (1, [2])
+        raise RouterError(
+            f"the router of {source!r} returned {item!r}, which cannot be looked up"
+            f" in its path_map (keys {sorted(map(repr, path_map))})"
+        ) from None
+    if mapped is not None:
+        return mapped
+    declared = edge.declared_targets() or ()
+    if isinstance(item, str) and item in declared:
+        return item  # a declared target named directly
+    keys = sorted(map(repr, path_map))
+    allowed = [k for k in path_map if isinstance(k, str)] + list(declared)
+    raise RouterError(
+        f"the router of {source!r} returned {item!r}, which is not among its"
+        f" declared targets (path_map keys [{', '.join(keys)}], mapping to"
+        f" {_names(declared)}){_hint(item, allowed)}; add it to the path_map"
+    )
 
-    def __init__(self, graph: Graph) -> None:
-        self.graph = graph
-        self.order: dict[str, None] = {}
-        self.dropped: list[tuple[str, str]] = []
 
-    def add(self, source: str, target: str) -> None:
-        if target in self.order:
+def _check_routed(edge: ConditionalEdge, target: str, graph: Graph) -> None:
+    if target in (END, START):
+        return
+    allowed = _any_node(graph)
+    raise RouterError(
+        f"the router of {display(edge.source)!r} returned {target!r}, which names no"
+        f" node; allowed targets: {_names(allowed)}{_hint(target, allowed)}"
+    )
+
+
+def _check_commanded(
+    graph: Graph, source: str, command: FrontierCommand, target: str
+) -> None:
+    spec = graph.nodes.get(source)
+    declared = spec.destinations if spec is not None else None
+    what = f"{type(command).__name__}({_names(command.targets)})"
+    if declared is not None:
+        if target in declared:
             return
-        if target in (START, END) or target in self.graph.nodes:
-            self.order[target] = None
-            return
-        self.dropped.append((source, target))
-        logger.warning(
-            "dropping unknown frontier target %r routed from %r: no such node",
-            target,
-            display(source),
+        label = _names([target])[1:-1]
+        raise RouterError(
+            f"node {display(source)!r} returned {what}, but {label} is not among its"
+            f" declared destinations {_names(declared)}"
+            f"{_hint(target, declared)}; declare it with"
+            f" add_node({source!r}, ..., destinations=[...])"
         )
+    if target in graph.nodes or target in (END, START):
+        return
+    allowed = _any_node(graph)
+    raise RouterError(
+        f"node {display(source)!r} returned {what}, but {target!r} names no node;"
+        f" allowed targets: {_names(allowed)}{_hint(target, allowed)}"
+    )
+
+
+class _FrontierBuilder:
+    """Accumulates an ordered, duplicate-free frontier."""
+
+    def __init__(self) -> None:
+        self.order: dict[str, None] = {}
+
+    def add(self, target: str) -> None:
+        if target not in self.order:
+            self.order[target] = None
 
 
 def start_frontier(graph: Graph, snapshot: StateSnapshot) -> FrontierOutcome:
-    """The first frontier: START's plain targets, then its routers' results."""
-    builder = _FrontierBuilder(graph)
+    """The first frontier: START's plain targets, then its routers' results.
+
+    Raises:
+        RouterError: a router on START failed (see `route`).
+    """
+    builder = _FrontierBuilder()
     for target in graph.edges.get(START, ()):
-        builder.add(START, target)
+        builder.add(target)
     for edge in graph.routers_of(START):
-        for target in route(edge, snapshot):
-            builder.add(START, target)
-    return FrontierOutcome(tuple(builder.order), tuple(builder.dropped))
+        for target in route(edge, snapshot, graph):
+            builder.add(target)
+    return FrontierOutcome(tuple(builder.order))
 
 
 def next_frontier(
@@ -165,11 +265,12 @@ def next_frontier(
     For each ran node, in order: its plain edges (or the targets of its `Replace`
     command, or its plain edges plus those of its `Append` command), then, unless
     replaced, its routers evaluated on the post-barrier ``snapshot``, then any
-    join it completes. Unknown names are dropped with a warning; the first
-    occurrence of a name fixes its position.
+    join it completes. The first occurrence of a name fixes its position.
 
     Raises:
-        RouterError: a router failed (see `route`).
+        RouterError: a router failed or returned a target it may not (see
+            `route`), or a command named a node outside its sender's declared
+            ``destinations`` (or no node at all).
     """
     if not commands and len(ran) == 1 and not graph.joins:
         static = graph.static_next(ran[0])
@@ -186,33 +287,40 @@ def next_frontier(
                 progress.pop(join.key, None)
 
     working: dict[str, set[str]] = {}
-    builder = _FrontierBuilder(graph)
+    builder = _FrontierBuilder()
     for node in ran:
         defaults = graph.edges.get(node, ())
-        targets: list[str] = []
-        replaced = False
-        for command in by_origin.get(node, ()):
-            if isinstance(command, Replace):
-                if replaced:
+        commanded = by_origin.get(node, ())
+        if not commanded:
+            for target in defaults:
+                builder.add(target)
+        else:
+            targets: list[str] = []
+            replaced = False
+            for command in commanded:
+                if isinstance(command, Replace) and replaced:
                     logger.warning(
                         "ignoring a second Replace command from %r", display(node)
                     )
                     continue
-                targets = list(command.targets)
-                replaced = True
-            elif isinstance(command, Append):
-                if not targets and not replaced:
-                    targets = list(defaults)
-                targets.extend(command.targets)
-        if not targets and not replaced:
-            targets = list(defaults)
-        for target in targets:
-            builder.add(node, target)
-        if replaced:
-            continue
+                for target in command.targets:
+                    _check_commanded(graph, node, command, target)
+                if isinstance(command, Replace):
+                    targets = list(command.targets)
+                    replaced = True
+                elif isinstance(command, Append):
+                    if not targets and not replaced:
+                        targets = list(defaults)
+                    targets.extend(command.targets)
+            if not targets and not replaced:
+                targets = list(defaults)
+            for target in targets:
+                builder.add(target)
+            if replaced:
+                continue
         for edge in graph.routers_of(node):
-            for target in route(edge, snapshot):
-                builder.add(node, target)
+            for target in route(edge, snapshot, graph):
+                builder.add(target)
         for join in graph.joins_of(node):
             arrived = working.get(join.key)
             if arrived is None:
@@ -220,12 +328,10 @@ def next_frontier(
             arrived.add(node)
             if len(arrived) == len(join.sources):
                 arrived.clear()
-                builder.add(node, join.target)
+                builder.add(join.target)
     for key, arrived in working.items():
         if arrived:
             progress[key] = frozenset(arrived)
         else:
             progress.pop(key, None)
-    return FrontierOutcome(
-        tuple(builder.order), tuple(builder.dropped), MappingProxyType(progress)
-    )
+    return FrontierOutcome(tuple(builder.order), (), MappingProxyType(progress))

@@ -121,6 +121,7 @@ class NodeSpec:
     retry: RetryPolicy | None = None
     destinations: tuple[str, ...] | None = None
     label: str = ""
+    gated: bool = True
 
 
 @attrs.frozen
@@ -239,6 +240,7 @@ class BaseGraphBuilder:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         destinations: Sequence[str] | None = None,
+        gated: bool = True,
     ) -> Self:
         """Register ``node`` under ``name``.
 
@@ -250,14 +252,19 @@ class BaseGraphBuilder:
                 (with `NodeTimeoutError`) like any other error.
             retry: Retry failed attempts according to this `RetryPolicy`.
             destinations: Nodes this node may send to with `Replace`/`Append`
-                frontier commands; declares them for the compile-time reachability
-                checks.
+                frontier commands. Declares them for the compile-time reachability
+                checks, and a command naming any other node fails the run with
+                `RouterError`.
+            gated: With ``False`` the node runs whenever it is scheduled. By
+                default (version gating) a node that ran before is skipped when
+                neither ``messages`` nor ``extra`` changed since: a polling node
+                whose writes change nothing must be ungated to run again.
 
         Raises:
             ReservedNodeNameError: ``name`` is ``START`` or ``END``.
             DuplicateNodeError: ``name`` is already registered.
-            InvalidNodeError: ``node`` is not an async callable nor a `Node`, or
-                ``timeout`` is not a positive number.
+            InvalidNodeError: ``node`` is not an async callable nor a `Node`,
+                ``timeout`` is not a positive number, or ``gated`` is not a bool.
         """
         if name in _VIRTUAL:
             raise ReservedNodeNameError(
@@ -295,6 +302,10 @@ class BaseGraphBuilder:
                     f" destinations=[{destinations!r}]"
                 )
             dests = tuple(_check_name(d, "a destination") for d in destinations)
+        if not isinstance(gated, bool):
+            raise InvalidNodeError(
+                f"node {name!r}: gated must be True or False, got {gated!r}"
+            )
         self._nodes[name] = NodeSpec(
             name=name,
             body=body,
@@ -302,6 +313,7 @@ class BaseGraphBuilder:
             retry=retry,
             destinations=dests,
             label=label,
+            gated=gated,
         )
         return self
 
@@ -379,8 +391,9 @@ class BaseGraphBuilder:
         The router returns a node name, ``END``, or a list of them (a fan-out).
         With ``path_map`` its results are looked up in the mapping first; a list of
         names declares the possible targets without renaming. Declared targets let
-        `compile` check reachability. A result naming no registered node is dropped
-        with a warning. A router from ``START`` is evaluated once, when a session
+        `compile` check reachability. A result outside the declared targets (with
+        a ``path_map``), or naming no registered node, fails the run with
+        `RouterError`. A router from ``START`` is evaluated once, when a session
         starts, with the initial state.
 
         Raises:
@@ -457,6 +470,30 @@ class BaseGraphBuilder:
         self._reducers = self._reducers.with_reducer(channel, reducer, replace=replace)
         return self
 
+    def with_key_reducer(self, key: str, reducer: Reducer | str) -> Self:
+        """Fold every write to ``extra[key]`` with ``reducer(current, value) -> new``.
+
+        The barrier applies the writes of a superstep in frontier order: the first
+        write of an absent key is stored as is, each later one (from the same step
+        or a later one) becomes ``reducer(stored, written)``. So three parallel
+        nodes writing ``extra={"facts": [...]}`` under ``"append"`` keep all the
+        facts. Writing ``None`` still deletes the key. Without a key reducer the
+        last write of a step wins, and a lost write is reported.
+
+        Args:
+            key: The ``extra`` key.
+            reducer: A function, or a built-in by name: ``"append"`` (extend a
+                list), ``"add"`` (sum numbers), ``"merge"`` (shallow-merge dicts),
+                ``"replace"`` (keep the last write, without a conflict report); the
+                same functions are in `weavegraph.reducers`.
+
+        Raises:
+            InvalidReducerError: ``key`` is empty or not a string, already has a
+                key reducer, or ``reducer`` is neither callable nor a built-in name.
+        """
+        self._reducers = self._reducers.with_key_reducer(key, reducer)
+        return self
+
     def build(self) -> Graph:
         """Validate the topology and return the immutable `Graph`.
 
@@ -496,6 +533,8 @@ class Graph:
     entries: tuple[str, ...] = ()
 
     # Derived lookups, computed once.
+    ungated: frozenset[str] = attrs.field(init=False)
+    """The nodes registered with ``gated=False`` (`partition` runs them always)."""
     _routers_by_source: Mapping[str, tuple[ConditionalEdge, ...]] = attrs.field(
         init=False
     )
@@ -516,6 +555,11 @@ class Graph:
         )
         object.__setattr__(
             self, "_joins_by_source", {k: tuple(v) for k, v in joins.items()}
+        )
+        object.__setattr__(
+            self,
+            "ungated",
+            frozenset(name for name, spec in self.nodes.items() if not spec.gated),
         )
         object.__setattr__(self, "_hash", self._compute_hash())
         static = {
@@ -643,6 +687,8 @@ class Graph:
             parts.append(
                 f"node:{name}:{spec.label}:{spec.timeout}:{spec.retry!r}"
                 f":{sorted(spec.destinations) if spec.destinations else '-'}"
+                # Only ungated nodes add a part: existing graphs keep their hash.
+                + ("" if spec.gated else ":ungated")
             )
         parts += [f"edge:{s}->{t}" for s, t in self.edge_list()]
         parts += sorted(f"join:{sorted(j.sources)}->{j.target}" for j in self.joins)
@@ -787,8 +833,10 @@ class Graph:
             raise UnreachableNodesError(
                 "unreachable nodes detected (no path from START): "
                 + ", ".join(unreachable)
-                + "; connect them with add_edge, or declare router targets with"
-                " path_map",
+                + "; connect them with add_edge, declare router targets with"
+                " path_map, or, for nodes reached through Replace/Append frontier"
+                " commands, declare the sender's targets with"
+                " add_node(sender, ..., destinations=[...])",
                 unreachable,
             )
         # Backward search from END over the reversed edges; a node whose routing

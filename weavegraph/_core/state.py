@@ -54,6 +54,16 @@ def _check_content(_: object, __: object, value: Any) -> None:
             f"message content must be a string, got {type(value).__name__};"
             " serialise structured content to text (for example with json.dumps)"
         )
+    if not value.isascii():
+        # A lone surrogate cannot be written as UTF-8: refuse it here rather
+        # than when the checkpoint is saved.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise StateError(
+                f"message content holds a lone surrogate at index {exc.start},"
+                " which is not valid Unicode text"
+            ) from None
 
 
 @attrs.frozen
