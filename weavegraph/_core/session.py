@@ -46,6 +46,8 @@ class Session:
         frontier: The nodes of the next superstep, in order.
         versions_seen: Per node, the (messages, extra) versions it last ran at.
         join_progress: Per join, the sources that ran since its target last ran.
+        budget_start: The step the current invocation (a turn or a resume)
+            started from; ``max_steps`` counts supersteps from here. Not stored.
     """
 
     session_id: str
@@ -54,3 +56,4 @@ class Session:
     frontier: tuple[str, ...] = ()
     versions_seen: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     join_progress: JoinProgress = attrs.field(factory=dict)
+    budget_start: int = 0

@@ -9,6 +9,8 @@ from typing import Any
 import attrs
 
 from .._core.errors import ConfigError
+from .._core.session import check_session_id
+from ..checkpoint.record import Checkpointer
 from ..events.bus import EventBusConfig
 
 
@@ -27,13 +29,21 @@ def _check_steps(_: object, __: object, value: Any) -> None:
 
 
 def _check_session(_: object, __: object, value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ConfigError(f"session_id must be a non-empty string, got {value!r}")
+    if value is not None:
+        check_session_id(value)
 
 
 def _check_bus(_: object, __: object, value: Any) -> None:
     if not isinstance(value, EventBusConfig):
         raise ConfigError(f"event_bus must be an EventBusConfig, got {value!r}")
+
+
+def _check_checkpointer(_: object, __: object, value: Any) -> None:
+    if value is not None and not isinstance(value, Checkpointer):
+        raise ConfigError(
+            f"checkpointer must be a Checkpointer (InMemoryCheckpointer,"
+            f" SQLiteCheckpointer, PostgresCheckpointer …) or None, got {value!r}"
+        )
 
 
 def _check_clock(_: object, __: object, value: Any) -> None:
@@ -64,7 +74,9 @@ class RuntimeConfig:
     """
 
     session_id: str | None = attrs.field(default=None, validator=_check_session)
-    checkpointer: Any = None
+    checkpointer: Checkpointer | None = attrs.field(
+        default=None, validator=_check_checkpointer
+    )
     event_bus: EventBusConfig = attrs.field(
         factory=EventBusConfig, validator=_check_bus
     )

@@ -258,12 +258,13 @@ class Engine:
         frontier = session.frontier
         if is_complete(frontier):
             return None
-        if session.step >= self.config.max_steps:
+        if session.step - session.budget_start >= self.config.max_steps:
             limit = self.config.max_steps
             event = ErrorEvent.runner(
                 session.session_id,
                 session.step,
-                f"step limit exceeded: the run did not finish within max_steps={limit}"
+                "step limit exceeded: this invocation did not finish within"
+                f" max_steps={limit}"
                 f" supersteps (frontier {list(frontier)}); raise"
                 " RuntimeConfig.max_steps or make the loop terminate",
                 tags=["runner", "step_limit"],

@@ -309,7 +309,9 @@ class AppRunner:
             stored = await self.checkpointer.load_latest(session_id)
             if stored is not None:
                 self._check_graph(stored)
-                self._sessions[session_id] = _SessionSlot(stored.to_session())
+                session = stored.to_session()
+                session.budget_start = stored.step
+                self._sessions[session_id] = _SessionSlot(session)
                 return SessionInit(
                     session_id=session_id, resumed=True, step=stored.step
                 )
@@ -354,6 +356,8 @@ class AppRunner:
             slot = self._slot(session_id)
             end.session = slot.session
             async with slot.lock:
+                # The step budget is per invocation: a turn or a resume.
+                slot.session.budget_start = slot.session.step
                 final = await self._engine.run_to_completion(
                     slot.session, self.event_bus, after_step=self._autosave
                 )
