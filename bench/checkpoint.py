@@ -443,7 +443,7 @@ def main() -> None:
         __doc__.splitlines()[0],
         chains=((100, 10), (10, 5)),
         histories=((10, 1000), (10, 100)),
-        resume=((10, 1000, 10_000), (10, 100, 1000)),
+        resume=((10, 1000, 10_000), (10, 50, 200)),
     )
     header(
         "bench/checkpoint.py",
