@@ -11,8 +11,10 @@ The flagship demo (``make demo``). It shows, in one workflow:
 The language model is a scripted stand-in (`ScriptedModel`) so the demo runs
 offline and gives the same answer every time; swap in a real client inside the
 nodes. Run it with ``python examples/research_assistant.py ["your question"]``;
-add ``--db runs.db --session demo`` to checkpoint every step to SQLite (run it
-twice: the second run resumes the stored session).
+add ``--db runs.db --session demo`` to checkpoint every step to SQLite. Run it
+twice: the stored session is a conversation, so the second question starts a
+new turn of it; ``--resume`` (no question) continues a session that was
+interrupted instead.
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ MODEL = ScriptedModel()
 
 
 def question_of(snapshot: StateSnapshot) -> str:
-    """The first user message: the research question."""
-    for message in snapshot.messages:
+    """The latest user message: the question of this turn."""
+    for message in reversed(snapshot.messages):
         if message.role == "user":
             return message.content
     return "(no question)"
@@ -167,26 +169,28 @@ def show(event: Event) -> None:
 
 
 async def main(
-    question: str, db: str | None = None, session: str | None = None
+    question: str | None, db: str | None = None, session: str | None = None
 ) -> VersionedState:
     """Run the workflow, printing its events live; return the final state.
 
     With ``db`` every superstep is checkpointed to that SQLite file; running
-    again with the same ``session`` resumes it instead of starting over.
+    again with the same ``session`` asks a new question in the same session
+    (a new turn), and ``question=None`` resumes what is stored.
     """
     app = build()
     print("weavegraph research assistant")
-    print(f"question: {question}\n")
+    print(f"question: {question or '(resume the stored session)'}\n")
     session_id = session or "research"
     store = SQLiteCheckpointer(db) if db else InMemoryCheckpointer()
     async with store, open_runner(app, checkpointer=store) as runner:
         events = runner.event_stream(stop_at_stream_end=True)
-        init = await runner.create_session(
-            session_id, VersionedState.with_user_message(question)
-        )
-        if init.resumed:
+        given = VersionedState.with_user_message(question) if question else None
+        init = await runner.create_session(session_id, given)
+        if init.new_turn:
+            print(f"new turn of session {session_id!r} from step {init.step}")
+        elif init.resumed:
             complete = runner.get_session(session_id).frontier == (END,)
-            note = " (complete: pass another --session to run anew)" if complete else ""
+            note = " (complete: ask a new question for a new turn)" if complete else ""
             print(f"resumed session {session_id!r} from step {init.step}{note}")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(print_events, events)
@@ -212,11 +216,16 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="*", help="the research question")
     parser.add_argument("--db", help="checkpoint to this SQLite file")
-    parser.add_argument("--session", help="session id (resumed when stored)")
+    parser.add_argument(
+        "--session", help="session id (a stored one takes the question as a new turn)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the stored session as it is"
+    )
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     options = parse_args()
     question = " ".join(options.question) or "Why do trains run on time in Japan?"
-    trio.run(main, question, options.db, options.session)
+    trio.run(main, None if options.resume else question, options.db, options.session)

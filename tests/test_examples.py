@@ -67,19 +67,29 @@ def test_example_runs(script: str) -> None:
         assert line in output, output
 
 
-def test_research_assistant_resumes_a_stored_session(tmp_path: Path) -> None:
+def test_research_assistant_sessions_take_new_turns(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     command = [sys.executable, str(EXAMPLES / "research_assistant.py")]
     command += ["--db", str(db), "--session", "demo"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
-    assert "resumed" not in first.stdout
+    assert "resumed" not in first.stdout and "new turn" not in first.stdout
     assert "revision 2: approve" in first.stdout
-    second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    # The stored session is a conversation: a new question is a new turn.
+    second = subprocess.run(
+        [*command, "How do bees navigate?"], capture_output=True, text=True, timeout=120
+    )
     assert second.returncode == 0, second.stderr
-    assert "resumed session 'demo' from step 7 (complete" in second.stdout
-    assert "revision 1" not in second.stdout  # nothing ran again
-    assert "answer (2 revisions):" in second.stdout
+    assert "new turn of session 'demo' from step 8" in second.stdout
+    assert "planning research for: How do bees navigate?" in second.stdout
+    assert "status=completed step=15" in second.stdout
+    # No question: resume what is stored (complete, so nothing runs).
+    third = subprocess.run(
+        [*command, "--resume"], capture_output=True, text=True, timeout=120
+    )
+    assert third.returncode == 0, third.stderr
+    assert "resumed session 'demo' from step 15 (complete" in third.stdout
+    assert "revision 1" not in third.stdout  # nothing ran again
     listing = subprocess.run(
         [sys.executable, "-m", "weavegraph", "runs", "steps", "demo", "--db", str(db)],
         capture_output=True,
@@ -87,7 +97,7 @@ def test_research_assistant_resumes_a_stored_session(tmp_path: Path) -> None:
         timeout=60,
     )
     assert listing.returncode == 0, listing.stderr
-    assert "8 of 8 steps" in listing.stdout
+    assert "16 of 16 steps" in listing.stdout
 
 
 def test_sse_server_example_serves_until_interrupted() -> None:

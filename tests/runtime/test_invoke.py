@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
@@ -20,9 +19,11 @@ from weavegraph import (
     NodeContext,
     NodePartial,
     Replace,
+    RouterError,
     RuntimeConfig,
     StateSnapshot,
     VersionedState,
+    WorkflowError,
 )
 
 
@@ -169,9 +170,8 @@ async def test_join_waits_again_in_a_loop() -> None:
     assert joins == ["ran:join:step:3", "ran:join:step:6", "ran:join:step:9"]
 
 
-async def test_router_fan_out_and_unknown_targets_are_dropped(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_a_router_result_naming_no_node_fails_the_run_loudly() -> None:
+    # Unlike the seed crate: a typo is a RouterError, never a silent "completed".
     builder = (
         GraphBuilder()
         .add_node("root", noop)
@@ -182,13 +182,12 @@ async def test_router_fan_out_and_unknown_targets_are_dropped(
         .add_conditional_edge("root", lambda s: ["valid", "Invalid", END])
     )
     sink = MemorySink()
-    with caplog.at_level(logging.WARNING, logger="weavegraph.frontier"):
-        final = await builder.compile().invoke_with_sinks(hi(), [sink])
-    assert texts(final) == ["hi", "valid"]
-    assert "Invalid" in caplog.text
-    dropped = [e for e in sink.events if e.scope_label == "frontier.unknown_target"]
-    assert len(dropped) == 1
-    assert "'Invalid'" in dropped[0].message
+    with pytest.raises(WorkflowError) as caught:
+        await builder.compile().invoke_with_sinks(hi(), [sink])
+    assert isinstance(caught.value.__cause__, RouterError)
+    text = str(caught.value.__cause__)
+    assert "'root'" in text and "'Invalid'" in text and "'valid'" in text
+    assert sink.events[-1].metadata["status"] == "error"
 
 
 async def test_router_from_start_picks_the_entry() -> None:

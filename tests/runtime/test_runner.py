@@ -18,6 +18,7 @@ from weavegraph import (
     GraphBuilder,
     InMemoryCheckpointer,
     MemorySink,
+    Message,
     NodeContext,
     NodePartial,
     PausedReport,
@@ -166,9 +167,61 @@ async def test_a_completed_session_resumes_as_complete() -> None:
     app = chain_app(["A"])
     config = RuntimeConfig(session_id="fixed", checkpointer=store)
     first = await app.invoke(hi(), config=config)
-    again = await app.invoke(VersionedState.with_user_message("ignored"), config=config)
-    assert again == first  # the stored final state; nothing ran again
+    again = await app.invoke(None, config=config)
+    assert again == first  # no input: the stored final state; nothing ran again
+    assert await app.invoke(VersionedState(), config=config) == first  # empty too
     assert (await store.load_latest("fixed")).step == 1  # type: ignore[union-attr]
+
+
+async def test_new_input_on_a_stored_session_is_a_new_turn() -> None:
+    store = InMemoryCheckpointer()
+    app = chain_app(["A"], RuntimeConfig(checkpointer=store))
+    await app.invoke(hi(), session_id="chat")
+    again = VersionedState.with_user_message("again")
+    second = await app.invoke(again, session_id="chat")
+    assert [m.content for m in second.messages] == ["hi", "A", "again", "A"]
+    stored = await store.load_latest("chat")
+    assert stored is not None and stored.step == 3  # 1 step, the input, 1 step
+    # The same through the runner: SessionInit says so.
+    async with open_runner(app, checkpointer=store) as runner:
+        init = await runner.create_session(
+            "chat", VersionedState.with_user_message("3")
+        )
+        assert init.resumed and init.new_turn and init.step == 4
+        final = await runner.run_until_complete("chat")
+    assert [m.content for m in final.messages][-2:] == ["3", "A"]
+
+
+async def test_a_failed_session_given_corrected_input_runs_the_new_turn() -> None:
+    store = InMemoryCheckpointer()
+
+    async def picky(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        if snapshot.extra.get("ok") is not True:
+            raise ValueError("needs extra ok=True")
+        return NodePartial(messages=[Message.assistant("done")])
+
+    app = (
+        GraphBuilder()
+        .add_node("picky", picky)
+        .add_edge(START, "picky")
+        .add_edge("picky", END)
+        .compile(RuntimeConfig(checkpointer=store))
+    )
+    with pytest.raises(WorkflowError):
+        await app.invoke(hi(), session_id="s")
+    fixed = VersionedState.builder().with_extra("ok", True).build()
+    final = await app.invoke(fixed, session_id="s")
+    assert final.messages[-1].content == "done"
+
+
+async def test_the_step_budget_is_per_invocation() -> None:
+    store = InMemoryCheckpointer()
+    app = chain_app(["A", "B"], RuntimeConfig(checkpointer=store, max_steps=3))
+    for turn in range(10):
+        state = await app.invoke(
+            VersionedState.with_user_message(f"t{turn}"), session_id="budget"
+        )
+    assert len(state.messages) == 30  # ten turns of three messages
 
 
 async def test_app_helpers_save_through_the_configured_checkpointer(
@@ -244,7 +297,7 @@ async def test_run_metadata() -> None:
         meta = runner.run_metadata()
     assert meta.graph_hash == app.graph.graph_hash
     assert meta.config_hash == app.config.config_hash
-    assert meta.checkpointer_backend == "in-memory"
+    assert meta.checkpointer_backend == "memory"
     assert meta.clock_mode == "configured"
 
 

@@ -14,6 +14,7 @@ import trio
 
 from .._core.errors import ConfigError, StateError
 from .._core.graph import BaseGraphBuilder, Graph
+from .._core.session import check_session_id
 from .._core.state import VersionedState
 from .._trio import open_service_nursery, require_trio
 from ..events.sinks import ChannelSink, EventSink
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _check_state(state: object, where: str) -> VersionedState:
-    if not isinstance(state, VersionedState):
+def _check_state(state: object, where: str) -> VersionedState | None:
+    if state is not None and not isinstance(state, VersionedState):
         raise StateError(
             f"{where} takes a VersionedState, got {type(state).__name__}; build one"
             " with VersionedState.with_user_message('...') or VersionedState.builder()"
@@ -95,15 +96,17 @@ class App:
         """The superstep engine for ``config`` (default: the app's)."""
         return Engine(self._graph, config if config is not None else self._config)
 
-    def _session_id(self, config: RuntimeConfig) -> str:
+    def _session_id(self, config: RuntimeConfig, session_id: str | None) -> str:
+        if session_id is not None:
+            return check_session_id(session_id)
         return config.session_id or f"run-{uuid.uuid4()}"
 
     async def _execute(
         self,
-        state: VersionedState,
+        state: VersionedState | None,
         bus: EventBus,
         config: RuntimeConfig,
-        session_id: str | None = None,
+        session_id: str,
         on_completed: Callable[[VersionedState], None] | None = None,
     ) -> VersionedState:
         """Start ``bus`` and run one session to completion on it, through a runner.
@@ -114,16 +117,23 @@ class App:
         """
         from .runner import open_runner
 
-        sid = session_id or self._session_id(config)
         async with open_runner(self, event_bus=bus, config=config) as runner:
             return await runner._complete(
-                sid, STREAM_END_SCOPE, state=state, on_completed=on_completed
+                session_id,
+                STREAM_END_SCOPE,
+                create=True,
+                state=state,
+                on_completed=on_completed,
             )
 
     # ------------------------------------------------------------------ invoking
 
     async def invoke(
-        self, state: VersionedState, *, config: RuntimeConfig | None = None
+        self,
+        state: VersionedState | None = None,
+        *,
+        session_id: str | None = None,
+        config: RuntimeConfig | None = None,
     ) -> VersionedState:
         """Run the graph to completion and return the final state.
 
@@ -131,7 +141,13 @@ class App:
         ``status=cancelled``).
 
         Args:
-            state: The initial state.
+            state: The input. For a new session, its initial state (``None``:
+                empty). For a stored session (a checkpointer and a known
+                ``session_id``), input starts a new turn — merged into the stored
+                state through the reducers and run from START — while ``None``
+                (or an empty state) resumes what is there.
+            session_id: The session to run (default: the config's, else a
+                fresh ``run-<uuid>``).
             config: Overrides the app's `RuntimeConfig` for this run.
 
         Raises:
@@ -141,13 +157,15 @@ class App:
         require_trio("App.invoke()")
         state = _check_state(state, "invoke()")
         cfg = _check_config(config) or self._config
-        return await self._execute(state, cfg.event_bus.build(), cfg)
+        sid = self._session_id(cfg, session_id)
+        return await self._execute(state, cfg.event_bus.build(), cfg, sid)
 
     async def invoke_with_sinks(
         self,
-        state: VersionedState,
+        state: VersionedState | None,
         sinks: Iterable[EventSink],
         *,
+        session_id: str | None = None,
         config: RuntimeConfig | None = None,
     ) -> VersionedState:
         """Run to completion; every sink sees every event, in order.
@@ -167,10 +185,15 @@ class App:
                 raise StateError(
                     f"{sink!r} is not an event sink: it needs 'async def handle(event)'"
                 )
-        return await self._execute(state, cfg.event_bus.build(sink_list), cfg)
+        sid = self._session_id(cfg, session_id)
+        return await self._execute(state, cfg.event_bus.build(sink_list), cfg, sid)
 
     async def invoke_with_channel(
-        self, state: VersionedState, *, config: RuntimeConfig | None = None
+        self,
+        state: VersionedState | None = None,
+        *,
+        session_id: str | None = None,
+        config: RuntimeConfig | None = None,
     ) -> tuple[VersionedState, trio.MemoryReceiveChannel[Event]]:
         """Run to completion; return the final state and a channel of every event.
 
@@ -182,14 +205,17 @@ class App:
             WorkflowError: a node failed.
         """
         send, receive = trio.open_memory_channel[Event](math.inf)
-        final = await self.invoke_with_sinks(state, [ChannelSink(send)], config=config)
+        final = await self.invoke_with_sinks(
+            state, [ChannelSink(send)], session_id=session_id, config=config
+        )
         return final, receive
 
     async def start_streaming(
         self,
         nursery: trio.Nursery,
-        state: VersionedState,
+        state: VersionedState | None = None,
         *,
+        session_id: str | None = None,
         config: RuntimeConfig | None = None,
     ) -> tuple[Invocation, EventStream]:
         """Start a run as a task of ``nursery``; return its handle and event stream.
@@ -203,7 +229,7 @@ class App:
         cfg = _check_config(config) or self._config
         bus = cfg.event_bus.build()
         events = bus.subscribe(stop_at_stream_end=True)
-        invocation = Invocation(self._session_id(cfg))
+        invocation = Invocation(self._session_id(cfg, session_id))
         await nursery.start(self._serve_invocation, invocation, bus, state, cfg)
         return invocation, events
 
@@ -236,7 +262,11 @@ class App:
 
     @asynccontextmanager
     async def invoke_streaming(
-        self, state: VersionedState, *, config: RuntimeConfig | None = None
+        self,
+        state: VersionedState | None = None,
+        *,
+        session_id: str | None = None,
+        config: RuntimeConfig | None = None,
     ) -> AsyncIterator[tuple[Invocation, EventStream]]:
         """``async with app.invoke_streaming(state) as (invocation, events):``
 
@@ -246,7 +276,7 @@ class App:
         require_trio("App.invoke_streaming()")
         async with open_service_nursery() as nursery:
             invocation, events = await self.start_streaming(
-                nursery, state, config=config
+                nursery, state, session_id=session_id, config=config
             )
             try:
                 with events:
@@ -257,7 +287,11 @@ class App:
     # ------------------------------------------------------------ blocking twins
 
     def invoke_sync(
-        self, state: VersionedState, *, config: RuntimeConfig | None = None
+        self,
+        state: VersionedState | None = None,
+        *,
+        session_id: str | None = None,
+        config: RuntimeConfig | None = None,
     ) -> VersionedState:
         """Blocking `invoke` for plain scripts and notebooks.
 
@@ -266,10 +300,16 @@ class App:
         run and re-raises ``KeyboardInterrupt``.
         """
         state = _check_state(state, "invoke_sync()")
-        return _run_in_thread(lambda: self.invoke(state, config=config))
+        return _run_in_thread(
+            lambda: self.invoke(state, session_id=session_id, config=config)
+        )
 
     def stream_sync(
-        self, state: VersionedState, *, config: RuntimeConfig | None = None
+        self,
+        state: VersionedState | None = None,
+        *,
+        session_id: str | None = None,
+        config: RuntimeConfig | None = None,
     ) -> Iterator[Event]:
         """A blocking iterator over the run's events, ending after the sentinel.
 
@@ -278,7 +318,7 @@ class App:
         iterator after the sentinel was yielded.
         """
         state = _check_state(state, "stream_sync()")
-        return _stream_in_thread(self, state, config)
+        return _stream_in_thread(self, state, session_id, config)
 
 
 _DONE = object()
@@ -327,7 +367,10 @@ def _run_in_thread(make: Callable[[], Awaitable[T]]) -> T:
 
 
 def _stream_in_thread(
-    app: App, state: VersionedState, config: RuntimeConfig | None
+    app: App,
+    state: VersionedState | None,
+    session_id: str | None,
+    config: RuntimeConfig | None,
 ) -> Iterator[Event]:
     items: queue.Queue[Any] = queue.Queue(maxsize=1024)
     holder: dict[str, Any] = {}
@@ -335,7 +378,9 @@ def _stream_in_thread(
 
     async def main() -> None:
         holder["token"] = trio.lowlevel.current_trio_token()
-        async with app.invoke_streaming(state, config=config) as (invocation, events):
+        async with app.invoke_streaming(
+            state, session_id=session_id, config=config
+        ) as (invocation, events):
             holder["invocation"] = invocation
             started.set()
             async for event in events:

@@ -7,15 +7,32 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, final
 
+from .._core.errors import ReservedScopeError
 from ..events.bus import EventBus
 from ..events.types import (
+    RESERVED_SCOPE_PREFIX,
     DiagnosticEvent,
     NodeEvent,
     make_llm_event,
     make_node_event,
+    quantize_timestamp,
 )
 
 _EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
+# ``_FIRST <= scope < _AFTER`` is ``scope.startswith(RESERVED_SCOPE_PREFIX)``: the
+# strings with a prefix are an interval. Two comparisons, no call: the hot path.
+_FIRST = RESERVED_SCOPE_PREFIX
+_AFTER = RESERVED_SCOPE_PREFIX[:-1] + chr(ord(RESERVED_SCOPE_PREFIX[-1]) + 1)
+
+
+def reserved_scope_error(scope: str) -> ReservedScopeError:
+    """The error for node code that emits under a framework scope."""
+    return ReservedScopeError(
+        f"scope {scope!r} is reserved: scopes starting with"
+        f" {RESERVED_SCOPE_PREFIX!r} (STREAM_END_SCOPE, INVOCATION_END_SCOPE,"
+        " DIAGNOSTIC_SCOPE ...) belong to weavegraph, and emitting one could end"
+        " every stream of the run early; pick another scope, e.g. 'progress'"
+    )
 
 
 @final
@@ -29,7 +46,9 @@ class NodeContext:
         attempt: 1 for the first attempt, then 2, 3 … when the node is retried.
 
     The ``emit*`` methods never wait and never fail because nobody listens; they
-    raise `EventBusClosed` only when used after the run ended.
+    raise `EventBusClosed` only when used after the run ended, and
+    `ReservedScopeError` for a scope starting with ``__weavegraph_`` (those
+    belong to the framework: its sentinels end streams).
     """
 
     __slots__ = ("_bus", "_now", "attempt", "node_id", "session_id", "step")
@@ -51,8 +70,11 @@ class NodeContext:
         self._now = clock if clock is not None else time.time
 
     def now(self) -> float:
-        """POSIX seconds from the run's clock (``RuntimeConfig.clock``)."""
-        return self._now()
+        """POSIX seconds from the run's clock (``RuntimeConfig.clock``).
+
+        Rounded to whole microseconds, like every event timestamp.
+        """
+        return quantize_timestamp(self._now())
 
     def _node_event(
         self, scope: str, message: str, metadata: dict[str, Any]
@@ -74,7 +96,13 @@ class NodeContext:
             scope: A label such as ``"progress"``.
             message: Free text.
             **metadata: JSON-like values attached to the event.
+
+        Raises:
+            ReservedScopeError: ``scope`` starts with ``__weavegraph_``.
+            EventBusClosed: the run already ended.
         """
+        if _FIRST <= scope < _AFTER:
+            raise reserved_scope_error(scope)
         # The hot path of a chatty node: built inline, no helper call.
         self._bus.emit(
             make_node_event(
@@ -89,17 +117,43 @@ class NodeContext:
         )
 
     async def emit_async(self, scope: str, message: str, **metadata: Any) -> None:
-        """Like `emit`, but wait until every lossless (``"block"``) consumer has room.
+        """Like `emit`, then give readers that are behind the chance to catch up.
 
-        A checkpoint; use it in nodes that produce events faster than consumers
-        read them and must not lose any.
+        When a subscriber's buffer is full it waits: until ``"block"``
+        subscribers have room, and until readers that are ready to run had
+        their turn, on every policy (see `EventBus.emit_async`). Use it in nodes
+        that produce events faster than consumers read them. A checkpoint;
+        cancellation while it waits leaves the event emitted.
+
+        Raises:
+            ReservedScopeError: ``scope`` starts with ``__weavegraph_``.
+            EventBusClosed: the run already ended.
         """
+        if _FIRST <= scope < _AFTER:
+            raise reserved_scope_error(scope)
         await self._bus.emit_async(self._node_event(scope, message, metadata))
 
-    def emit_diagnostic(self, scope: str, message: str) -> None:
-        """Emit a `DiagnosticEvent`. Never waits."""
+    def emit_diagnostic(self, scope: str, message: str, **metadata: Any) -> None:
+        """Emit a `DiagnosticEvent` with structured ``metadata``. Never waits.
+
+        Args:
+            scope: A label such as ``"cache"``.
+            message: Free text.
+            **metadata: JSON-like facts (the event's ``metadata``).
+
+        Raises:
+            ReservedScopeError: ``scope`` starts with ``__weavegraph_``.
+            EventBusClosed: the run already ended.
+        """
+        if _FIRST <= scope < _AFTER:
+            raise reserved_scope_error(scope)
         self._bus.emit(
-            DiagnosticEvent(scope=scope, message=message, timestamp=self._now())
+            DiagnosticEvent(
+                scope=scope,
+                message=message,
+                timestamp=self._now(),
+                metadata=MappingProxyType(metadata) if metadata else _EMPTY,
+            )
         )
 
     def _llm(
@@ -120,13 +174,37 @@ class NodeContext:
     def emit_llm_chunk(
         self, stream_id: str | None, chunk: str, **metadata: Any
     ) -> None:
-        """Emit one piece of streamed model output (`LLMEvent`, not final)."""
+        """Emit one piece of streamed model output (`LLMEvent`, not final).
+
+        A model stream is the sequence of `LLMEvent` with one ``stream_id``: its
+        chunks in order, then one final event (`emit_llm_final`). Concatenating
+        every piece, the final one included, gives the whole output.
+
+        Args:
+            stream_id: Which model stream this piece belongs to.
+            chunk: The new text only (a token or a few), never the text so far.
+            **metadata: JSON-like extra data (model name, token counts ...).
+        """
         self._llm(stream_id, chunk, False, metadata)
 
     def emit_llm_final(
         self, stream_id: str | None, text: str = "", **metadata: Any
     ) -> None:
-        """Emit the last piece of a model stream (``is_final=True``)."""
+        """Emit the last piece of a model stream (``is_final=True``).
+
+        The final event is the stream's LAST PIECE, appended like any chunk:
+        usually empty (the default), or the tail not sent yet. It is never the
+        whole text: a node that streamed its output with `emit_llm_chunk` must
+        not send it again here (a viewer would show it twice), and a node that
+        did not stream may send the whole output here as the stream's only
+        piece. Either way the concatenation of the stream's pieces in order,
+        final included, is the whole output.
+
+        Args:
+            stream_id: The stream this ends.
+            text: The last piece ("" when every piece was sent already).
+            **metadata: JSON-like extra data (finish reason, usage ...).
+        """
         self._llm(stream_id, text, True, metadata)
 
     def emit_llm_error(self, stream_id: str | None, message: str) -> None:

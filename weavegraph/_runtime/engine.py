@@ -197,20 +197,31 @@ class Engine:
             WorkflowError: a router on START failed.
         """
         session = Session(session_id=session_id, state=state)
+        session.frontier = self.start(session, bus)
+        return session
+
+    def start(self, session: Session, bus: EventBus) -> tuple[str, ...]:
+        """The frontier that START leads to from ``session``'s state.
+
+        Raises:
+            WorkflowError: a router on START failed (recorded in the session).
+        """
         try:
-            outcome = start_frontier(self.graph, state.snapshot())
+            outcome = start_frontier(self.graph, session.state.snapshot())
         except RouterError as exc:
             self._fail(
                 session,
                 ErrorEvent.runner(
-                    session_id, 0, describe_exception(exc), tags=["runner", "router"]
+                    session.session_id,
+                    session.step,
+                    describe_exception(exc),
+                    tags=["runner", "router"],
                 ),
                 exc,
                 bus,
             )
         self._report_dropped(outcome.dropped, bus)
-        session.frontier = outcome.frontier
-        return session
+        return outcome.frontier
 
     # ---------------------------------------------------------------- one step
 

@@ -51,11 +51,14 @@ class SessionInit:
         session_id: The session.
         resumed: Whether it continued from a stored checkpoint.
         step: The step it starts from (the checkpoint's step when resumed).
+        new_turn: Whether the given input started a new turn of a stored
+            session (saved as step ``step``).
     """
 
     session_id: str
     resumed: bool
     step: int = 0
+    new_turn: bool = False
 
     @property
     def fresh(self) -> bool:
@@ -99,6 +102,11 @@ class RunMetadata:
     config_hash: str
     checkpointer_backend: str
     clock_mode: str
+
+
+def _is_empty(state: VersionedState) -> bool:
+    """No input at all: no messages, no extra keys, no errors."""
+    return not state.messages and not state.extra and not state.errors
 
 
 class _RunEnd:
@@ -288,39 +296,82 @@ class AppRunner:
         )
 
     async def create_session(
-        self, session_id: str, state: VersionedState
+        self, session_id: str, state: VersionedState | None = None
     ) -> SessionInit:
-        """Start ``session_id`` from ``state``, or resume it from its checkpoint.
+        """Start ``session_id``, resume it, or start a new turn of it.
 
-        When the checkpointer holds the session, it continues from its latest
-        checkpoint and ``state`` is ignored. A fresh session saves its step-0
-        checkpoint. A checkpoint; cancelling it leaves no session behind.
+        - An unknown session starts fresh from ``state`` (``None``: an empty
+          state) and saves its step-0 checkpoint.
+        - A stored (or held) session given no input — ``None`` or an empty
+          state — resumes where it is: a paused or failed session continues
+          from its frontier, a completed one stays complete.
+        - A stored session given input starts a new turn, as a chat thread
+          does: the input is merged into the stored state through the
+          reducers, gating and joins are reset, the frontier restarts from
+          START, and the merged state is saved as a new step.
+
+        A checkpoint; cancelling it leaves no session behind.
 
         Raises:
+            InvalidSessionIdError: ``session_id`` breaks the session id rule.
             CheckpointError: the stored session is unreadable.
             WorkflowError: a router on START failed.
         """
+        return await self._create(session_id, state, new_turns=True)
+
+    async def _create(
+        self, session_id: str, state: VersionedState | None, *, new_turns: bool
+    ) -> SessionInit:
         check_session_id(session_id)
-        if not isinstance(state, VersionedState):
+        if state is not None and not isinstance(state, VersionedState):
             raise StateError(
-                f"create_session takes a VersionedState, got {type(state).__name__}"
+                f"create_session takes a VersionedState or None, got"
+                f" {type(state).__name__}"
             )
-        if self.checkpointer is not None:
+        held = self._sessions.get(session_id)
+        session: Session | None = None
+        if held is not None:
+            session = held.session
+            await trio.lowlevel.checkpoint()
+        elif self.checkpointer is not None:
             stored = await self.checkpointer.load_latest(session_id)
             if stored is not None:
                 self._check_graph(stored)
                 session = stored.to_session()
-                session.budget_start = stored.step
-                self._sessions[session_id] = _SessionSlot(session)
-                return SessionInit(
-                    session_id=session_id, resumed=True, step=stored.step
-                )
         else:
             await trio.lowlevel.checkpoint()
-        session = self._engine.new_session(session_id, state, self.event_bus)
-        self._sessions[session_id] = _SessionSlot(session)
+        if session is None:
+            fresh = self._engine.new_session(
+                session_id, state or VersionedState(), self.event_bus
+            )
+            self._sessions[session_id] = _SessionSlot(fresh)
+            await self._save(fresh, None)
+            return SessionInit(session_id=session_id, resumed=False, step=0)
+        session.budget_start = session.step
+        if held is None:
+            self._sessions[session_id] = _SessionSlot(session)
+        if not new_turns or state is None or _is_empty(state):
+            return SessionInit(session_id=session_id, resumed=True, step=session.step)
+        await self._new_turn(session, state)
+        return SessionInit(
+            session_id=session_id, resumed=True, step=session.step, new_turn=True
+        )
+
+    async def _new_turn(self, session: Session, state: VersionedState) -> None:
+        """Merge ``state``'s channels into ``session`` and restart from START."""
+        update = NodePartial(
+            messages=list(state.messages) or None,
+            extra=dict(state.extra) or None,
+            errors=list(state.errors) or None,
+        )
+        outcome = apply_barrier(session.state, [], [update], self.app.graph.reducers)
+        session.state = outcome.state
+        session.frontier = self._engine.start(session, self.event_bus)
+        session.step += 1
+        session.versions_seen.clear()
+        session.join_progress = {}
+        session.budget_start = session.step
         await self._save(session, None)
-        return SessionInit(session_id=session_id, resumed=False, step=0)
 
     def _check_graph(self, stored: Checkpoint) -> None:
         if stored.graph_hash and stored.graph_hash != self.app.graph.graph_hash:
@@ -337,12 +388,14 @@ class AppRunner:
         session_id: str,
         end_scope: str,
         *,
+        create: bool = False,
         state: VersionedState | None = None,
         on_completed: Callable[[VersionedState], None] | None = None,
     ) -> VersionedState:
         """Run a session to completion under one lifecycle; exactly one sentinel.
 
-        With ``state``, the session is created (or resumed) first, inside the
+        With ``create``, the session is created from ``state`` (or resumed, or
+        given a new turn) first, inside the
         same lifecycle, so a run cancelled while its session loads still ends
         with its sentinel. The sentinel goes out after the run's checkpoints are
         stored; ``on_completed`` is called with the final state just before a
@@ -351,7 +404,7 @@ class AppRunner:
         """
         end = _RunEnd(self.event_bus, session_id, end_scope)
         try:
-            if state is not None:
+            if create:
                 await self.create_session(session_id, state)
             slot = self._slot(session_id)
             end.session = slot.session
@@ -480,7 +533,9 @@ class AppRunner:
             InvalidEntryError: ``entry`` is END or not a registered node.
         """
         frontier = self._entry_frontier(entry, state)
-        init = await self.create_session(session_id, state)
+        # A stored iterative session resumes as it is: its inputs come through
+        # invoke_next, never as a new turn.
+        init = await self._create(session_id, state, new_turns=False)
         slot = self._sessions[session_id]
         slot.iterative = True
         slot.entry = frontier
