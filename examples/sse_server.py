@@ -5,12 +5,14 @@ stream a run from a shell::
 
     python examples/sse_server.py
     python -m weavegraph serve examples.sse_server:app     # the same, from the CLI
-    curl -N -X POST http://127.0.0.1:8000/runs -d '{"messages": ["hi"]}'
+    curl -N http://127.0.0.1:8000/runs -H 'Content-Type: application/json' \
+         -d '{"messages": ["hi"]}'
 
-Each POST starts a run and streams its events (``id:``/``event:``/``data:``
-frames) until the stream-end event; closing the connection cancels the run.
-``GET /runs/<session>/events`` re-attaches to a run, resuming after
-``Last-Event-ID``.
+Each POST (a JSON body, said so by its Content-Type) starts a run and streams
+its events (``id:``/``event:``/``data:`` frames) until the stream-end event;
+closing the connection cancels the run. ``GET /runs/<session>/events``
+re-attaches to a run, resuming after ``Last-Event-ID``. Ctrl-C or SIGTERM ends
+every open stream with its ``status=cancelled`` sentinel, then stops.
 """
 
 from __future__ import annotations

@@ -66,13 +66,19 @@ async def request(
     body: Any = None,
     headers: dict[str, str] | None = None,
 ) -> AsyncIterator[Client]:
-    """Start ``method path`` against ``app``; the block can read or disconnect."""
+    """Start ``method path`` against ``app``; the block can read or disconnect.
+
+    A POST says its body is JSON unless ``headers`` say otherwise.
+    """
     raw = (
         b""
         if body is None
         else (body if isinstance(body, bytes) else json.dumps(body).encode())
     )
     path, _, query = path.partition("?")
+    given = {k.lower(): v for k, v in (headers or {}).items()}
+    if method == "POST":
+        given.setdefault("content-type", "application/json")
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -80,9 +86,7 @@ async def request(
         "method": method,
         "path": path,
         "query_string": query.encode(),
-        "headers": [
-            (k.lower().encode(), v.encode()) for k, v in (headers or {}).items()
-        ],
+        "headers": [(k.encode(), v.encode()) for k, v in given.items()],
     }
     to_app, from_client = trio.open_memory_channel[dict[str, Any]](16)
     client = Client(to_app)

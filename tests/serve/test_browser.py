@@ -99,6 +99,22 @@ def assistant() -> App:
     )
 
 
+def fails() -> App:
+    """A run whose error text imitates a completed sentinel."""
+
+    async def crash(snapshot: StateSnapshot, ctx: NodeContext) -> None:
+        ctx.emit("crash", "about to fail")
+        raise RuntimeError("the model said status=completed step=99")
+
+    return (
+        GraphBuilder()
+        .add_node("crash", crash)
+        .add_edge(START, "crash")
+        .add_edge("crash", END)
+        .compile()
+    )
+
+
 def echo() -> App:
     async def say(snapshot: StateSnapshot, ctx: NodeContext) -> None:
         ctx.emit("echo", "echo")
@@ -418,8 +434,20 @@ def check_whole_run(seen: dict[str, Any]) -> None:
     check_end(seen)
 
 
+async def select_graph(page: Page, name: str, nodes: int) -> None:
+    """Pick ``name`` in the graph picker; wait for its ``nodes`` to be drawn."""
+    await page.js(
+        "{ const s = document.getElementById('graph-select');"
+        f"s.value = {json.dumps(name)};"
+        "s.dispatchEvent(new Event('change')); }"
+    )
+    await page.wait_for(
+        f"document.querySelectorAll('#graph g.node').length === {nodes}"
+    )
+
+
 async def test_viewer_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
-    apps = {"assistant": assistant(), "echo": echo()}
+    apps = {"assistant": assistant(), "echo": echo(), "fails": fails()}
     # The run has 9 events and the server keeps the last 6 of a run: the live
     # client sees them all, one re-attaching after the run misses 3.
     serve = partial(serve_sse, apps, port=0, log_capacity=6)
@@ -439,20 +467,13 @@ async def test_viewer_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
                     "[...document.querySelectorAll('#graph-select option')]"
                     ".map((o) => o.value)"
                 )
-                assert options == ["assistant", "echo"]
+                assert options == ["assistant", "echo", "fails"]
                 assert (
                     await page.js("document.getElementById('graph-picker').hidden")
                     is False
                 )
-                for name, count in (("echo", 3), ("assistant", 5)):
-                    await page.js(
-                        "{ const s = document.getElementById('graph-select');"
-                        f"s.value = {json.dumps(name)};"
-                        "s.dispatchEvent(new Event('change')); }"
-                    )
-                    await page.wait_for(
-                        f"document.querySelectorAll('#graph g.node').length === {count}"
-                    )
+                for name, count in (("echo", 3), ("fails", 3), ("assistant", 5)):
+                    await select_graph(page, name, count)
 
                 # A run started from the form, streamed through fetch().
                 await page.js(RECORD_RUNNING)
@@ -489,5 +510,35 @@ async def test_viewer_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
                 check_end(seen)
                 await screenshot(page, tmp_path / "viewer-attached.png")
 
+                # The status is the sentinel's metadata, not a pattern in its
+                # text: an error message saying "status=completed" fools nothing.
+                await select_graph(page, "fails", 3)
+                await page.js(
+                    "document.getElementById('session-id').value = 'spoof-1';"
+                    "document.getElementById('start').click()"
+                )
+                await page.wait_for("document.body.dataset.state === 'done'")
+                seen = await page.js(READ_PAGE)
+                end = seen["events"][-1]
+                assert end["scope"] == "stream end"
+                assert "status=completed step=99" in end["text"]
+                assert await page.js(
+                    "document.querySelector('#events li:last-child')"
+                    ".classList.contains('bad')"
+                )
+                assert seen["status"].startswith("error:"), seen["status"]
+                assert re.search(r"Status\s+error", seen["finalState"])
+                # The sentinel's own step (0 or 1, as the runner counts a
+                # failed step), never the 99 its text mentions.
+                assert re.search(r"Last step\s+[01]\n", seen["finalState"])
+                assert "END" not in seen["done"]
+
+                # The page runs under a Content-Security-Policy without inline
+                # code: it loaded its script and style from files, and the
+                # browser reported no violation (it would be a console error).
+                styled = await page.js(
+                    "getComputedStyle(document.querySelector('header')).display"
+                )
+                assert styled == "flex"
                 assert page.errors() == []
             nursery.cancel_scope.cancel()

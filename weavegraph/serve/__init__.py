@@ -6,15 +6,21 @@ worker (the ``serve`` extra), for ``nursery.start``.
 
 from __future__ import annotations
 
+from ._security import Action as Action
+from ._security import AuthorizationError as AuthorizationError
+from ._security import HTTPError as HTTPError
+from ._security import Request as Request
 from ._server import serve_sse as serve_sse
 from ._server import serve_until_interrupted as serve_until_interrupted
-from ._sse import HTTPError as HTTPError
 from ._sse import SSEApp as SSEApp
 from ._sse import encode_sse as encode_sse
 from ._sse import sse_app as sse_app
 
 __all__ = (
+    "Action",
+    "AuthorizationError",
     "HTTPError",
+    "Request",
     "SSEApp",
     "encode_sse",
     "serve_sse",

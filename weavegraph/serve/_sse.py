@@ -8,31 +8,47 @@ Routes:
 * ``GET /runs/{session_id}/state`` — the state a run ended with;
 * ``GET /runs`` — the runs this server knows;
 * ``GET /graph`` — nodes, edges and a Mermaid diagram;
-* ``GET /`` — the live run viewer page.
+* ``GET /`` — the live run viewer page (and its files under ``/static/``).
 
 A run lives as long as somebody watches it: when its last client disconnects it
 is cancelled (its nodes see ``trio.Cancelled`` at once). Runs execute in the
 request's own nursery, so the app needs no background task and works under any
 trio ASGI server (hypercorn's trio worker in particular).
+
+Every limit is per app: request bodies are bounded in size and in time,
+concurrent requests and runs are capped (503 beyond), event logs are bounded in
+events and bytes, replays of stored sessions read the store a page at a time
+with a bound on how many do at once.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qsl, unquote
 
 import attrs
 import trio
 
 from .._codec import dumps_bytes, loads, state_to_json
-from .._core.errors import RunCancelledError, StateError, WeavegraphError, WorkflowError
+from .._core.errors import (
+    ConfigError,
+    InvalidSessionIdError,
+    RunCancelledError,
+    StateError,
+    WorkflowError,
+    describe_exception,
+)
 from .._core.frontier import is_complete
 from .._core.graph import display
+from .._core.session import check_session_id
 from .._core.state import Message, VersionedState
 from .._runtime.app import App
 from .._runtime.invocation import Invocation
@@ -40,7 +56,16 @@ from ..checkpoint.record import Checkpointer
 from ..events.bus import EventBusConfig
 from ..events.stream import EventStream
 from ..events.types import DiagnosticEvent, Event, stream_end_event
+from . import _security as security
 from ._log import RunLog
+from ._security import (
+    Action,
+    AuthorizationError,
+    Authorize,
+    Headers,
+    HTTPError,
+    Request,
+)
 
 logger = logging.getLogger("weavegraph.serve")
 
@@ -49,21 +74,29 @@ ASGIMessage = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[ASGIMessage]]
 Send = Callable[[ASGIMessage], Awaitable[None]]
 
-SSE_HEADERS = [
+SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"content-security-policy", security.API_CSP),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-JSON_HEADERS = [(b"content-type", b"application/json")]
-STATE_WAIT = 5.0  # seconds GET /runs/{id}/state waits for a run that is ending
+JSON_TYPE = (b"content-type", b"application/json")
+CLOSE = (b"connection", b"close")
+STATE_WAIT = 5.0
+"""Seconds ``GET /runs/{id}/state`` waits for a run whose sentinel is out."""
+SILENT_END = 1.0
+"""Seconds the app waits for a finished run's stream to end before ending it."""
+REPLAY_PAGE = 100
+"""Stored steps read per call when replaying a session."""
+MAX_EVENT_ID_DIGITS = 18
+STATIC = {
+    "viewer.js": b"text/javascript; charset=utf-8",
+    "viewer.css": b"text/css; charset=utf-8",
+}
+TRUNCATED_SCOPE = "serve.log_truncated"
+"""Scope of the diagnostic frame that tells a client memory limits cost it events."""
 
-
-class HTTPError(WeavegraphError):
-    """A request the app refuses, answered with ``status`` and a JSON body."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+_DIGITS = re.compile(f"[0-9]{{1,{MAX_EVENT_ID_DIGITS}}}")
 
 
 def encode_sse(event: Event, seq: int | None = None) -> bytes:
@@ -78,7 +111,11 @@ def encode_sse(event: Event, seq: int | None = None) -> bytes:
 
 @attrs.define(eq=False)
 class LiveRun:
-    """A run this server started, with its event log and its watchers."""
+    """A run this server started, with its event log and its watchers.
+
+    ``status`` is ``"running"`` until the stream-end event is logged, then the
+    status that event carries; ``done`` is set once the log is closed.
+    """
 
     session_id: str
     graph: str
@@ -87,10 +124,38 @@ class LiveRun:
     clients: int = 0
     done: trio.Event = attrs.field(factory=trio.Event)
     status: str = "running"
+    step: int = 0
+    outcome: tuple[str, str | None] | None = None
+
+
+def _positive(name: str, value: object, *, whole: bool = False) -> None:
+    number = isinstance(value, int) or (not whole and isinstance(value, float))
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not number
+        or not value > 0
+        or not math.isfinite(value)
+    ):
+        kind = "an int" if whole else "a number"
+        raise ConfigError(f"sse_app: {name} must be {kind} > 0, got {value!r}")
+
+
+def default_max_connections() -> int:
+    """Half the process's file descriptors (soft limit), between 16 and 1024."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not on Unix
+        return 512
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(16, min(1024, (soft - 32) // 2))
 
 
 class SSEApp:
-    """The ASGI application returned by `sse_app`."""
+    """The ASGI application returned by `sse_app` (see it for the options)."""
 
     def __init__(
         self,
@@ -98,26 +163,82 @@ class SSEApp:
         *,
         checkpointer: Checkpointer | None = None,
         max_body: int = 1 << 20,
+        body_timeout: float = 10.0,
         keepalive: float = 15.0,
         log_capacity: int = 10_000,
+        max_log_bytes: int = 8 << 20,
         keep_finished: int = 100,
+        max_finished_bytes: int = 64 << 20,
         grace: float = 0.0,
+        max_connections: int | None = None,
+        max_runs: int = 64,
+        max_replays: int = 2,
+        authorize: Authorize | None = None,
+        allowed_hosts: Iterable[str] | None = None,
+        cors_origins: Iterable[str] | None = None,
+        client_roles: Iterable[str] | None = ("user", "assistant"),
     ) -> None:
         if not apps:
-            raise ValueError("sse_app needs at least one App to serve")
+            raise ConfigError("sse_app needs at least one App to serve")
         for name, app in apps.items():
             if not isinstance(app, App):
-                raise TypeError(f"sse_app: {name!r} is not a compiled App: {app!r}")
+                raise ConfigError(f"sse_app: {name!r} is not a compiled App: {app!r}")
+        for name, value in (
+            ("max_body", max_body),
+            ("log_capacity", log_capacity),
+            ("max_log_bytes", max_log_bytes),
+            ("max_finished_bytes", max_finished_bytes),
+            ("max_runs", max_runs),
+            ("max_replays", max_replays),
+        ):
+            _positive(name, value, whole=True)
+        for name, number in (("body_timeout", body_timeout), ("keepalive", keepalive)):
+            _positive(name, number)
+        if isinstance(keep_finished, bool) or not isinstance(keep_finished, int):
+            raise ConfigError(
+                f"sse_app: keep_finished must be an int, got {keep_finished!r}"
+            )
+        if keep_finished < 0:
+            raise ConfigError(
+                f"sse_app: keep_finished must be >= 0, got {keep_finished}"
+            )
+        if not isinstance(grace, int | float) or not grace >= 0:
+            raise ConfigError(f"sse_app: grace must be a number >= 0, got {grace!r}")
+        if max_connections is None:
+            max_connections = default_max_connections()
+        _positive("max_connections", max_connections, whole=True)
+        if authorize is not None and not callable(authorize):
+            raise ConfigError(f"sse_app: authorize must be callable, got {authorize!r}")
+        if isinstance(client_roles, str):
+            raise ConfigError(
+                "sse_app: client_roles is a list of roles, got the string"
+                f" {client_roles!r}"
+            )
         self.apps = dict(apps)
         self.default = next(iter(self.apps))
         self.checkpointer = checkpointer
         self.max_body = max_body
+        self.body_timeout = float(body_timeout)
         self.keepalive = keepalive
         self.log_capacity = log_capacity
+        self.max_log_bytes = max_log_bytes
         self.keep_finished = keep_finished
+        self.max_finished_bytes = max_finished_bytes
         self.grace = grace
+        self.max_connections = max_connections
+        self.max_runs = max_runs
+        self.max_replays = max_replays
+        self.authorize = authorize
+        self.allowed_hosts = security.check_hosts(allowed_hosts)
+        self.cors_origins = security.check_origins(cors_origins)
+        self.client_roles = None if client_roles is None else frozenset(client_roles)
         self.runs: OrderedDict[str, LiveRun] = OrderedDict()
-        self.shutting_down = trio.Event()
+        self.closing = False
+        self._active = 0
+        self._quiet = trio.lowlevel.ParkingLot()
+        self._replay_reads = trio.CapacityLimiter(max_replays)
+        self.replay_page = REPLAY_PAGE
+        self._replays: set[trio.CancelScope] = set()
 
     # ------------------------------------------------------------------ ASGI
 
@@ -127,10 +248,42 @@ class SSEApp:
             return
         if scope["type"] != "http":
             raise RuntimeError(f"weavegraph's SSE app does not serve {scope['type']}")
+        if self._active >= self.max_connections:
+            await _json(
+                send,
+                503,
+                {"error": f"the server is busy ({self.max_connections} requests)"},
+                [*security.SECURITY_HEADERS, (b"retry-after", b"1"), CLOSE],
+            )
+            return
+        self._active += 1
+        started = False
+        extra: Headers = list(security.SECURITY_HEADERS)
+
+        async def reply(message: ASGIMessage) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message["headers"], *extra]}
+            await send(message)
+
         try:
-            await self._route(scope, receive, send)
+            why = security.host_allowed(scope, self.allowed_hosts)
+            if why is not None:
+                raise HTTPError(421, why)
+            extra += security.cors_headers(scope, self.cors_origins)
+            if self.closing:
+                raise HTTPError(503, "the server is shutting down", [CLOSE])
+            await self._route(scope, receive, reply)
         except HTTPError as exc:
-            await _json(send, exc.status, {"error": str(exc)})
+            if started:  # pragma: no cover - every refusal comes before the answer
+                logger.warning("refused after answering: %s", exc)
+                return
+            await _json(reply, exc.status, {"error": str(exc)}, exc.headers)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._quiet.unpark_all()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -143,38 +296,94 @@ class SSEApp:
                 return
 
     def _shutdown(self) -> None:
-        """Cancel every live run; their streams end with the cancelled sentinel."""
-        self.shutting_down.set()
+        """Refuse new requests; cancel every live run and stored replay."""
+        self.closing = True
         for run in list(self.runs.values()):
             if run.invocation is not None and not run.invocation.done:
                 run.invocation.cancel("server shutting down")
+        for replay in list(self._replays):
+            replay.cancel("server shutting down")
+
+    async def aclose(self) -> None:
+        """Shut down gracefully: every open stream ends with its sentinel, then closes.
+
+        New requests are answered 503 from now on. Live runs are cancelled, so
+        their streams end with ``status=cancelled``; replays of stored sessions
+        end at once with their sentinel. Returns when no request is in flight
+        (bound it with ``trio.move_on_after``: a client that stopped reading
+        holds its request). A checkpoint; cancelling it only stops the wait.
+        Call it *before* the server closes connections (`serve_sse` does, on
+        its shutdown trigger).
+        """
+        self._shutdown()
+        while self._active > 0:
+            await self._quiet.park()
+        await trio.lowlevel.checkpoint()
+
+    @property
+    def active_requests(self) -> int:
+        """Requests being served right now (open streams included)."""
+        return self._active
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
-        path = scope["path"].rstrip("/") or "/"
-        parts = path.strip("/").split("/")
-        if path == "/":
+        parts = _segments(scope)
+        if method == "OPTIONS":
+            await _body(send, 204, security.preflight(scope, self.cors_origins), b"")
+            return
+        request = Request.from_scope(scope)
+        if not parts:
             _allow(method, "GET")
+            headers = [(b"content-type", b"text/html; charset=utf-8")]
             await _body(
-                send, 200, [(b"content-type", b"text/html; charset=utf-8")], _page()
+                send, 200, [*headers, *security.PAGE_HEADERS], _file("viewer.html")
             )
-        elif path == "/graph":
+        elif len(parts) == 2 and parts[0] == "static" and parts[1] in STATIC:
             _allow(method, "GET")
-            await _json(send, 200, self._graph(_query(scope).get("graph")))
-        elif path == "/runs":
+            headers = [(b"content-type", STATIC[parts[1]])]
+            await _body(send, 200, [*headers, *security.PAGE_HEADERS], _file(parts[1]))
+        elif parts == ["graph"]:
+            _allow(method, "GET")
+            name = _query(scope).get("graph")
+            await self._authorize(attrs.evolve(request, graph=name), "read")
+            await _json(send, 200, self._graph(name))
+        elif parts == ["runs"]:
             if method == "POST":
-                await self._post_run(scope, receive, send)
+                await self._post_run(request, scope, receive, send)
             else:
-                _allow(method, "GET")
+                _allow(method, "GET", "POST")
+                await self._authorize(request, "list")
                 await _json(send, 200, {"runs": self._list_runs()})
-        elif len(parts) == 3 and parts[0] == "runs" and parts[2] == "events":
+        elif len(parts) == 3 and parts[0] == "runs" and parts[2] in ("events", "state"):
             _allow(method, "GET")
-            await self._attach(scope, receive, send, parts[1])
-        elif len(parts) == 3 and parts[0] == "runs" and parts[2] == "state":
-            _allow(method, "GET")
-            await _json(send, 200, await self._final_state(parts[1]))
+            session_id = _session_id(parts[1])
+            request = attrs.evolve(request, session_id=session_id)
+            if parts[2] == "events":
+                last = _last_event_id(scope)
+                await self._authorize(request, "read")
+                await self._attach(receive, send, session_id, last)
+            else:
+                await self._authorize(request, "read")
+                await _json(send, 200, await self._final_state(session_id))
         else:
             raise HTTPError(404, f"no route for {method} {scope['path']}")
+
+    async def _authorize(self, request: Request, action: Action) -> None:
+        if self.authorize is None:
+            return
+        verdict: object = self.authorize(request, action)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if verdict is True:
+            return
+        if verdict is not False:
+            logger.warning(
+                "authorize returned %r (not True or False) for %s %s: refused",
+                verdict,
+                action,
+                request.path,
+            )
+        raise AuthorizationError(f"not allowed: {action}", status=403)
 
     # ----------------------------------------------------------------- routes
 
@@ -212,17 +421,41 @@ class SSEApp:
                 "session_id": run.session_id,
                 "graph": run.graph,
                 "status": run.status,
-                "events": run.log.next - 1,
+                "events": run.log.last,
                 "clients": run.clients,
             }
             for run in self.runs.values()
         ]
 
-    async def _post_run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await _read_body(receive, self.max_body)
-        graph_name, app, state, session_id = self._parse_run(body)
-        if session_id in self.runs and not self.runs[session_id].done.is_set():
+    def _live_runs(self) -> int:
+        return sum(not run.done.is_set() for run in self.runs.values())
+
+    async def _post_run(
+        self, request: Request, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        if not security.is_json(scope):
+            raise HTTPError(
+                415, "POST /runs takes a JSON body: send Content-Type: application/json"
+            )
+        body = await self._read_body(scope, receive)
+        graph_name, app, state, named = self._parse_run(body)
+        session_id = named or f"run-{uuid.uuid4()}"
+        if self.authorize is not None:
+            action: Action = (
+                "resume" if named is not None and await self._exists(named) else "start"
+            )
+            await self._authorize(
+                attrs.evolve(request, session_id=named, graph=graph_name), action
+            )
+        current = self.runs.get(session_id)
+        if current is not None and not current.done.is_set():
             raise HTTPError(409, f"session {session_id!r} is already running")
+        if self._live_runs() >= self.max_runs:
+            raise HTTPError(
+                503,
+                f"the server is running {self.max_runs} runs, its limit; try again",
+                [(b"retry-after", b"1")],
+            )
         config = attrs.evolve(
             app.config,
             session_id=session_id,
@@ -236,21 +469,61 @@ class SSEApp:
         run = LiveRun(
             session_id=session_id,
             graph=graph_name,
-            log=RunLog(self.log_capacity, encode_sse),
+            log=RunLog(self.log_capacity, encode_sse, self.max_log_bytes),
         )
         self._remember(run)
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
-        )
-        async with trio.open_nursery() as nursery:
-            invocation, events = await app.start_streaming(
-                nursery, state, config=config
+        try:
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
             )
-            run.invocation = invocation
-            nursery.start_soon(self._pump, run, events)
-            await self._serve_client(run, receive, send, cursor=1)
+            async with trio.open_nursery() as nursery:
+                try:
+                    invocation, events = await app.start_streaming(
+                        nursery, state, config=config
+                    )
+                except Exception as exc:
+                    # The run could not start: its stream still ends with a
+                    # sentinel, saying why.
+                    logger.exception("run %s could not start", session_id)
+                    run.outcome = ("error", describe_exception(exc))
+                    self._end(run)
+                else:
+                    run.invocation = invocation
+                    if self.closing:  # shutdown began while the run was starting
+                        invocation.cancel("server shutting down")
+                    nursery.start_soon(self._pump, run, events)
+                await self._serve_client(run, receive, send, cursor=1)
+        finally:
+            if not run.done.is_set():  # the run never got going
+                self._end(run)
 
-    def _parse_run(self, body: bytes) -> tuple[str, App, VersionedState, str]:
+    async def _exists(self, session_id: str) -> bool:
+        """Whether the session is held here or stored (for ``resume``)."""
+        if session_id in self.runs:
+            return True
+        if self.checkpointer is None:
+            return False
+        return await self.checkpointer.load_latest(session_id) is not None
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        declared = security.header(scope, b"content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.max_body
+        ):
+            raise HTTPError(
+                413, f"request body larger than {self.max_body} bytes", [CLOSE]
+            )
+        with trio.move_on_after(self.body_timeout):
+            return await _read_body(receive, self.max_body)
+        raise HTTPError(
+            408,
+            f"the request body did not arrive within {self.body_timeout:g} s",
+            [CLOSE],
+        )
+
+    def _parse_run(self, body: bytes) -> tuple[str, App, VersionedState, str | None]:
         if body.strip():
             try:
                 data = loads(body)
@@ -265,46 +538,126 @@ class SSEApp:
         unknown = set(data) - {"messages", "extra", "session_id", "graph"}
         if unknown:
             raise HTTPError(400, f"unknown keys in the request: {sorted(unknown)}")
+        named = data.get("session_id")
+        if named is not None:
+            named = _session_id(named)
         graph_name, app = self._app(data.get("graph"))
         messages = data.get("messages", [])
         if not isinstance(messages, list):
             raise HTTPError(400, "'messages' must be a list of {role, content} objects")
+        extra = data.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise HTTPError(400, "'extra' must be a JSON object")
         try:
             parsed = [_message(m) for m in messages]
-            state = VersionedState(messages=parsed, extra=data.get("extra") or {})
+            state = VersionedState(messages=parsed, extra=extra)
         except (StateError, TypeError, AttributeError) as exc:
             raise HTTPError(400, f"invalid run input: {exc}") from None
-        session_id = data.get("session_id") or f"run-{uuid.uuid4()}"
-        if not isinstance(session_id, str):
-            raise HTTPError(400, "'session_id' must be a string")
-        return graph_name, app, state, session_id
+        if self.client_roles is not None:
+            for message in parsed:
+                role = str(message.role)
+                if role not in self.client_roles:
+                    raise HTTPError(
+                        403,
+                        f"clients may not send {role!r} messages; this"
+                        f" server accepts the roles {sorted(self.client_roles)}",
+                    )
+        return graph_name, app, state, named
 
     def _remember(self, run: LiveRun) -> None:
         self.runs[run.session_id] = run
         self.runs.move_to_end(run.session_id)
+        self._forget_old()
+
+    def _forget_old(self) -> None:
+        """Keep ``keep_finished`` finished runs in ``max_finished_bytes``.
+
+        Over the byte budget, the oldest finished runs lose their oldest events
+        first (their sentinel stays), then are forgotten.
+        """
         finished = [sid for sid, r in self.runs.items() if r.done.is_set()]
         for sid in finished[: max(0, len(finished) - self.keep_finished)]:
             del self.runs[sid]
+        ended = [r for r in self.runs.values() if r.done.is_set()]
+        total = sum(r.log.size for r in ended)
+        for run in ended:
+            if total <= self.max_finished_bytes:
+                return
+            total -= run.log.trim(
+                max(0, run.log.size - (total - self.max_finished_bytes))
+            )
+        for run in ended:
+            if total <= self.max_finished_bytes:
+                return
+            total -= run.log.size
+            if self.runs.get(run.session_id) is run:
+                del self.runs[run.session_id]
 
     async def _pump(self, run: LiveRun, events: EventStream) -> None:
-        """Copy the run's events into its log (lossless), then close the log."""
-        with events:
-            async for event in events:
-                run.log.append(event)
-                if event.is_stream_end:
-                    run.status = str(event.metadata.get("status", "error"))
+        """Copy the run's events into its log (lossless), then close the log.
+
+        Should the run end without its stream-end event, the log gets one made
+        here from the run's outcome, so every stream ends with exactly one.
+        """
+        try:
+            with events:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._end_if_silent, run, nursery.cancel_scope)
+                    async for event in events:
+                        self._log_event(run, event)
+                        if event.is_stream_end:
+                            break
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._end(run)
+
+    def _log_event(self, run: LiveRun, event: Event) -> None:
+        if event.is_stream_end:
+            run.status = str(event.metadata.get("status", "error"))
+        step = event.metadata.get("step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            run.step = max(run.step, step)
+        run.log.append(event)
+
+    async def _end_if_silent(self, run: LiveRun, scope: trio.CancelScope) -> None:
+        """Once the run has finished, give its stream a moment to end, then end it."""
+        assert run.invocation is not None
+        run.outcome = await _outcome(run.invocation)
+        await trio.sleep(SILENT_END)
+        scope.cancel("the run finished without its stream-end event")
+
+    def _end(self, run: LiveRun) -> None:
+        """Close ``run``'s log, adding the sentinel it lacks (if it does)."""
+        if run.done.is_set():
+            return
+        if run.status == "running":
+            status, error = run.outcome or ("cancelled", None)
+            logger.warning(
+                "run %s ended without its stream-end event; the server adds one (%s)",
+                run.session_id,
+                status,
+            )
+            self._log_event(
+                run, stream_end_event(run.session_id, status, run.step, error)
+            )
         run.log.close()
         run.done.set()
+        self._forget_old()
 
     async def _attach(
-        self, scope: Scope, receive: Receive, send: Send, session_id: str
+        self, receive: Receive, send: Send, session_id: str, last: int
     ) -> None:
-        last = _last_event_id(scope)
         run = self.runs.get(session_id)
         if run is None:
-            run = await self._stored_run(session_id)
-        if run is None:
+            if self.checkpointer is not None and await self._replay(
+                receive, send, session_id, last
+            ):
+                return
             raise HTTPError(404, f"unknown session {session_id!r}")
+        _check_last(last, run.log.last, run.done.is_set())
+        if run.done.is_set() and last == run.log.last:
+            await _body(send, 204, [], b"")  # nothing after the end: no reconnect
+            return
         await send(
             {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
         )
@@ -314,27 +667,26 @@ class SSEApp:
         """The state a run ended with (waiting briefly for one just ending)."""
         run = self.runs.get(session_id)
         if run is not None and run.invocation is not None:
-            with trio.move_on_after(STATE_WAIT):
-                await run.done.wait()
-            if not run.invocation.done:
+            if run.status == "running":
                 raise HTTPError(409, f"session {session_id!r} is still running")
+            # The sentinel is out; the run itself may still be finishing.
+            with trio.move_on_after(STATE_WAIT):
+                await _outcome(run.invocation)
+            if not run.invocation.done:
+                raise HTTPError(409, f"session {session_id!r} is still finishing")
+            state: VersionedState | None = None
             try:
                 state = await run.invocation.join()
             except WorkflowError as exc:
-                if exc.state is None:
-                    raise HTTPError(
-                        404, f"session {session_id!r} has no state"
-                    ) from None
                 state = exc.state
             except RunCancelledError:
-                raise HTTPError(
-                    404, f"session {session_id!r} was cancelled before any state"
-                ) from None
-            return {
-                "session_id": session_id,
-                "status": run.status,
-                "state": state_to_json(state),
-            }
+                pass
+            if state is not None:
+                return {
+                    "session_id": session_id,
+                    "status": run.status,
+                    "state": state_to_json(state),
+                }
         if self.checkpointer is not None:
             stored = await self.checkpointer.load_latest(session_id)
             if stored is not None:
@@ -344,41 +696,75 @@ class SSEApp:
                     "step": stored.step,
                     "state": state_to_json(stored.state),
                 }
+        if run is not None:
+            raise HTTPError(404, f"session {session_id!r} ended before any state")
         raise HTTPError(404, f"unknown session {session_id!r}")
 
-    async def _stored_run(self, session_id: str) -> LiveRun | None:
-        """A finished log rebuilt from the checkpointer, one event per stored step."""
-        if self.checkpointer is None:
-            return None
-        page = await self.checkpointer.query_steps(session_id, limit=1000)
-        if not page.checkpoints:
-            return None
-        log = RunLog(self.log_capacity, encode_sse)
-        steps = sorted(page.checkpoints, key=lambda c: c.step)
-        for cp in steps:
-            ran = ", ".join(cp.ran_nodes) or "-"
-            upcoming = ", ".join(cp.frontier) or "-"
-            log.append(
-                DiagnosticEvent(
-                    scope="replay.step",
-                    message=f"step {cp.step}: ran {ran}; next {upcoming}",
-                    timestamp=cp.created_at.timestamp(),
-                )
-            )
-        last = steps[-1]
-        status = "completed" if is_complete(last.frontier) else "stored"
-        log.append(
-            stream_end_event(
-                session_id,
-                status,
-                last.step,
-                timestamp=last.created_at.timestamp(),
-            )
+    async def _replay(
+        self, receive: Receive, send: Send, session_id: str, last: int
+    ) -> bool:
+        """Stream a stored session, one ``replay.step`` event per stored step.
+
+        Steps are numbered from 1, oldest first; the sentinel follows. The store
+        is read a page at a time, at most ``max_replays`` reads at once, so
+        replays never hold the store for long. ``False`` if nothing is stored.
+        """
+        assert self.checkpointer is not None
+        async with self._replay_reads:
+            newest = await self.checkpointer.query_steps(session_id, limit=1)
+        if not newest.checkpoints:
+            return False
+        top = newest.checkpoints[0]
+        total = newest.total
+        status = "completed" if is_complete(top.frontier) else "stored"
+        end = stream_end_event(
+            session_id, status, top.step, timestamp=top.created_at.timestamp()
         )
-        log.close()
-        run = LiveRun(session_id=session_id, graph="", log=log, status=status)
-        run.done.set()
-        return run
+        _check_last(last, total + 1, True)
+        if last == total + 1:
+            await _body(send, 204, [], b"")
+            return True
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
+        )
+        await _chunk(send, b": connected\n\n")
+        index = last  # steps sent so far (the next one's number is index + 1)
+        ended = False
+        with trio.CancelScope() as stopping:
+            self._replays.add(stopping)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+                    while index < total:
+                        size = min(self.replay_page, total - index)
+                        async with self._replay_reads:
+                            page = await self.checkpointer.query_steps(
+                                session_id,
+                                limit=size,
+                                offset=total - index - size,
+                                max_step=top.step,
+                            )
+                        if not page.checkpoints:
+                            break
+                        chunks = []
+                        for cp in sorted(page.checkpoints, key=lambda c: c.step):
+                            index += 1
+                            chunks.append(encode_sse(_replay_event(cp), index))
+                        await _chunk(send, b"".join(chunks))
+                    await _chunk(send, encode_sse(end, total + 1))
+                    ended = True
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._replays.discard(stopping)
+        if stopping.cancelled_caught and not ended:  # shutting down: skip to the end
+            with trio.move_on_after(1):
+                skipped = total - index
+                await _chunk(
+                    send, _dropped(skipped, skipped) + encode_sse(end, total + 1)
+                )
+        with trio.move_on_after(1):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
 
     # ---------------------------------------------------------------- clients
 
@@ -393,7 +779,7 @@ class SSEApp:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-                cursor = await self._stream(run, send, cursor)
+                await self._stream(run, send, cursor)
                 nursery.cancel_scope.cancel()
         finally:
             run.clients -= 1
@@ -403,14 +789,11 @@ class SSEApp:
                 and not run.done.is_set()
             ):
                 await self._cancel_when_unwatched(run)
-        if not self.shutting_down.is_set() or run.done.is_set():
-            with trio.move_on_after(1):
-                await send(
-                    {"type": "http.response.body", "body": b"", "more_body": False}
-                )
+        with trio.move_on_after(1):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _cancel_when_unwatched(self, run: LiveRun) -> None:
-        if self.grace > 0:
+        if self.grace > 0 and not self.closing:
             with trio.CancelScope(shield=True), trio.move_on_after(self.grace):
                 await run.done.wait()
         if run.clients == 0 and run.invocation is not None and not run.done.is_set():
@@ -418,6 +801,7 @@ class SSEApp:
 
     async def _stream(self, run: LiveRun, send: Send, cursor: int) -> int:
         dropped_total = 0
+        told = False
         while True:
             with trio.move_on_after(self.keepalive) as idle:
                 items, dropped = await run.log.read(cursor)
@@ -429,12 +813,11 @@ class SSEApp:
             chunks: list[bytes] = []
             if dropped:
                 dropped_total += dropped
-                chunks.append(
-                    b"event: dropped\ndata: "
-                    + dumps_bytes({"dropped": dropped, "total": dropped_total})
-                    + b"\n\n"
-                )
-            for seq, _, frame in items:
+                if not told and cursor <= run.log.trimmed_through:
+                    told = True
+                    chunks.append(_truncated(run))
+                chunks.append(_dropped(dropped, dropped_total))
+            for seq, frame in items:
                 chunks.append(frame)  # encoded once, when the event was logged
                 cursor = seq + 1
             await _chunk(send, b"".join(chunks))
@@ -443,6 +826,48 @@ class SSEApp:
 
 
 # ------------------------------------------------------------------- helpers
+
+
+async def _outcome(invocation: Invocation) -> tuple[str, str | None]:
+    """Wait for ``invocation``; its status and error text, like its sentinel's."""
+    try:
+        await invocation.join()
+    except RunCancelledError:
+        return "cancelled", None
+    except Exception as exc:
+        return "error", describe_exception(exc)
+    return "completed", None
+
+
+def _replay_event(cp: Any) -> DiagnosticEvent:
+    ran = ", ".join(cp.ran_nodes) or "-"
+    upcoming = ", ".join(cp.frontier) or "-"
+    return DiagnosticEvent(
+        scope="replay.step",
+        message=f"step {cp.step}: ran {ran}; next {upcoming}",
+        timestamp=cp.created_at.timestamp(),
+    )
+
+
+def _dropped(count: int, total: int) -> bytes:
+    return (
+        b"event: dropped\ndata: "
+        + dumps_bytes({"dropped": count, "total": total})
+        + b"\n\n"
+    )
+
+
+def _truncated(run: LiveRun) -> bytes:
+    """The unnumbered diagnostic frame saying memory bounds cost this run events."""
+    event = DiagnosticEvent(
+        scope=TRUNCATED_SCOPE,
+        message=(
+            f"the server dropped the events of run {run.session_id} up to"
+            f" #{run.log.trimmed_through} to bound its memory"
+        ),
+        metadata={"session_id": run.session_id, "through": run.log.trimmed_through},
+    )
+    return encode_sse(event)
 
 
 async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
@@ -457,20 +882,28 @@ async def _chunk(send: Send, data: bytes) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
-async def _body(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-) -> None:
+async def _body(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    # No Content-Length: the chunked body's last chunk goes out with the end of
+    # the response, so a client cannot hang up between the two (hypercorn's
+    # trio worker then logs a BusyResourceError from two concurrent sends).
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _json(send: Send, status: int, data: Any) -> None:
-    await _body(send, status, JSON_HEADERS, dumps_bytes(data))
+async def _json(
+    send: Send, status: int, data: Any, headers: Headers | None = None
+) -> None:
+    csp = (b"content-security-policy", security.API_CSP)
+    await _body(send, status, [JSON_TYPE, csp, *(headers or ())], dumps_bytes(data))
 
 
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise HTTPError(405, f"method {method} not allowed here; use {allowed}")
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise HTTPError(
+            405,
+            f"method {method} not allowed here; use {' or '.join(allowed)}",
+            [(b"allow", ", ".join(allowed).encode())],
+        )
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -483,7 +916,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise HTTPError(413, f"request body larger than {limit} bytes")
+            raise HTTPError(413, f"request body larger than {limit} bytes", [CLOSE])
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -498,42 +931,67 @@ def _message(item: Any) -> Message:
     return Message(item.get("role", "user"), content)
 
 
-def _query(scope: Scope) -> dict[str, str]:
-    from urllib.parse import parse_qsl
+def _session_id(value: object) -> str:
+    try:
+        return check_session_id(value)
+    except InvalidSessionIdError as exc:
+        raise HTTPError(400, str(exc)) from None
 
+
+def _segments(scope: Scope) -> list[str]:
+    """The path's segments, each percent-decoded on its own (``%2F`` stays in one)."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        text = raw.decode("latin-1").partition("?")[0]
+        parts = [unquote(p, errors="replace") for p in text.split("/")]
+    else:
+        parts = str(scope["path"]).split("/")
+    return [p for p in parts if p]
+
+
+def _query(scope: Scope) -> dict[str, str]:
     return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
 
 
 def _last_event_id(scope: Scope) -> int:
-    for name, value in scope.get("headers", []):
-        if name.lower() == b"last-event-id":
-            text = value.decode("latin-1").strip()
-            break
-    else:
-        text = _query(scope).get("last_event_id", "0")
-    try:
-        last = int(text or "0")
-    except ValueError:
+    """``Last-Event-ID`` (header, else ``?last_event_id=``): 0 when absent."""
+    text = security.header(scope, b"last-event-id")
+    if text is None:
+        text = _query(scope).get("last_event_id", "")
+    text = text.strip()
+    if not text:
+        return 0
+    if not _DIGITS.fullmatch(text):
+        shown = text if len(text) <= 40 else text[:40] + "…"
         raise HTTPError(
-            400, f"Last-Event-ID must be an event number, got {text!r}"
-        ) from None
-    if last < 0 or not math.isfinite(last):
-        raise HTTPError(400, f"Last-Event-ID must be >= 0, got {last}")
-    return last
-
-
-_PAGE: bytes | None = None
-
-
-def _page() -> bytes:
-    global _PAGE
-    if _PAGE is None:
-        _PAGE = (
-            resources.files("weavegraph.serve")
-            .joinpath("static/viewer.html")
-            .read_bytes()
+            400,
+            "Last-Event-ID must be an event number (a non-negative integer of at"
+            f" most {MAX_EVENT_ID_DIGITS} digits), got {shown!r}",
         )
-    return _PAGE
+    return int(text)
+
+
+def _check_last(last: int, newest: int, ended: bool) -> None:
+    """Refuse a ``Last-Event-ID`` beyond the newest event a client can have seen."""
+    if last > newest:
+        state = "ended with" if ended else "is at"
+        raise HTTPError(
+            400,
+            f"Last-Event-ID {last} is beyond this run's events: it {state} event"
+            f" {newest}",
+        )
+
+
+_FILES: dict[str, bytes] = {}
+
+
+def _file(name: str) -> bytes:
+    """A file of the viewer (read once)."""
+    if name not in _FILES:
+        _FILES[name] = (
+            resources.files("weavegraph.serve").joinpath("static", name).read_bytes()
+        )
+    return _FILES[name]
 
 
 def sse_app(
@@ -541,10 +999,20 @@ def sse_app(
     *,
     checkpointer: Checkpointer | None = None,
     max_body: int = 1 << 20,
+    body_timeout: float = 10.0,
     keepalive: float = 15.0,
     log_capacity: int = 10_000,
+    max_log_bytes: int = 8 << 20,
     keep_finished: int = 100,
+    max_finished_bytes: int = 64 << 20,
     grace: float = 0.0,
+    max_connections: int | None = None,
+    max_runs: int = 64,
+    max_replays: int = 2,
+    authorize: Authorize | None = None,
+    allowed_hosts: Iterable[str] | None = None,
+    cors_origins: Iterable[str] | None = None,
+    client_roles: Iterable[str] | None = ("user", "assistant"),
 ) -> SSEApp:
     """An ASGI 3 application serving ``app_or_apps`` over Server-Sent Events.
 
@@ -553,19 +1021,57 @@ def sse_app(
         checkpointer: Saves every run's steps, and lets ``GET /runs/{id}/events``
             replay runs this process no longer holds.
         max_body: Largest accepted request body, in bytes (413 beyond).
+        body_timeout: Seconds a client has to send its whole request body (408
+            after; the server's keep-alive timeout bounds the headers).
         keepalive: Seconds of silence before a ``: keep-alive`` comment.
         log_capacity: Events of a run kept for late or reconnecting clients; a
             client further behind sees an ``event: dropped`` with the count.
+        max_log_bytes: Bytes of encoded events kept per run (the newest event is
+            always kept).
         keep_finished: Finished runs kept in memory for re-attaching.
+        max_finished_bytes: Bytes all finished runs' logs may hold together;
+            beyond, the oldest lose their oldest events, then are forgotten.
+            A client that misses events for a memory bound is told so by a
+            ``serve.log_truncated`` diagnostic frame.
         grace: Seconds a run survives without any client (0: cancelled at once).
+        max_connections: Requests served at once, open streams included (503
+            beyond); ``None``: half the process's file-descriptor limit, between
+            16 and 1024.
+        max_runs: Runs going at once (503 beyond).
+        max_replays: Stored-session replays reading the checkpointer at once
+            (others wait their turn, a page at a time).
+        authorize: ``authorize(request, action)``, sync or async, called before
+            every action (``"start"``, ``"resume"``, ``"read"``, ``"list"``) with a
+            `Request`; ``True`` allows, ``False`` (or anything else) answers 403,
+            raising `AuthorizationError` answers its 401 or 403.
+        allowed_hosts: Host names the ``Host`` header may carry (421 otherwise);
+            ``None``: loopback names on connections to a loopback address, any
+            host on others; ``"*"`` in the list allows any host.
+        cors_origins: Origins allowed to call the server from a browser (CORS,
+            with preflight); none by default.
+        client_roles: Message roles a client may send (403 otherwise); ``None``
+            allows any role.
+
+    Raises:
+        ConfigError: an option is out of range, or an app is not an `App`.
     """
     apps = app_or_apps if isinstance(app_or_apps, Mapping) else {"default": app_or_apps}
     return SSEApp(
         apps,
         checkpointer=checkpointer,
         max_body=max_body,
+        body_timeout=body_timeout,
         keepalive=keepalive,
         log_capacity=log_capacity,
+        max_log_bytes=max_log_bytes,
         keep_finished=keep_finished,
+        max_finished_bytes=max_finished_bytes,
         grace=grace,
+        max_connections=max_connections,
+        max_runs=max_runs,
+        max_replays=max_replays,
+        authorize=authorize,
+        allowed_hosts=allowed_hosts,
+        cors_origins=cors_origins,
+        client_roles=client_roles,
     )

@@ -1,0 +1,862 @@
+// The run viewer (served as /static/viewer.js: the page has no inline script,
+// so its Content-Security-Policy can forbid inline code).
+"use strict";
+
+const STREAM_END_SCOPE = "__weavegraph_stream_end__";
+const MAX_LISTED_EVENTS = 2000;
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+const $ = (id) => document.getElementById(id);
+
+/** Build an HTML element: el("li", {class: "x"}, "text", child, ...). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  setAttrs(node, attrs);
+  node.append(...children);
+  return node;
+}
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  setAttrs(node, attrs);
+  node.append(...children);
+  return node;
+}
+
+function setAttrs(node, attrs) {
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+}
+
+// ===================================================================== SSE parsing
+
+/**
+ * An incremental Server-Sent Events parser: feed it decoded text in any pieces;
+ * it calls onFrame({id, event, data}) for each complete frame. `id` is the frame's
+ * own id line (null when it has none); comment lines (": keep-alive") are skipped.
+ */
+class SSEParser {
+  constructor(onFrame) {
+    this.onFrame = onFrame;
+    this.buffer = "";
+    this.clearFrame();
+  }
+
+  clearFrame() {
+    this.data = [];
+    this.event = "";
+    this.id = null;
+  }
+
+  push(text, final = false) {
+    this.buffer += text;
+    let pos = 0;
+    while (pos < this.buffer.length) {
+      let end = pos;
+      while (end < this.buffer.length && this.buffer[end] !== "\n" && this.buffer[end] !== "\r") end++;
+      if (end === this.buffer.length) break;                      // no line ending yet
+      if (this.buffer[end] === "\r" && end + 1 === this.buffer.length && !final) break;  // maybe \r\n
+      const line = this.buffer.slice(pos, end);
+      pos = end + (this.buffer[end] === "\r" && this.buffer[end + 1] === "\n" ? 2 : 1);
+      this.line(line);
+    }
+    this.buffer = this.buffer.slice(pos);
+  }
+
+  line(line) {
+    if (line === "") {
+      if (this.data.length) {
+        this.onFrame({ id: this.id, event: this.event || "message", data: this.data.join("\n") });
+      }
+      this.clearFrame();
+      return;
+    }
+    if (line.startsWith(":")) return;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "data") this.data.push(value);
+    else if (field === "event") this.event = value;
+    else if (field === "id" && !value.includes("\0")) this.id = value;
+  }
+}
+
+// ====================================================================== graph view
+
+const view = {
+  graphs: [],
+  graph: null,            // the /graph answer being shown
+  nodeElements: new Map(),
+};
+
+async function loadGraph(name) {
+  const query = name ? "?graph=" + encodeURIComponent(name) : "";
+  const response = await fetch("/graph" + query, { headers: { Accept: "application/json" } });
+  const info = await response.json();
+  if (!response.ok) throw new Error(info.error || "HTTP " + response.status);
+  view.graph = info;
+  view.graphs = info.graphs || [info.graph];
+  const select = $("graph-select");
+  select.replaceChildren(...view.graphs.map((g) => el("option", { value: g }, g)));
+  select.value = info.graph;
+  $("graph-picker").hidden = view.graphs.length < 2;
+  $("graph-name").textContent = info.graph;
+  $("graph-hash").textContent = info.graph_hash ? "#" + info.graph_hash.slice(0, 10) : "";
+  $("mermaid").textContent = info.mermaid || "";
+  drawGraph(info);
+}
+
+/** Edges to draw: unconditional ones, then declared router targets not already drawn. */
+function graphEdges(info) {
+  const edges = [];
+  const seen = new Set();
+  for (const [from, to] of info.edges || []) {
+    const key = from + "\u0000" + to;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    edges.push({ from, to, conditional: false });
+  }
+  for (const route of info.conditional || []) {
+    for (const to of route.targets || []) {
+      const key = route.source + "\u0000" + to;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      edges.push({ from: route.source, to, conditional: true });
+    }
+  }
+  return edges;
+}
+
+/**
+ * Assign each node a layer (longest path from START, loops broken at their back
+ * edges), END alone in the last layer. An edge spanning several layers passes
+ * through a waypoint in each layer between, so it never runs through a box; a
+ * few sweeps then order every layer to cut crossings.
+ */
+function layout(names, edges) {
+  const succ = new Map(names.map((n) => [n, []]));
+  for (const e of edges) succ.get(e.from).push(e.to);
+
+  // Depth-first search from START (then from anything left) finds the back edges
+  // and, reversed, a topological order of what remains.
+  const state = new Map();            // 1: on the stack, 2: finished
+  const postorder = [];
+  const back = new Set();
+  for (const root of ["START", ...names.filter((n) => n !== "START")]) {
+    if (!succ.has(root) || state.has(root)) continue;
+    const stack = [[root, 0]];
+    state.set(root, 1);
+    while (stack.length) {
+      const top = stack[stack.length - 1];
+      const next = succ.get(top[0])[top[1]++];
+      if (next === undefined) {
+        stack.pop();
+        state.set(top[0], 2);
+        postorder.push(top[0]);
+      } else if (state.get(next) === 1) {
+        back.add(top[0] + "\u0000" + next);
+      } else if (!state.has(next)) {
+        state.set(next, 1);
+        stack.push([next, 0]);
+      }
+    }
+  }
+
+  const layer = new Map(names.map((n) => [n, 0]));
+  for (const node of postorder.reverse()) {
+    for (const next of succ.get(node)) {
+      if (node !== next && !back.has(node + "\u0000" + next)) {
+        layer.set(next, Math.max(layer.get(next), layer.get(node) + 1));
+      }
+    }
+  }
+  if (layer.has("END")) {
+    let deepest = 0;
+    for (const [n, l] of layer) if (n !== "END") deepest = Math.max(deepest, l);
+    layer.set("END", deepest + 1);
+  }
+
+  const layers = [];
+  for (const n of names) (layers[layer.get(n)] ||= []).push(n);
+  for (let i = 0; i < layers.length; i++) layers[i] ||= [];
+
+  // Waypoints, and the links between neighbouring layers used for ordering.
+  const up = new Map(), down = new Map();
+  const link = (a, b) => {
+    (down.get(a) || down.set(a, []).get(a)).push(b);
+    (up.get(b) || up.set(b, []).get(b)).push(a);
+  };
+  const via = new Map();              // edge -> its waypoint ids, top to bottom
+  let waypoints = 0;
+  for (const e of edges) {
+    if (layer.get(e.to) <= layer.get(e.from)) continue;
+    const points = [];
+    for (let l = layer.get(e.from) + 1; l < layer.get(e.to); l++) {
+      const id = "\u0001" + waypoints++;
+      layer.set(id, l);
+      layers[l].push(id);
+      points.push(id);
+    }
+    [e.from, ...points, e.to].reduce((a, b) => (link(a, b), b));
+    via.set(e, points);
+  }
+
+  // Barycentre sweeps, down then up.
+  const position = new Map();
+  const index = (row) => row.forEach((n, i) => position.set(n, i));
+  const order = (row, neighbours) => {
+    const keyed = row.map((n, i) => {
+      const near = neighbours.get(n) || [];
+      const mean = near.reduce((s, m) => s + position.get(m), 0) / near.length;
+      return [n, near.length ? mean : i];
+    });
+    keyed.sort((a, b) => a[1] - b[1]);
+    return keyed.map(([n]) => n);
+  };
+  layers.forEach(index);
+  for (let sweep = 0; sweep < 4; sweep++) {
+    for (let i = 1; i < layers.length; i++) index(layers[i] = order(layers[i], up));
+    for (let i = layers.length - 2; i >= 0; i--) index(layers[i] = order(layers[i], down));
+  }
+  return { layer, layers, via, up, down };
+}
+
+const isWaypoint = (id) => id.startsWith("\u0001");
+
+function drawGraph(info) {
+  const names = [...info.nodes];
+  const edges = graphEdges(info);
+  for (const e of edges) {            // tolerate an edge naming a node the list lacks
+    for (const n of [e.from, e.to]) if (!names.includes(n)) names.push(n);
+  }
+  const { layer, layers, via, up, down } = layout(names, edges);
+
+  const H = 34, GAP_X = 26, GAP_Y = 60, PAD = 24;
+  const width = (n) => isWaypoint(n) ? 8
+    : Math.max(n === "START" || n === "END" ? 70 : 84, Math.round(n.length * 7.9 + 30));
+
+  // Horizontal centres: rows start centred, then each node moves towards the mean
+  // of its neighbours in the row above (then below), keeping its row's order.
+  const cx = new Map();
+  const rowWidth = (row) => row.reduce((s, n) => s + width(n), 0) + GAP_X * Math.max(0, row.length - 1);
+  for (const row of layers) {
+    let x = -rowWidth(row) / 2;
+    for (const n of row) {
+      cx.set(n, x + width(n) / 2);
+      x += width(n) + GAP_X;
+    }
+  }
+  const settle = (row, neighbours) => {
+    const wanted = row.map((n) => {
+      const near = neighbours.get(n) || [];
+      return near.length ? near.reduce((s, m) => s + cx.get(m), 0) / near.length : cx.get(n);
+    });
+    const placed = [];
+    row.forEach((n, i) => {
+      const min = i ? placed[i - 1] + (width(row[i - 1]) + width(n)) / 2 + GAP_X : -Infinity;
+      placed.push(Math.max(wanted[i], min));
+    });
+    const drift = row.reduce((s, n, i) => s + placed[i] - wanted[i], 0) / Math.max(1, row.length);
+    row.forEach((n, i) => cx.set(n, placed[i] - drift));
+  };
+  for (let pass = 0; pass < 3; pass++) {
+    for (let i = 1; i < layers.length; i++) settle(layers[i], up);
+    for (let i = layers.length - 2; i >= 0; i--) settle(layers[i], down);
+  }
+  let left = Infinity, far = -Infinity;
+  for (const [n, c] of cx) {
+    left = Math.min(left, c - width(n) / 2);
+    far = Math.max(far, c + width(n) / 2);
+  }
+  const shift = PAD - left + Math.max(0, (160 - (far - left)) / 2);
+  const box = new Map();
+  layers.forEach((row, i) => {
+    const y = PAD + i * (H + GAP_Y);
+    for (const n of row) {
+      const w = width(n), x = cx.get(n) - w / 2 + shift;
+      box.set(n, { x, y, w, h: H, cx: x + w / 2, cy: y + H / 2 });
+    }
+  });
+  const inner = Math.max(160, far - left);
+
+  // Spread the ends of several edges leaving or entering one node along its side.
+  const outs = new Map(), ins = new Map();
+  const hops = new Map();             // edge -> [first hop after from, last hop before to]
+  for (const [e, points] of via) {
+    hops.set(e, [points[0] ?? e.to, points[points.length - 1] ?? e.from]);
+    (outs.get(e.from) || outs.set(e.from, []).get(e.from)).push(e);
+    (ins.get(e.to) || ins.set(e.to, []).get(e.to)).push(e);
+  }
+  const spread = (list, e, b, end) => {
+    const hop = (edge) => box.get(hops.get(edge)[end]).cx;
+    const sorted = [...list].sort((p, q) => hop(p) - hop(q));
+    const i = sorted.indexOf(e), k = sorted.length;
+    return b.cx + (k < 2 ? 0 : (i - (k - 1) / 2) * Math.min(16, (b.w - 24) / (k - 1)));
+  };
+
+  let right = PAD + inner;
+  let loops = 0;
+  const paths = edges.map((e) => {
+    const a = box.get(e.from), b = box.get(e.to);
+    let d;
+    if (e.from === e.to) {
+      const x = a.x + a.w, y = a.cy;
+      d = `M ${x} ${y - 7} C ${x + 34} ${y - 26}, ${x + 34} ${y + 26}, ${x + 2} ${y + 8}`;
+      right = Math.max(right, x + 34);
+    } else if (via.has(e)) {
+      let px = spread(outs.get(e.from), e, a, 0), py = a.y + a.h;
+      d = `M ${px} ${py}`;
+      const curveTo = (x, y) => {
+        const bend = Math.max(18, (y - py) / 2);
+        d += ` C ${px} ${py + bend}, ${x} ${y - bend}, ${x} ${y}`;
+        px = x;
+        py = y;
+      };
+      for (const id of via.get(e)) {
+        const w = box.get(id);
+        curveTo(w.cx, w.y);
+        d += ` L ${w.cx} ${w.y + w.h}`;
+        py = w.y + w.h;
+      }
+      curveTo(spread(ins.get(e.to), e, b, 1), b.y - 2);
+    } else {
+      // A loop back up: around the right of every box it passes.
+      loops++;
+      let edge = Math.max(a.x + a.w, b.x + b.w);
+      for (let l = layer.get(e.to); l <= layer.get(e.from); l++) {
+        for (const n of layers[l]) edge = Math.max(edge, box.get(n).x + box.get(n).w);
+      }
+      const out = edge + 22 + 12 * loops;
+      right = Math.max(right, out);
+      d = `M ${a.x + a.w} ${a.cy} C ${out} ${a.cy}, ${out} ${b.cy}, ${b.x + b.w + 2} ${b.cy}`;
+    }
+    return svg("path", {
+      d,
+      class: "edge" + (e.conditional ? " conditional" : ""),
+      "marker-end": "url(#arrow)",
+      dataset: { from: e.from, to: e.to },
+    }, svg("title", {}, `${e.from} → ${e.to}${e.conditional ? " (conditional)" : ""}`));
+  });
+
+  view.nodeElements.clear();
+  const nodes = names.map((n) => {
+    const b = box.get(n);
+    const terminal = n === "START" || n === "END";
+    const g = svg("g", {
+      class: "node" + (terminal ? " terminal" : ""),
+      transform: `translate(${b.x} ${b.y})`,
+      dataset: { node: n },
+    },
+      svg("title", {}, terminal ? n : `node ${n}`),
+      svg("rect", { width: b.w, height: b.h, rx: terminal ? b.h / 2 : 8 }),
+      svg("text", { x: b.w / 2, y: b.h / 2 }, n),
+    );
+    view.nodeElements.set(n, g);
+    return g;
+  });
+
+  const totalW = right + PAD;
+  const totalH = PAD * 2 + layers.length * H + Math.max(0, layers.length - 1) * GAP_Y;
+  const picture = svg("svg", {
+    viewBox: `0 0 ${totalW} ${totalH}`,
+    width: totalW,
+    height: totalH,
+    role: "img",
+    "aria-label": `Graph ${info.graph}: ${info.nodes.length} nodes, ${edges.length} edges`,
+  },
+    svg("defs", {},
+      svg("marker", {
+        id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
+        markerWidth: 7, markerHeight: 7, orient: "auto",
+      }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" })),
+    ),
+    svg("g", { class: "edges" }, ...paths),
+    svg("g", { class: "nodes" }, ...nodes),
+  );
+  $("graph").replaceChildren(picture);
+  applyNodeClasses();
+}
+
+/** Re-apply the current run's highlight (after the graph is redrawn). */
+function applyNodeClasses() {
+  for (const [name, g] of view.nodeElements) {
+    g.classList.toggle("done", run.done.has(name));
+    g.classList.toggle("running", run.running === name);
+  }
+}
+
+// ======================================================================= run state
+
+let run = newRun();
+
+function newRun() {
+  return {
+    startedAt: performance.now(),
+    sessionId: null,
+    lastId: 0,
+    announcedDrops: 0,    // "dropped" frames not yet matched by a gap in ids
+    drops: 0,
+    events: 0,
+    counts: {},
+    lastStep: null,
+    running: null,
+    done: new Set(),
+    ran: new Map(),       // node -> {steps: Set, events: n}, in order of first sight
+    streams: new Map(),   // node + stream id -> {node, streamId, text, final, error, element}
+    end: null,
+    close: null,          // closes this run's connection (the Stop button)
+    closeOnEnd: null,     // stops EventSource from reconnecting once the run ended
+  };
+}
+
+function resetView() {
+  if (run.close) run.close();
+  run = newRun();
+  $("events").replaceChildren();
+  $("llm-output").replaceChildren(el("p", { class: "muted" }, "No model output yet."));
+  $("final-state").replaceChildren(el("p", { class: "muted" }, "Shown when the run ends."));
+  $("drops").textContent = "0";
+  $("drops-box").classList.remove("nonzero");
+  $("event-count").textContent = "";
+  applyNodeClasses();
+  setStatus("running", "connecting…");
+  setBusy(true);
+  document.body.dataset.state = "running";
+  return run;
+}
+
+function setStatus(kind, text) {
+  const status = $("status");
+  status.className = kind;
+  status.textContent = text;
+}
+
+function setBusy(busy) {
+  $("start").disabled = busy;
+  $("attach").disabled = busy;
+  $("stop").disabled = !busy;
+  $("graph-select").disabled = busy;
+}
+
+function updateProgress() {
+  const seconds = ((performance.now() - run.startedAt) / 1000).toFixed(2);
+  const step = run.lastStep === null ? "" : ` · step ${run.lastStep}`;
+  $("progress").textContent = `${run.events} events${step} · ${seconds} s`;
+  $("event-count").textContent = String(run.events);
+}
+
+function countDrops(n) {
+  if (n <= 0) return;
+  run.drops += n;
+  $("drops").textContent = String(run.drops);
+  $("drops-box").classList.add("nonzero");
+}
+
+/** One SSE frame of the current run (from fetch or from EventSource). */
+function handleFrame(current, frame) {
+  if (current !== run || run.end) return;
+  let data;
+  try {
+    data = JSON.parse(frame.data);
+  } catch (err) {
+    listEvent({ type: "client", message: `unreadable frame (${err.message}): ${frame.data.slice(0, 200)}` });
+    return;
+  }
+
+  if (frame.event === "dropped") {
+    const n = Number(data.dropped) || 0;
+    countDrops(n);
+    run.announcedDrops += n;
+    listEvent({
+      type: "dropped",
+      message: `${n} events dropped: the server's bounded log no longer held them for this page (${data.total} on this connection)`,
+    });
+    return;
+  }
+
+  if (frame.id !== null && frame.id !== "") {
+    const id = Number(frame.id);
+    if (Number.isInteger(id)) {
+      if (id <= run.lastId) return;               // already shown (a reconnect repeat)
+      const gap = id - run.lastId - 1;
+      const unexplained = gap - run.announcedDrops;
+      if (unexplained > 0) {
+        countDrops(unexplained);
+        listEvent({ type: "gap", message: `${unexplained} events missing before #${id}` });
+      }
+      run.announcedDrops = 0;
+      run.lastId = id;
+    }
+  }
+
+  const meta = data.metadata || {};
+  const type = data.type || frame.event;
+  run.events++;
+  run.counts[type] = (run.counts[type] || 0) + 1;
+  if (meta.session_id && !run.sessionId) learnSession(meta.session_id);
+
+  if (type === "diagnostic" && data.scope === STREAM_END_SCOPE) {
+    const end = readEnd(data);
+    listEvent({ id: frame.id, type, scope: "stream end", message: data.message, end: true, ok: end.status === "completed" });
+    finish(end);
+    return;
+  }
+
+  const node = meta.node_id || null;
+  listEvent({ id: frame.id, type, scope: data.scope, node, message: data.message });
+  if (type === "node" && Number.isInteger(meta.step)) {
+    run.lastStep = Math.max(run.lastStep ?? 0, meta.step);
+  }
+  if ((type === "node" || type === "llm") && node) {
+    noteNode(node, meta.step);
+    setRunning(node);
+  }
+  if (type === "llm") appendModelOutput(node, meta, data);
+  updateProgress();
+}
+
+let lastSessionId = null;
+
+/** Remember the run's session id: Attach uses it when the field is empty. */
+function learnSession(id) {
+  run.sessionId = id;
+  lastSessionId = id;
+  $("session-id").placeholder = "last run: " + id;
+}
+
+function noteNode(node, step) {
+  if (!run.ran.has(node)) run.ran.set(node, { steps: new Set(), events: 0 });
+  const entry = run.ran.get(node);
+  entry.events++;
+  if (Number.isInteger(step)) entry.steps.add(step);
+}
+
+/** Move the "running" highlight to `node`; the node it leaves has run. */
+function setRunning(node) {
+  if (run.running === node) return;
+  if (run.running) markDone(run.running);
+  else markDone("START");
+  run.running = node;
+  const g = view.nodeElements.get(node);
+  if (g) g.classList.add("running");
+}
+
+function markDone(node) {
+  run.done.add(node);
+  const g = view.nodeElements.get(node);
+  if (g) {
+    g.classList.remove("running");
+    g.classList.add("done");
+  }
+}
+
+function appendModelOutput(node, meta, data) {
+  const key = (node || "?") + "\u0000" + (meta.stream_id ?? "");
+  let stream = run.streams.get(key);
+  if (!stream) {
+    const text = el("p", { class: "stream-text" });
+    const element = el("div", { class: "stream" },
+      el("div", { class: "stream-head" }, `${node || "?"}${meta.stream_id ? " · " + meta.stream_id : ""}`),
+      text);
+    if (run.streams.size === 0) $("llm-output").replaceChildren();
+    $("llm-output").append(element);
+    stream = { node, streamId: meta.stream_id ?? null, text: "", final: false, error: false, element, textNode: text };
+    run.streams.set(key, stream);
+  }
+  const isError = data.scope === "llm.error";
+  if (isError) {
+    stream.error = true;
+    stream.element.classList.add("error");
+    stream.textNode.append(el("strong", {}, (stream.text ? "\n" : "") + "error: " + data.message));
+  } else {
+    stream.text += data.message;
+    stream.textNode.append(data.message);
+  }
+  if (meta.is_final || isError) {
+    stream.final = true;
+    stream.element.classList.add("final");
+  }
+}
+
+function listEvent({ id = null, type, scope = "", node = null, message = "", end = false, ok = true }) {
+  const list = $("events");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 24;
+  const item = el("li", { dataset: { type, scope, node: node || "" }, class: end ? "stream-end" : null },
+    el("span", { class: "ev-id" }, id ? "#" + id : ""),
+    el("span", { class: "badge" }, type),
+    el("span", { class: "ev-scope", title: scope }, scope),
+    el("span", { class: "ev-node", title: node || "" }, node || ""),
+    el("span", { class: "ev-message" }, message),
+  );
+  if (id) item.dataset.id = id;
+  if (end && !ok) item.classList.add("bad");
+  list.append(item);
+  while (list.childElementCount > MAX_LISTED_EVENTS) list.firstElementChild.remove();
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+/**
+ * The stream-end event's facts, from its structured metadata (never from the
+ * message text, which a session id or an error message could imitate).
+ */
+function readEnd(data) {
+  const meta = data.metadata || {};
+  const text = (value) => (typeof value === "string" && value ? value : null);
+  return {
+    message: data.message,
+    session: text(meta.session_id),
+    status: text(meta.status) || "unknown",
+    step: Number.isInteger(meta.step) ? meta.step : null,
+    error: text(meta.error),
+  };
+}
+
+function finish(end) {
+  run.end = end;
+  if (end.session && !run.sessionId) learnSession(end.session);
+  if (Number.isFinite(end.step)) run.lastStep = end.step;
+  if (run.running) markDone(run.running);
+  run.running = null;
+  if (end.status === "completed") markDone("END");
+  for (const stream of run.streams.values()) {
+    stream.final = true;
+    stream.element.classList.add("final");
+  }
+  if (run.closeOnEnd) run.closeOnEnd();
+  run.close = null;
+  updateProgress();
+  setStatus(end.status, end.error ? `${end.status}: ${end.error}` : end.status);
+  showFinalState(end);
+  setBusy(false);
+  const current = run;
+  loadFinalState(end).finally(() => {
+    if (current === run) document.body.dataset.state = "done";
+  });
+}
+
+/** Ask the server for the state the run ended with, and show it. */
+async function loadFinalState(end) {
+  const session = end.session || run.sessionId;
+  if (!session) return;
+  const current = run;
+  let info;
+  try {
+    const response = await fetch(`/runs/${encodeURIComponent(session)}/state`);
+    if (!response.ok) return;
+    info = await response.json();
+  } catch (err) {
+    return;
+  }
+  if (current !== run || !info.state) return;
+  const state = info.state;
+  const messages = (state.messages || []).map((m) =>
+    el("li", {}, el("strong", {}, m.role + ": "), m.content));
+  const versions = state.versions || {};
+  const rows = [
+    ["Messages", messages.length ? el("ol", { id: "final-messages" }, ...messages) : el("span", { class: "muted" }, "none")],
+    ["Extra", el("pre", { id: "final-extra" }, JSON.stringify(state.extra || {}, null, 2))],
+    ["Errors", String((state.errors || []).length)],
+    ["Versions", `messages ${versions.messages} · extra ${versions.extra} · errors ${versions.errors}`],
+  ];
+  const list = $("final-state").querySelector("dl");
+  if (!list) return;
+  for (const [term, value] of rows) {
+    list.append(el("dt", {}, term), el("dd", {}, value));
+  }
+}
+
+/** The connection ended (or failed) without the stream-end event. */
+function lost(current, reason) {
+  if (current !== run || run.end) return;
+  if (run.running) markDone(run.running);
+  run.running = null;
+  run.close = null;
+  listEvent({ type: "client", message: reason });
+  setStatus("disconnected", reason);
+  setBusy(false);
+  document.body.dataset.state = "closed";
+}
+
+function showFinalState(end) {
+  const ran = [...run.ran].map(([node, info]) => {
+    const steps = [...info.steps].sort((a, b) => a - b);
+    const where = steps.length ? `step${steps.length > 1 ? "s" : ""} ${steps.join(", ")} · ` : "";
+    return el("li", { dataset: { node } },
+      el("code", {}, node),
+      el("span", { class: "muted" }, ` — ${where}${info.events} event${info.events === 1 ? "" : "s"}`));
+  });
+  const outputs = [...run.streams.values()].map((s) =>
+    el("div", { class: "stream final" + (s.error ? " error" : "") },
+      el("div", { class: "stream-head" }, `${s.node || "?"}${s.streamId ? " · " + s.streamId : ""}`),
+      el("pre", {}, s.text || (s.error ? "(failed)" : "(empty)"))));
+  const counts = Object.entries(run.counts).map(([type, n]) => `${n} ${type}`).join(", ");
+  const rows = [
+    ["Session", el("code", {}, end.session || run.sessionId || "?")],
+    ["Status", el("strong", {}, end.status)],
+    ["Last step", String(end.step ?? run.lastStep ?? "?")],
+    ["Nodes that ran", ran.length ? el("ol", {}, ...ran) : el("span", { class: "muted" }, "none seen in events")],
+    ["Model output", outputs.length ? el("div", { id: "final-llm" }, ...outputs) : el("span", { class: "muted" }, "none")],
+    ["Events", `${run.events} (${counts || "none"})`],
+    ["Missed events", String(run.drops)],
+    ["Sentinel", el("code", {}, end.message)],
+  ];
+  if (end.error) rows.splice(2, 0, ["Error", el("code", {}, end.error)]);
+  $("final-state").replaceChildren(el("dl", {},
+    ...rows.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)])));
+}
+
+// ====================================================================== connections
+
+function readExtra() {
+  const text = $("extra").value.trim();
+  if (!text) return undefined;
+  const value = JSON.parse(text);
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new Error("extra state must be a JSON object");
+  }
+  return value;
+}
+
+/** POST /runs and read the streamed answer frame by frame. */
+async function startRun() {
+  const body = {};
+  const message = $("message").value;
+  body.messages = message.trim() ? [{ role: "user", content: message }] : [];
+  try {
+    const extra = readExtra();
+    if (extra) body.extra = extra;
+  } catch (err) {
+    setStatus("error", "extra: " + err.message);
+    return;
+  }
+  const sessionId = $("session-id").value.trim();
+  if (sessionId) body.session_id = sessionId;
+  if (view.graph) body.graph = view.graph.graph;
+
+  const current = resetView();
+  if (sessionId) learnSession(sessionId);
+  const controller = new AbortController();
+  current.close = () => controller.abort();
+
+  let response;
+  try {
+    response = await fetch("/runs", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify(body),
+      signal: controller.signal,
+    });
+  } catch (err) {
+    lost(current, controller.signal.aborted ? "stopped" : "could not start the run: " + err.message);
+    return;
+  }
+  if (!response.ok) {
+    const info = await response.json().catch(() => ({}));
+    lost(current, `the server refused the run (HTTP ${response.status}): ${info.error || response.statusText}`);
+    setStatus("failed", `refused: ${info.error || response.status}`);
+    return;
+  }
+  if (current === run) setStatus("running", "running");
+
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  const parser = new SSEParser((frame) => handleFrame(current, frame));
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      parser.push(decoder.decode(value, { stream: true }));
+    }
+    parser.push(decoder.decode(), true);
+    lost(current, "the connection closed before the run's end");
+  } catch (err) {
+    lost(current, controller.signal.aborted ? "stopped: this page closed the connection" : "connection lost: " + err.message);
+  }
+}
+
+/** Watch an existing session through EventSource (the browser resumes with Last-Event-ID). */
+async function attach() {
+  const sessionId = $("session-id").value.trim() || lastSessionId;
+  if (!sessionId) {
+    setStatus("failed", "enter the session id to attach to");
+    $("session-id").focus();
+    return;
+  }
+  setBusy(true);
+  document.body.dataset.state = "running";
+  // Show the session's own graph when the server knows which it is.
+  try {
+    const runs = await (await fetch("/runs")).json();
+    const known = (runs.runs || []).find((r) => r.session_id === sessionId);
+    if (known && known.graph && view.graph && known.graph !== view.graph.graph && view.graphs.includes(known.graph)) {
+      await loadGraph(known.graph);
+    }
+  } catch (err) {
+    // Listing runs is only a convenience; attaching works without it.
+  }
+
+  const current = resetView();
+  learnSession(sessionId);
+  const source = new EventSource("/runs/" + encodeURIComponent(sessionId) + "/events");
+  current.close = () => source.close();
+  current.closeOnEnd = current.close;
+  const onFrame = (event) => handleFrame(current, {
+    id: event.type === "dropped" ? null : event.lastEventId,
+    event: event.type,
+    data: event.data,
+  });
+  for (const type of ["node", "diagnostic", "llm", "dropped", "message"]) {
+    source.addEventListener(type, onFrame);
+  }
+  source.onopen = () => { if (current === run && !run.end) setStatus("running", "attached"); };
+  source.onerror = () => {
+    if (current !== run || run.end) return;
+    if (source.readyState === EventSource.CLOSED) {
+      lost(current, `could not attach to ${sessionId} (unknown session?)`);
+      source.close();
+    } else {
+      setStatus("running", "reconnecting…");
+    }
+  };
+}
+
+function stop() {
+  if (!run.close || run.end) return;
+  const closing = run.close;
+  closing();
+  lost(run, "stopped: this page closed the connection");
+}
+
+// ========================================================================= wiring
+
+$("run-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  startRun();
+});
+$("message").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    event.preventDefault();
+    if (!$("start").disabled) startRun();
+  }
+});
+$("attach").addEventListener("click", attach);
+$("stop").addEventListener("click", stop);
+$("graph-select").addEventListener("change", (event) => {
+  loadGraph(event.target.value).catch(showGraphError);
+});
+
+function showGraphError(err) {
+  $("graph").replaceChildren(el("p", { class: "placeholder" }, "Could not load the graph: " + err.message));
+}
+
+setBusy(false);
+loadGraph(new URLSearchParams(location.search).get("graph"))
+  .then(() => { document.body.dataset.state = "ready"; })
+  .catch((err) => {
+    showGraphError(err);
+    document.body.dataset.state = "ready";
+  });
