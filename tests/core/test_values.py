@@ -257,6 +257,8 @@ OUTSIDE = {
     "plain class": (Plain(), "value", "Plain"),
     "unregistered attrs": (NotRegistered(1), "value", "register_type(NotRegistered)"),
     "str subclass": (MyStr("x"), "value", "str(x)"),
+    "read-only mapping": (VersionedState().extra, "value", "dict(x)"),
+    "history": (VersionedState().messages, "value", "list(x)"),
     "complex in a list": ([1, 2, 1j], "value[2]", "complex"),
     "nested key path": (
         {"tools": [{}, {}, {"when": Plain()}]},

@@ -34,7 +34,8 @@ import sys
 import uuid
 import weakref
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -260,6 +261,11 @@ def _describe(value: object) -> str:
                     f" a plain {base.__name__}; convert it with {convert}"
                 )
                 break
+        else:
+            if isinstance(value, Mapping):
+                hint = "convert it with dict(x)"
+            elif isinstance(value, Sequence | AbstractSet):
+                hint = "convert it with list(x), tuple(x) or set(x)"
     return f"{_short(value)} is a {name}, outside the storable value domain; {hint}"
 
 
