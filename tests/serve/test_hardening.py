@@ -41,7 +41,7 @@ from weavegraph import (
     RuntimeConfig,
     SQLiteCheckpointer,
 )
-from weavegraph.serve import sse_app
+from weavegraph.serve import serve_sse, sse_app
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Async generator:ResourceWarning"),
@@ -129,6 +129,18 @@ async def test_a_body_that_never_arrives_gets_408_and_its_connection_closed() ->
                     answer = await raw.answer()
                     nursery.cancel_scope.cancel()
             assert answer.status == 408, answer
+
+
+async def test_headers_that_never_end_are_cut_by_the_keep_alive_timeout() -> None:
+    # Hypercorn's idle timer runs until a request's headers are in; serve_sse
+    # sets it (keep_alive_timeout), so a slow-headers client is bounded too.
+    async with running_server(sse_app(ticker()), keep_alive_timeout=0.5) as url:
+        async with RawClient.connect(url) as raw:
+            await raw.stream.send_all(b"POST /runs HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            with trio.fail_after(4):  # hypercorn's default would be 5 s
+                assert await raw.closed_by_server()
+    with pytest.raises(ConfigError, match="pass the options to sse_app"):
+        await serve_sse(sse_app(ticker()), port=0, max_runs=3)
 
 
 async def test_requests_beyond_the_cap_get_503_and_the_server_recovers() -> None:

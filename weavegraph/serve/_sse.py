@@ -155,7 +155,14 @@ def default_max_connections() -> int:
 
 
 class SSEApp:
-    """The ASGI application returned by `sse_app` (see it for the options)."""
+    """The ASGI application returned by `sse_app` (see it for the options).
+
+    Attributes:
+        apps: The served `App` objects by name.
+        runs: The runs this server holds, live and recently finished, oldest
+            first.
+        closing: Whether a shutdown began (new requests get 503).
+    """
 
     def __init__(
         self,
