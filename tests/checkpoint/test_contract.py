@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import trio
 
 from weavegraph import (
     CheckpointConflict,
+    Checkpointer,
     CheckpointError,
     ErrorEvent,
     InMemoryCheckpointer,
+    InvalidSessionIdError,
     Message,
     NodePartial,
     PostgresCheckpointer,
@@ -25,19 +29,26 @@ BACKENDS = ["memory", "sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
-async def store(
+def make_store(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[object]:
+) -> Callable[[], Checkpointer]:
+    """A factory of stores over the same data (a new object, connections each)."""
     if request.param == "memory":
-        cp: object = InMemoryCheckpointer()
-    elif request.param == "sqlite":
-        cp = SQLiteCheckpointer(tmp_path / "runs.db")
-    else:
-        cp = PostgresCheckpointer(request.getfixturevalue("postgres_dsn"))
+        shared = InMemoryCheckpointer()
+        return lambda: shared
+    if request.param == "sqlite":
+        return lambda: SQLiteCheckpointer(tmp_path / "runs.db")
+    dsn = request.getfixturevalue("postgres_dsn")
+    return lambda: PostgresCheckpointer(dsn)
+
+
+@pytest.fixture
+async def store(make_store: Callable[[], Checkpointer]) -> AsyncIterator[Any]:
+    cp = make_store()
     try:
         yield cp
     finally:
-        await cp.aclose()  # type: ignore[attr-defined]
+        await cp.aclose()
 
 
 def grow(state: VersionedState, i: int, **extra: object) -> VersionedState:
@@ -67,9 +78,21 @@ def history(
                 skipped_nodes=["x"] if i == 2 else [],
                 updated_channels=["messages", "extra"],
                 concurrency_limit=4,
+                parent_step=i - 1,
             )
         )
     return out
+
+
+def then(cp: Checkpoint, **extra: object) -> Checkpoint:
+    """The checkpoint after ``cp``: one more step, ``extra`` written."""
+    return Checkpoint(
+        session_id=cp.session_id,
+        step=cp.step + 1,
+        state=grow(cp.state, cp.step + 1, **extra),
+        frontier=["n"],
+        parent_step=cp.step,
+    )
 
 
 def same(a: Checkpoint, b: Checkpoint) -> None:
@@ -79,6 +102,7 @@ def same(a: Checkpoint, b: Checkpoint) -> None:
     assert a.frontier == b.frontier
     assert dict(a.versions_seen) == dict(b.versions_seen)
     assert dict(a.join_progress) == dict(b.join_progress)
+    assert a.parent_step == b.parent_step
     assert (a.ran_nodes, a.skipped_nodes, a.updated_channels) == (
         b.ran_nodes,
         b.skipped_nodes,
@@ -243,3 +267,245 @@ async def test_many_sessions_saved_concurrently(store) -> None:
         for i in range(30):
             nursery.start_soon(store.save, history(f"s{i}", 1)[-1])
     assert len(await store.list_sessions()) == 30
+
+
+# ------------------------------------------------------------ the base class
+
+
+async def test_every_store_is_a_checkpointer_with_a_backend_name(
+    store: Any, make_store: Callable[[], Checkpointer]
+) -> None:
+    assert isinstance(store, Checkpointer)
+    assert store.backend in {"memory", "sqlite", "postgres"}
+    assert (
+        store.backend
+        == {
+            InMemoryCheckpointer: "memory",
+            SQLiteCheckpointer: "sqlite",
+            PostgresCheckpointer: "postgres",
+        }[type(store)]
+    )
+    async with make_store() as opened:
+        assert isinstance(opened, type(store))
+        await opened.append(history("ctx", 0))
+    async with make_store() as again:
+        latest = await again.load_latest("ctx")
+        assert latest is not None and latest.step == 0
+
+
+def test_a_store_must_implement_the_whole_protocol() -> None:
+    class Partial(Checkpointer):
+        async def save_many(self, checkpoints: Any) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        Partial()  # type: ignore[abstract]
+
+
+# ------------------------------------------------------- the guarded write path
+
+
+async def test_append_stores_a_chain_with_its_parents(store: Any) -> None:
+    saved = history("s", 5)
+    await store.append(saved[:3])
+    await store.append(saved[3:])
+    latest = await store.load_latest("s")
+    assert latest is not None
+    same(latest, saved[-1])
+    assert latest.parent_step == 4
+    page = await store.query_steps("s")
+    assert [c.parent_step for c in page.checkpoints] == [4, 3, 2, 1, 0, None]
+
+
+async def test_a_stale_writer_is_refused_and_stores_nothing(store: Any) -> None:
+    base = history("s", 3)
+    await store.append(base)
+    winner = then(base[-1], who="winner")
+    loser = then(base[-1], who="loser")
+    await store.append([winner, then(winner)])
+    with pytest.raises(CheckpointConflict, match="expected last step 3, found 5") as e:
+        await store.append([loser, then(loser)])
+    assert (e.value.session_id, e.value.expected, e.value.found) == ("s", 3, 5)
+    latest = await store.load_latest("s")
+    assert latest is not None and latest.step == 5
+    assert latest.state.extra["who"] == "winner"
+    page = await store.query_steps("s", min_step=4)
+    assert [c.state.extra["who"] for c in page.checkpoints] == ["winner", "winner"]
+
+
+async def test_a_new_session_step_zero_conflicts_once_the_session_exists(
+    store: Any,
+) -> None:
+    first = history("s", 0)[0]
+    await store.append([first])
+    again = attrs.evolve(first, state=VersionedState.with_user_message("other"))
+    with pytest.raises(CheckpointConflict, match="expected last step None, found 0"):
+        await store.append([again])
+    with pytest.raises(CheckpointConflict, match="found None"):
+        await store.append([then(history("unknown", 0)[0])])
+    latest = await store.load_latest("s")
+    assert latest is not None and latest.state == first.state
+
+
+async def test_a_batch_is_all_or_nothing(store: Any) -> None:
+    base = history("s", 2)
+    await store.append(base)
+    await store.append(history("other", 1))
+    good = then(base[-1])
+    # The second checkpoint does not follow the first: the whole batch fails.
+    gap = attrs.evolve(then(good), step=good.step + 2, parent_step=good.step + 1)
+    with pytest.raises(CheckpointConflict):
+        await store.append([good, gap])
+    # Across sessions too: "other" is stale, so "s" is not stored either.
+    stale_other = attrs.evolve(then(history("other", 1)[-1]), parent_step=0, step=1)
+    with pytest.raises(CheckpointConflict, match="'other'"):
+        await store.append([good, stale_other])
+    latest = await store.load_latest("s")
+    assert latest is not None and latest.step == 2
+    assert (await store.query_steps("s")).total == 3
+
+
+async def test_a_step_must_come_after_its_parent(store: Any) -> None:
+    base = history("s", 2)
+    await store.append(base)
+    backwards = attrs.evolve(then(base[-1]), step=2)
+    with pytest.raises(CheckpointError, match="a step follows its parent"):
+        await store.append([backwards])
+
+
+async def test_save_with_concurrency_check_is_append_with_a_parent(store: Any) -> None:
+    steps = history("s", 2)
+    for cp in steps:
+        await store.save_with_concurrency_check(
+            attrs.evolve(cp, parent_step=None), cp.parent_step
+        )
+    latest = await store.load_latest("s")
+    assert latest is not None and latest.parent_step == 1
+
+
+async def test_writes_refuse_invalid_session_ids(store: Any) -> None:
+    cp = Checkpoint(session_id="a/b", step=0, state=VersionedState())
+    with pytest.raises(InvalidSessionIdError):
+        await store.append([cp])
+    with pytest.raises(InvalidSessionIdError):
+        await store.save(cp)
+    assert await store.list_sessions() == []
+
+
+async def test_a_value_rewritten_to_an_equal_one_of_another_type_is_stored(
+    store: Any,
+) -> None:
+    # 1 == True == 1.0: a delta that compared values would drop these writes.
+    cp = Checkpoint(
+        session_id="s",
+        step=0,
+        state=VersionedState(extra={"flag": True, "n": 1, "x": 2.0, "l": [1]}),
+    )
+    await store.append([cp])
+    for step, extra in enumerate(
+        [{"flag": 1, "n": 1.0, "x": 2, "l": [True]}, {"flag": False}], start=1
+    ):
+        state = apply_barrier(cp.state, ["n"], [NodePartial(extra=extra)]).state
+        cp = Checkpoint(session_id="s", step=step, state=state, parent_step=step - 1)
+        await store.append([cp])
+    latest = await store.load_latest("s")
+    assert latest is not None
+    got = dict(latest.state.extra)
+    assert got == {"flag": False, "n": 1.0, "x": 2, "l": [True]}
+    assert [type(v) for v in got.values()] == [bool, float, int, list]
+    assert type(got["l"][0]) is bool
+    page = await store.query_steps("s", min_step=1, max_step=1)
+    assert type(page.checkpoints[0].state.extra["flag"]) is int
+
+
+# ------------------------------------------------------------ pending records
+
+PENDING: dict[str, Any] = {
+    "partials": {
+        "a": {"extra": {"facts": [1, 2.5, "x", None, True, {"deep": [[], {}]}]}},
+        "b": {"messages": [{"role": "assistant", "content": "done ✓"}]},
+    },
+    "error": {"node": "c", "message": "boom", "attempt": 3},
+    "big": 2**62,
+    "zero": -0.0,
+}
+
+
+def exactly(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(exactly(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(exactly, a, b))
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    return bool(a == b)
+
+
+async def test_a_pending_record_attaches_to_the_latest_step(
+    store: Any, make_store: Callable[[], Checkpointer]
+) -> None:
+    await store.append(history("s", 2))
+    assert (await store.load_latest("s")).pending is None
+    await store.save_pending("s", 2, PENDING)
+    async with make_store() as reader:
+        latest = await reader.load_latest("s")
+    assert latest is not None and latest.step == 2
+    assert latest.pending is not None and exactly(dict(latest.pending), PENDING)
+    page = await store.query_steps("s")
+    assert page.checkpoints[0].pending == latest.pending
+    assert [c.pending for c in page.checkpoints[1:]] == [None, None]
+    await store.save_pending("s", 2, {"only": "this"})
+    assert dict((await store.load_latest("s")).pending) == {"only": "this"}
+    await store.save_pending("s", 2, None)
+    assert (await store.load_latest("s")).pending is None
+
+
+async def test_a_pending_record_needs_the_latest_step(store: Any) -> None:
+    await store.append(history("s", 2))
+    with pytest.raises(CheckpointConflict, match="expected last step 1, found 2"):
+        await store.save_pending("s", 1, {"x": 1})
+    with pytest.raises(CheckpointConflict, match="found None"):
+        await store.save_pending("nope", 0, {"x": 1})
+    assert (await store.load_latest("s")).pending is None
+    with pytest.raises(CheckpointError, match="mapping"):
+        await store.save_pending("s", 2, ["not", "a", "mapping"])  # type: ignore[arg-type]
+
+
+async def test_a_following_step_clears_the_pending_record(store: Any) -> None:
+    steps = history("s", 3)
+    await store.append(steps[:2])
+    await store.save_pending("s", 1, {"x": 1})
+    await store.save(steps[0])  # out of order: the latest step stays, and its record
+    assert dict((await store.load_latest("s")).pending) == {"x": 1}
+    await store.append([steps[2]])
+    latest = await store.load_latest("s")
+    assert latest is not None and latest.step == 2 and latest.pending is None
+    await store.save_pending("s", 2, {"y": 2})
+    await store.save(steps[3])  # the unguarded path clears it too
+    assert (await store.load_latest("s")).pending is None
+
+
+async def test_a_pending_record_is_written_with_its_step(store: Any) -> None:
+    steps = history("s", 2)
+    await store.append(steps[:2])
+    failed = attrs.evolve(steps[2], pending=PENDING)
+    await store.append([failed])
+    latest = await store.load_latest("s")
+    assert latest is not None and latest.step == 2
+    assert exactly(dict(latest.pending), PENDING)
+    # A conflicting batch stores neither its steps nor its record.
+    stale = attrs.evolve(steps[2], pending={"stale": True})
+    with pytest.raises(CheckpointConflict):
+        await store.append([stale])
+    assert exactly(dict((await store.load_latest("s")).pending), PENDING)
+
+
+async def test_deleting_a_session_deletes_its_pending_record(store: Any) -> None:
+    await store.append(history("s", 1))
+    await store.save_pending("s", 1, {"x": 1})
+    assert await store.delete_session("s") is True
+    await store.append(history("s", 0))
+    assert (await store.load_latest("s")).pending is None

@@ -1,8 +1,8 @@
 """Checkpointers: where sessions are saved between supersteps.
 
 `InMemoryCheckpointer` for tests, `SQLiteCheckpointer` (embedded, the default
-for durable runs) and `PostgresCheckpointer` (the ``postgres`` extra) all follow
-the `Checkpointer` protocol.
+for durable runs) and `PostgresCheckpointer` (the ``postgres`` extra) all derive from
+the `Checkpointer` base class.
 """
 
 from __future__ import annotations

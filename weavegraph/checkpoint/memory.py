@@ -3,87 +3,147 @@
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
-from typing import Self
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import attrs
 import trio
 
-from .._core.errors import CheckpointConflict
+from .._core.errors import CheckpointConflict, CheckpointError
+from .._core.session import check_session_id
+from ._rows import copy_pending
 from .record import (
     Checkpoint,
+    Checkpointer,
     SessionSummary,
     StepPage,
+    check_chain,
     check_query,
 )
 
 
-class InMemoryCheckpointer:
+@attrs.define
+class _Session:
+    steps: dict[int, Checkpoint]
+    latest: int
+    created: _dt.datetime
+    updated: _dt.datetime
+    pending: Mapping[str, Any] | None = None
+
+
+class InMemoryCheckpointer(Checkpointer):
     """Keeps every step of every session in memory.
 
     Steps share their message history (states are immutable and share storage),
-    so keeping all of them costs little. Operations never block; each is atomic.
+    so keeping all of them costs little. Every operation is atomic (it never
+    yields between checking and writing) and a trio checkpoint. Pending records
+    go through the same value encoding as the SQL stores', so what comes back
+    is what any store would give back.
     """
 
-    backend = "in-memory"
-
     def __init__(self) -> None:
-        self._steps: dict[str, dict[int, Checkpoint]] = {}
-        self._latest: dict[str, int] = {}
-        self._created: dict[str, _dt.datetime] = {}
-        self._updated: dict[str, _dt.datetime] = {}
+        self._sessions: dict[str, _Session] = {}
 
     def __repr__(self) -> str:
-        return f"InMemoryCheckpointer({len(self._steps)} sessions)"
+        return f"InMemoryCheckpointer({len(self._sessions)} sessions)"
+
+    @property
+    def backend(self) -> str:
+        """``"memory"``."""
+        return "memory"
+
+    def _check(self, checkpoints: Sequence[Checkpoint]) -> list[Checkpoint]:
+        out = []
+        for checkpoint in checkpoints:
+            if not isinstance(checkpoint, Checkpoint):
+                raise CheckpointError(f"expected a Checkpoint, got {checkpoint!r}")
+            check_session_id(checkpoint.session_id)
+            pending = checkpoint.pending
+            if pending is not None:
+                checkpoint = attrs.evolve(checkpoint, pending=copy_pending(pending))
+            out.append(checkpoint)
+        return out
 
     def _store(self, checkpoint: Checkpoint) -> None:
         sid = checkpoint.session_id
         now = _dt.datetime.now(_dt.UTC)
-        self._steps.setdefault(sid, {})[checkpoint.step] = checkpoint
-        self._created.setdefault(sid, now)
-        self._updated[sid] = now
+        pending = checkpoint.pending
+        if pending is not None:
+            checkpoint = attrs.evolve(checkpoint, pending=None)
+        session = self._sessions.get(sid)
+        if session is None:
+            session = _Session({}, checkpoint.step, now, now)
+            self._sessions[sid] = session
+        session.steps[checkpoint.step] = checkpoint
+        session.updated = now
         # Monotonic: an out-of-order write never moves the latest step back.
-        self._latest[sid] = max(self._latest.get(sid, checkpoint.step), checkpoint.step)
+        if checkpoint.step >= session.latest:
+            session.latest = checkpoint.step
+            session.pending = pending
 
-    async def save(self, checkpoint: Checkpoint) -> None:
-        """Store ``checkpoint``."""
-        self._store(checkpoint)
+    async def append(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Store ``checkpoints``, each after its parent, all or nothing.
+
+        Raises:
+            CheckpointConflict: a parent is not the session's latest step.
+        """
         await trio.lowlevel.checkpoint()
+        checked = self._check(checkpoints)
+        check_chain(checked, {sid: s.latest for sid, s in self._sessions.items()})
+        for checkpoint in checked:
+            self._store(checkpoint)
 
     async def save_many(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Store several checkpoints."""
-        for checkpoint in checkpoints:
+        """Store several checkpoints unconditionally."""
+        await trio.lowlevel.checkpoint()
+        for checkpoint in self._check(checkpoints):
             self._store(checkpoint)
-        await trio.lowlevel.checkpoint()
 
-    async def save_with_concurrency_check(
-        self, checkpoint: Checkpoint, expected_last_step: int | None
+    async def save_pending(
+        self, session_id: str, base_step: int, pending: Mapping[str, Any] | None
     ) -> None:
-        """Store only if the session ends at ``expected_last_step`` (atomic)."""
+        """Attach ``pending`` to the session's latest step (``None``: clear it).
+
+        Raises:
+            CheckpointConflict: ``base_step`` is not the session's latest step.
+        """
         await trio.lowlevel.checkpoint()
-        found = self._latest.get(checkpoint.session_id)
-        if found != expected_last_step:
-            raise CheckpointConflict(checkpoint.session_id, expected_last_step, found)
-        self._store(checkpoint)
+        value = None if pending is None else copy_pending(pending)
+        session = self._sessions.get(session_id)
+        found = None if session is None else session.latest
+        if session is None or found != base_step:
+            raise CheckpointConflict(session_id, base_step, found)
+        session.pending = value
+        session.updated = _dt.datetime.now(_dt.UTC)
+
+    def _with_pending(self, session: _Session, checkpoint: Checkpoint) -> Checkpoint:
+        if session.pending is None or checkpoint.step != session.latest:
+            return checkpoint
+        return attrs.evolve(checkpoint, pending=session.pending)
 
     async def load_latest(self, session_id: str) -> Checkpoint | None:
-        """The newest checkpoint of ``session_id``, or ``None``."""
+        """The session's newest checkpoint with its pending record, or ``None``."""
         await trio.lowlevel.checkpoint()
-        step = self._latest.get(session_id)
-        return None if step is None else self._steps[session_id][step]
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        return self._with_pending(session, session.steps[session.latest])
 
     async def list_sessions(self) -> list[SessionSummary]:
         """Every session, most recently updated first."""
         await trio.lowlevel.checkpoint()
-        order = sorted(self._steps, key=lambda s: (self._updated[s], s), reverse=True)
+        order = sorted(
+            self._sessions.items(), key=lambda i: (i[1].updated, i[0]), reverse=True
+        )
         return [
             SessionSummary(
                 session_id=sid,
-                last_step=self._latest[sid],
-                created_at=self._created[sid],
-                updated_at=self._updated[sid],
-                graph_hash=self._steps[sid][self._latest[sid]].graph_hash,
+                last_step=s.latest,
+                created_at=s.created,
+                updated_at=s.updated,
+                graph_hash=s.steps[s.latest].graph_hash,
             )
-            for sid in order
+            for sid, s in order
         ]
 
     async def query_steps(
@@ -100,43 +160,28 @@ class InMemoryCheckpointer:
         """A page of the session's steps, newest first; node filters are exact."""
         check_query(limit, offset)
         await trio.lowlevel.checkpoint()
+        session = self._sessions.get(session_id)
+        steps = {} if session is None else session.steps
         matching = [
             cp
-            for step, cp in sorted(
-                self._steps.get(session_id, {}).items(), reverse=True
-            )
+            for step, cp in sorted(steps.items(), reverse=True)
             if (min_step is None or step >= min_step)
             and (max_step is None or step <= max_step)
             and (ran_node is None or ran_node in cp.ran_nodes)
             and (skipped_node is None or skipped_node in cp.skipped_nodes)
         ]
+        page = matching[offset : offset + limit]
+        if session is not None:
+            page = [self._with_pending(session, cp) for cp in page]
         return StepPage(
-            checkpoints=tuple(matching[offset : offset + limit]),
-            total=len(matching),
-            offset=offset,
-            limit=limit,
+            checkpoints=tuple(page), total=len(matching), offset=offset, limit=limit
         )
 
     async def delete_session(self, session_id: str) -> bool:
         """Forget the session; whether it existed."""
         await trio.lowlevel.checkpoint()
-        existed = self._steps.pop(session_id, None) is not None
-        self._latest.pop(session_id, None)
-        self._created.pop(session_id, None)
-        self._updated.pop(session_id, None)
-        return existed
-
-    async def open(self) -> None:
-        """Nothing to open."""
-        await trio.lowlevel.checkpoint()
+        return self._sessions.pop(session_id, None) is not None
 
     async def aclose(self) -> None:
         """Nothing to release."""
         await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()

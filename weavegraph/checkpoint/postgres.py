@@ -3,21 +3,20 @@
 psycopg's async API does not run on trio, so this uses psycopg 3's synchronous
 API with a `psycopg_pool.ConnectionPool`, each operation in a worker thread; a
 `trio.CapacityLimiter` the size of the pool keeps threads and connections in
-step. Writes are not abandoned when cancelled: a started transaction finishes.
+step, and reads (`query_steps`, `list_sessions`) use at most all connections
+but one, so a write never waits behind replays. Writes are not abandoned when
+cancelled: a started transaction finishes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
-from .._core.errors import CheckpointConflict, CheckpointError
+from .._core.errors import CheckpointError
 from . import sql
-from .record import (
-    Checkpoint,
-)
 
 T = TypeVar("T")
 
@@ -25,8 +24,12 @@ T = TypeVar("T")
 class PostgresCheckpointer(sql.SQLCheckpointer):
     """Checkpoints in PostgreSQL.
 
-    The schema is created or upgraded on first use; a database whose ``sessions``
-    or ``steps`` tables were not written by weavegraph is refused untouched.
+    The schema is created or upgraded on first use; a database whose
+    ``sessions``, ``steps`` or ``pending_writes`` (table or view) were not
+    written by weavegraph is refused untouched. Writes run at READ COMMITTED
+    with the session's row locked (``SELECT … FOR UPDATE``), so of two
+    processes continuing one step exactly one commits; multi-statement reads
+    run at REPEATABLE READ, READ ONLY.
 
     Args:
         dsn: A libpq connection string or URI
@@ -35,7 +38,6 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
         statement_timeout: Seconds after which the server cancels a statement.
     """
 
-    backend = "postgres"
     dialect = sql.POSTGRES
 
     def __init__(
@@ -52,12 +54,19 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
         self._timeout_ms = int(statement_timeout * 1000)
         self._pool: Any = None
         self._limiter = trio.CapacityLimiter(pool_size)
+        # Reads leave a connection for writes: replays never hold up a run.
+        self._read_limiter = trio.CapacityLimiter(max(1, pool_size - 1))
         self._open_lock = trio.Lock()
         self._closed = False
         super().__init__()
 
     def __repr__(self) -> str:
         return f"PostgresCheckpointer(pool_size={self._pool_size})"
+
+    @property
+    def backend(self) -> str:
+        """``"postgres"``."""
+        return "postgres"
 
     def _make_pool(self) -> Any:
         try:
@@ -106,7 +115,7 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
                     self._pool = await trio.to_thread.run_sync(self._make_pool)
         return self._pool
 
-    async def _run(self, fn: Callable[[Any], T]) -> T:
+    async def _write(self, fn: Callable[[Any], T]) -> T:
         pool = await self._ensure_pool()
 
         def call() -> T:
@@ -120,21 +129,13 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
 
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
 
+    async def _read(self, fn: Callable[[Any], T]) -> T:
+        async with self._read_limiter:
+            return await self._write(fn)
+
     async def open(self) -> None:
         """Connect (and create or upgrade the schema) now rather than at first use."""
         await self._ensure_pool()
-
-    def _checked_write(
-        self, conn: Any, planned: list[sql.PlannedRow], expected: int | None
-    ) -> dict[str, tuple[Checkpoint, str]]:
-        import psycopg
-
-        try:
-            return super()._checked_write(conn, planned, expected)
-        except psycopg.errors.UniqueViolation as exc:
-            # Two writers created the same new session: the second loses.
-            session = planned[0].checkpoint.session_id
-            raise CheckpointConflict(session, expected, None) from exc
 
     async def aclose(self) -> None:
         """Close the pool. Idempotent."""
@@ -144,10 +145,3 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
             await trio.to_thread.run_sync(pool.close)
         else:
             await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()

@@ -3,40 +3,71 @@
 Plain synchronous functions over a DB-API connection; the backends run them in
 worker threads. Differences between the two databases are confined to `Dialect`.
 
-Schema (``schema_version`` 2):
+Schema (``schema_version`` 3):
 
 * ``weavegraph_meta(key, value)``: marks the database as a weavegraph store and
   records its schema version.
 * ``sessions(id, created_at, updated_at, last_step, concurrency_limit,
   graph_hash, config_hash)``: one row per session; ``last_step`` only ever grows
   (an out-of-order write never moves it back).
-* ``steps(session_id, step, base_step, created_at, state_json, frontier_json,
-  seen_json, joins_json, ran_nodes_json, skipped_nodes_json,
-  updated_channels_json, digest)``: one row per stored step, as a delta from
-  ``base_step`` (see `record`).
+* ``steps(session_id, step, base_step, parent_step, snap_step, mroot, eroot,
+  created_at, state_json, messages_json, errors_json, seen_json, frontier_json,
+  joins_json, ran_nodes_json, skipped_nodes_json, updated_channels_json,
+  digest)``: one row per stored step, as a delta from ``base_step`` (see
+  `_rows`).
+* ``pending_writes(session_id, base_step, created_at, value_json, digest)``: at
+  most one pending record per session, attached to its latest step.
+
+Writes lock the session row for their transaction (SQLite: ``BEGIN
+IMMEDIATE``, which takes the database's write lock; PostgreSQL: ``SELECT … FOR
+UPDATE`` at READ COMMITTED, sessions locked in id order), so checking the
+latest step and writing after it cannot be split by another writer, in this
+process or another. Reads of several statements run in one snapshot (SQLite: a
+read transaction; PostgreSQL: REPEATABLE READ, READ ONLY).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 import attrs
+import trio
 
 from .._core.errors import CheckpointConflict, CheckpointError
+from .._core.session import check_session_id
+from . import _legacy
+from ._rows import (
+    COLUMNS,
+    PendingRow,
+    RowSource,
+    StepRow,
+    Stored,
+    corrupt,
+    decode_pending,
+    decode_steps,
+    encode_pending,
+    parse_time,
+    plan_session,
+    row_from,
+    row_values,
+)
 from .record import (
     Checkpoint,
+    Checkpointer,
     SessionSummary,
     StepPage,
-    StepRow,
+    check_chain,
     check_query,
-    decode_rows,
-    encode_row,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORE_MARK = "weavegraph-checkpoints"
+SQLITE_APPLICATION_ID = int.from_bytes(b"WGCP", "big")
+"""``PRAGMA application_id`` of a weavegraph SQLite store."""
+
+OUR_TABLES = frozenset({"weavegraph_meta", "sessions", "steps", "pending_writes"})
 
 Cursor = Any
 Connection = Any
@@ -53,6 +84,8 @@ class Dialect:
     has_node_filter: Callable[[str, str], str]
     lock_session: str  # appended to the SELECT of the session row in a transaction
     list_tables: str
+    begin_write: tuple[str, ...]
+    begin_read: tuple[str, ...]
 
     def q(self, sql: str) -> str:
         """``sql`` with ``?`` placeholders rewritten for this database."""
@@ -66,8 +99,10 @@ SQLITE = Dialect(
     has_node_filter=lambda column, ph: (
         f"EXISTS (SELECT 1 FROM json_each(steps.{column}) AS j WHERE j.value = {ph})"
     ),
-    lock_session="",
-    list_tables="SELECT name FROM sqlite_master WHERE type = 'table'",
+    lock_session="",  # BEGIN IMMEDIATE already holds the database's write lock
+    list_tables="SELECT name FROM sqlite_master",
+    begin_write=("BEGIN IMMEDIATE",),
+    begin_read=("BEGIN",),
 )
 
 POSTGRES = Dialect(
@@ -82,7 +117,12 @@ POSTGRES = Dialect(
         "SELECT table_name FROM information_schema.tables"
         " WHERE table_schema = current_schema()"
     ),
+    begin_write=(),
+    begin_read=("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",),
 )
+
+
+# ------------------------------------------------------------------- schema
 
 
 def _migrations(d: Dialect) -> list[list[str]]:
@@ -119,51 +159,105 @@ def _migrations(d: Dialect) -> list[list[str]]:
             "ALTER TABLE sessions ADD COLUMN config_hash TEXT NOT NULL DEFAULT ''",
             "CREATE INDEX steps_base_step ON steps (session_id, base_step)",
         ],
+        [
+            f"ALTER TABLE steps ADD COLUMN parent_step {d.bigint}",
+            f"ALTER TABLE steps ADD COLUMN snap_step {d.bigint} NOT NULL DEFAULT 0",
+            f"ALTER TABLE steps ADD COLUMN mroot {d.bigint} NOT NULL DEFAULT 0",
+            f"ALTER TABLE steps ADD COLUMN eroot {d.bigint} NOT NULL DEFAULT 0",
+            "ALTER TABLE steps ADD COLUMN messages_json TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE steps ADD COLUMN errors_json TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX steps_messages ON steps (session_id, mroot, step)"
+            " WHERE messages_json <> ''",
+            "CREATE INDEX steps_errors ON steps (session_id, eroot, step)"
+            " WHERE errors_json <> ''",
+            f"""CREATE TABLE pending_writes (
+                session_id TEXT PRIMARY KEY
+                    REFERENCES sessions (id) ON DELETE CASCADE,
+                base_step {d.bigint} NOT NULL,
+                created_at TEXT NOT NULL,
+                value_json TEXT NOT NULL,
+                digest TEXT NOT NULL
+            )""",
+        ],
     ]
 
 
 def migrate(conn: Connection, d: Dialect, *, target: int = SCHEMA_VERSION) -> int:
     """Create or upgrade the schema in one transaction; return the version found.
 
+    A database is used only if it is a weavegraph store or entirely empty;
+    anything else is refused before a single byte is written.
+
     Raises:
-        CheckpointError: the database holds other tables but is not a weavegraph
+        CheckpointError: the database holds anything that is not a weavegraph
             store, or its schema is newer than this version of weavegraph.
     """
     cur = conn.cursor()
     if d.name == "sqlite":
         cur.execute("BEGIN IMMEDIATE")  # DDL is transactional in SQLite too
-    cur.execute(d.list_tables)
-    tables = {row[0] for row in cur.fetchall()}
+    else:
+        # Two processes opening a fresh database at once must not both create it.
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('weavegraph-migrate'))")
     try:
-        return _migrate(conn, cur, d, tables, target)
+        return _migrate(conn, cur, d, target)
     except BaseException:
         conn.rollback()
         raise
 
 
-def _migrate(
-    conn: Connection, cur: Cursor, d: Dialect, tables: set[str], target: int
-) -> int:
+def _foreign(what: str) -> CheckpointError:
+    return CheckpointError(
+        f"the database is not a weavegraph checkpoint store ({what}); refusing to"
+        " modify it. Point the checkpointer at a new file or an empty database"
+    )
+
+
+def _check_empty(cur: Cursor, d: Dialect, names: set[str]) -> None:
+    """Refuse a database without ``weavegraph_meta`` unless it is empty."""
+    if d.name == "sqlite":
+        if names:
+            raise _foreign(f"it already holds {', '.join(sorted(names))}")
+        cur.execute("PRAGMA user_version")
+        (user_version,) = cur.fetchone()
+        cur.execute("PRAGMA application_id")
+        (application_id,) = cur.fetchone()
+        if user_version != 0:
+            raise _foreign(
+                f"another application set its user_version to {user_version}"
+            )
+        if application_id not in (0, SQLITE_APPLICATION_ID):
+            raise _foreign(f"its application_id is {application_id:#x}")
+    elif names & OUR_TABLES:
+        raise _foreign(
+            f"it already holds {', '.join(sorted(names & OUR_TABLES))} that"
+            " weavegraph did not write"
+        )
+
+
+def _migrate(conn: Connection, cur: Cursor, d: Dialect, target: int) -> int:
+    cur.execute(d.list_tables)
+    names = {row[0] for row in cur.fetchall() if not str(row[0]).startswith("sqlite_")}
     found = 0
-    if "weavegraph_meta" in tables:
+    if "weavegraph_meta" in names:
         cur.execute(d.q("SELECT value FROM weavegraph_meta WHERE key = ?"), ("store",))
         mark = cur.fetchone()
         cur.execute(
             d.q("SELECT value FROM weavegraph_meta WHERE key = ?"), ("schema_version",)
         )
         version = cur.fetchone()
-        if mark is None or mark[0] != STORE_MARK or version is None:
+        if (
+            mark is None
+            or mark[0] != STORE_MARK
+            or version is None
+            or not str(version[0]).isdigit()
+        ):
             raise CheckpointError(
                 "the database has a weavegraph_meta table that weavegraph did not"
                 " write; refusing to use it as a checkpoint store"
             )
         found = int(version[0])
-    elif tables & {"sessions", "steps"} or (d.name == "sqlite" and tables):
-        raise CheckpointError(
-            "the database is not a weavegraph checkpoint store (it already holds the"
-            f" tables {', '.join(sorted(tables))}); refusing to modify it. Point the"
-            " checkpointer at a new file or an empty database"
-        )
+    else:
+        _check_empty(cur, d, names)
     if found > target:
         raise CheckpointError(
             f"the checkpoint store has schema version {found}, newer than the"
@@ -189,132 +283,101 @@ def _migrate(
                 d.q("UPDATE weavegraph_meta SET value = ? WHERE key = ?"),
                 (str(version), "schema_version"),
             )
+        if version == 3 and found > 0:
+            _legacy.convert(cur, d, _insert_row_sql(d))
+    if d.name == "sqlite":
+        cur.execute(f"PRAGMA application_id = {SQLITE_APPLICATION_ID}")
     conn.commit()
     return found
+
+
+# ------------------------------------------------------------------- writing
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat()
 
 
-_ROW_COLUMNS = (
-    "session_id, step, base_step, created_at, state_json, frontier_json, seen_json,"
-    " joins_json, ran_nodes_json, skipped_nodes_json, updated_channels_json, digest"
-)
+_SELECT_ROW = ", ".join(COLUMNS)
 
 
-def _row_values(row: StepRow) -> tuple[Any, ...]:
-    return (
-        row.session_id,
-        row.step,
-        row.base_step,
-        row.created_at,
-        row.state_json,
-        row.frontier_json,
-        row.seen_json,
-        row.joins_json,
-        row.ran_nodes_json,
-        row.skipped_nodes_json,
-        row.updated_channels_json,
-        row.digest,
-    )
-
-
-def _row_from(record: Sequence[Any]) -> StepRow:
-    return StepRow(
-        session_id=record[0],
-        step=int(record[1]),
-        base_step=None if record[2] is None else int(record[2]),
-        created_at=record[3],
-        state_json=record[4],
-        frontier_json=record[5],
-        seen_json=record[6],
-        joins_json=record[7],
-        ran_nodes_json=record[8],
-        skipped_nodes_json=record[9],
-        updated_channels_json=record[10],
-        digest=record[11],
-    )
+def _insert_row_sql(d: Dialect) -> str:
+    placeholders = ", ".join([d.placeholder] * len(COLUMNS))
+    return f"INSERT INTO steps ({_SELECT_ROW}) VALUES ({placeholders})"
 
 
 @attrs.frozen
-class PlannedRow:
-    """A row encoded ahead of its transaction (in the caller's thread).
+class SessionPlan:
+    """One session's part of a write, encoded ahead of its transaction.
 
-    ``base_digest`` is set when the row is a delta from a step stored by an
-    earlier transaction: the write checks that this step is still stored as it
-    was, and stores the row whole otherwise.
+    Attributes:
+        checkpoints: The session's checkpoints, in the order given.
+        tip: What the writer believes is the session's latest stored row (the
+            base of the first delta); the transaction checks it.
+        rows: Per checkpoint: its row, what it stores, whether it is on top.
+        pending: Per checkpoint index: its pending row (``None``: none).
     """
 
-    checkpoint: Checkpoint
-    row: StepRow
-    base_digest: str | None
+    checkpoints: tuple[Checkpoint, ...]
+    tip: Stored | None
+    rows: list[tuple[StepRow, Stored, bool]]
+    pending: list[PendingRow | None]
+
+    @property
+    def session_id(self) -> str:
+        return self.checkpoints[0].session_id
 
 
-def plan_rows(
-    checkpoints: Sequence[Checkpoint], known: dict[str, tuple[Checkpoint, str]]
-) -> list[PlannedRow]:
-    """Encode ``checkpoints``, each as a delta from its session's previous one.
-
-    ``known`` maps sessions to the last checkpoint this process stored, with
-    its row digest. Pure CPU work: call it outside the database thread.
-    """
-    planned: list[PlannedRow] = []
-    last: dict[str, tuple[Checkpoint, str | None]] = {
-        sid: (cp, digest) for sid, (cp, digest) in known.items()
-    }
+def plan(
+    checkpoints: Sequence[Checkpoint], tips: Mapping[str, Stored]
+) -> list[SessionPlan]:
+    """Encode ``checkpoints`` per session. Pure CPU work: call it outside the
+    database thread."""
+    by_session: dict[str, list[Checkpoint]] = {}
     for checkpoint in checkpoints:
-        previous = last.get(checkpoint.session_id)
-        if previous is not None and previous[0].step < checkpoint.step:
-            row = encode_row(checkpoint, previous[0])
-            planned.append(PlannedRow(checkpoint, row, previous[1]))
-            last[checkpoint.session_id] = (checkpoint, None)
-        else:
-            planned.append(PlannedRow(checkpoint, encode_row(checkpoint, None), None))
-            if previous is None:
-                last[checkpoint.session_id] = (checkpoint, None)
-    return planned
+        if not isinstance(checkpoint, Checkpoint):
+            raise CheckpointError(f"expected a Checkpoint, got {checkpoint!r}")
+        check_session_id(checkpoint.session_id)
+        by_session.setdefault(checkpoint.session_id, []).append(checkpoint)
+    plans = []
+    for sid, items in by_session.items():
+        tip = tips.get(sid)
+        plans.append(
+            SessionPlan(
+                checkpoints=tuple(items),
+                tip=tip,
+                rows=plan_session(items, tip),
+                pending=[
+                    None
+                    if cp.pending is None
+                    else encode_pending(sid, cp.step, cp.pending)
+                    for cp in items
+                ],
+            )
+        )
+    return plans
 
 
-def write_rows(
-    conn: Connection,
-    d: Dialect,
-    planned: Sequence[PlannedRow],
-    *,
-    expected_last_step: int | None = None,
-    check: bool = False,
-) -> dict[str, tuple[Checkpoint, str]]:
-    """Store planned rows in one transaction.
+def write(
+    conn: Connection, d: Dialect, plans: Sequence[SessionPlan], *, checked: bool
+) -> dict[str, Stored]:
+    """Store planned sessions in one transaction.
 
-    Returns, per session, the newest checkpoint written and its row digest (for
-    the caller's ``known`` map, once the transaction committed). With ``check``,
-    the session of the (single) checkpoint must end at ``expected_last_step``
-    (``None``: must not exist), else `CheckpointConflict`.
+    With ``checked`` each checkpoint must follow its parent (see
+    `Checkpointer.append`), else `CheckpointConflict` and nothing is stored.
+    Returns, per session whose latest row this wrote, what it stored (the
+    base of the writer's next delta).
     """
     cur = conn.cursor()
-    written: dict[str, tuple[Checkpoint, str]] = {}
+    written: dict[str, Stored] = {}
     try:
-        if d.name == "sqlite":
-            cur.execute("BEGIN IMMEDIATE")
-        by_session: dict[str, list[PlannedRow]] = {}
-        for item in planned:
-            by_session.setdefault(item.checkpoint.session_id, []).append(item)
-        for session_id, items in by_session.items():
-            _touch_session(
-                cur, d, [i.checkpoint for i in items], check, expected_last_step
-            )
-            newest: tuple[Checkpoint, str] | None = None
-            for item in items:
-                row = item.row
-                if item.base_digest is not None and not _stored_as(
-                    cur, d, session_id, row.base_step, item.base_digest
-                ):
-                    row = encode_row(item.checkpoint, None)  # the base changed
-                digest = _write_step(cur, d, item.checkpoint, row)
-                if newest is None or newest[0].step < item.checkpoint.step:
-                    newest = (item.checkpoint, digest)
-            assert newest is not None
-            written[session_id] = newest
+        for statement in d.begin_write:
+            cur.execute(statement)
+        # One lock order for every writer: no deadlocks between two batches.
+        for session_plan in sorted(plans, key=lambda p: p.session_id):
+            tip = _write_session(cur, d, session_plan, checked)
+            if tip is not None:
+                written[session_plan.session_id] = tip
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -322,109 +385,267 @@ def write_rows(
     return written
 
 
-def _touch_session(
-    cur: Cursor,
-    d: Dialect,
-    items: Sequence[Checkpoint],
-    check: bool,
-    expected: int | None,
-) -> None:
-    """Create or update the session row (locked for the transaction)."""
-    first = items[0]
-    now = _now()
-    cur.execute(
-        d.q("SELECT last_step FROM sessions WHERE id = ?" + d.lock_session),
-        (first.session_id,),
-    )
-    found = cur.fetchone()
-    last = None if found is None else int(found[0])
-    if check and last != expected:
-        raise CheckpointConflict(first.session_id, expected, last)
-    newest = max(cp.step for cp in items)
-    if found is None:
+def _check_step(session_id: str, value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise CheckpointError(
+            f"corrupt checkpoint store: session {session_id!r} has last_step"
+            f" {value!r}, not a step number"
+        )
+    return value
+
+
+def _lock_session(
+    cur: Cursor, d: Dialect, first: Checkpoint, create: bool
+) -> tuple[int | None, bool]:
+    """Lock the session's row (creating it if allowed): (its latest step, created)."""
+    sid = first.session_id
+    if create:
+        now = _now()
         cur.execute(
             d.q(
                 "INSERT INTO sessions (id, created_at, updated_at, last_step,"
                 " concurrency_limit, graph_hash, config_hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
             ),
             (
-                first.session_id,
+                sid,
                 now,
                 now,
-                newest,
+                first.step,
                 first.concurrency_limit,
                 first.graph_hash,
                 first.config_hash,
             ),
         )
-    else:
-        # Monotonic: the latest pointer never moves back on an out-of-order write.
-        cur.execute(
-            d.q(
-                "UPDATE sessions SET updated_at = ?,"
-                " last_step = CASE WHEN last_step < ? THEN ? ELSE last_step END"
-                " WHERE id = ?"
-            ),
-            (now, newest, newest, first.session_id),
-        )
+        if cur.rowcount == 1:
+            return None, True
+    cur.execute(
+        d.q("SELECT last_step FROM sessions WHERE id = ?" + d.lock_session), (sid,)
+    )
+    found = cur.fetchone()
+    return (None if found is None else _check_step(sid, found[0])), False
 
 
-def _stored_as(
-    cur: Cursor, d: Dialect, session_id: str, step: int | None, digest: str
+def _write_session(
+    cur: Cursor, d: Dialect, session_plan: SessionPlan, checked: bool
+) -> Stored | None:
+    sid = session_plan.session_id
+    checkpoints = session_plan.checkpoints
+    first = checkpoints[0]
+    latest, created = _lock_session(
+        cur, d, first, create=not checked or first.parent_step is None
+    )
+    if checked:
+        check_chain(checkpoints, {} if latest is None else {sid: latest})
+    rows = list(session_plan.rows)
+    tip = session_plan.tip
+    verified: set[int] = set()  # steps this transaction wrote (valid bases)
+    current = latest
+    newest: tuple[Stored, int] | None = None  # what is on top, and its index
+    index = 0
+    while index < len(rows):
+        row, stored, _ = rows[index]
+        if row.base_step is not None and not _valid_base(
+            cur, d, row, current, tip, verified
+        ):
+            # The store moved on since this writer's last write (or the base
+            # was replaced): store the rest whole.
+            rows[index:] = plan_session(checkpoints[index:], None)
+            continue
+        _put_row(cur, d, checkpoints[index], row, checked)
+        verified.add(row.step)
+        if current is None or row.step >= current:
+            current = row.step
+            newest = (stored, index)
+        index += 1
+    assert current is not None
+    _touch_session(cur, d, sid, latest, created, current, newest, session_plan)
+    if newest is None:
+        return None
+    return newest[0]
+
+
+def _valid_base(
+    cur: Cursor,
+    d: Dialect,
+    row: StepRow,
+    current: int | None,
+    tip: Stored | None,
+    verified: set[int],
 ) -> bool:
-    """Whether ``step`` is stored with exactly that row digest."""
+    """Whether a delta row may be stored on its base: the base is the session's
+    latest row, as the writer knew it, and the row comes after it."""
+    if current is None or row.base_step != current or row.step <= current:
+        return False
+    if row.base_step in verified:
+        return True
+    if tip is None or tip.checkpoint.step != row.base_step:
+        return False
     cur.execute(
         d.q("SELECT digest FROM steps WHERE session_id = ? AND step = ?"),
-        (session_id, step),
+        (row.session_id, row.base_step),
     )
     stored = cur.fetchone()
-    return stored is not None and stored[0] == digest
+    return stored is not None and stored[0] == tip.digest
 
 
-def _write_step(cur: Cursor, d: Dialect, cp: Checkpoint, row: StepRow) -> str:
-    placeholders = ", ".join([d.placeholder] * 12)
+def _same(a: Checkpoint, b: Checkpoint) -> bool:
+    return (
+        a.state == b.state
+        and a.state.versions == b.state.versions
+        and a.frontier == b.frontier
+        and dict(a.versions_seen) == dict(b.versions_seen)
+        and dict(a.join_progress) == dict(b.join_progress)
+        and (a.ran_nodes, a.skipped_nodes, a.updated_channels)
+        == (b.ran_nodes, b.skipped_nodes, b.updated_channels)
+    )
+
+
+def _put_row(
+    cur: Cursor, d: Dialect, checkpoint: Checkpoint, row: StepRow, checked: bool
+) -> None:
+    sid, step = row.session_id, row.step
     cur.execute(
-        f"INSERT INTO steps ({_ROW_COLUMNS}) VALUES ({placeholders})"
-        " ON CONFLICT (session_id, step) DO NOTHING",
-        _row_values(row),
+        _insert_row_sql(d) + " ON CONFLICT (session_id, step) DO NOTHING",
+        row_values(row),
     )
     if cur.rowcount == 1:
-        return row.digest
-    # The step is already stored: replace it, unless later steps build on it and
-    # the content differs.
+        return
+    if checked:
+        raise corrupt(
+            sid, step, "it is stored although the session's latest step is older"
+        )
+    # The step is already stored: replace it, unless later steps build on it
+    # and the content differs.
     cur.execute(
-        d.q("SELECT digest FROM steps WHERE session_id = ? AND step = ?"),
-        (cp.session_id, cp.step),
+        d.q("SELECT digest FROM steps WHERE session_id = ? AND step = ?"), (sid, step)
     )
     existing = cur.fetchone()
-    if existing is not None and existing[0] != row.digest:
-        cur.execute(
-            d.q(
-                "SELECT step FROM steps WHERE session_id = ? AND base_step = ? LIMIT 1"
-            ),
-            (cp.session_id, cp.step),
+    if existing is not None and existing[0] == row.digest:
+        return
+    cur.execute(
+        d.q("SELECT step FROM steps WHERE session_id = ? AND base_step = ? LIMIT 1"),
+        (sid, step),
+    )
+    if cur.fetchone() is not None:
+        stored = _decode(cur, d, sid, [_fetch_row(cur, d, sid, step)])[0]
+        if _same(stored.checkpoint, checkpoint):
+            return
+        raise CheckpointError(
+            f"step {step} of session {sid!r} is already stored and later steps are"
+            " stored relative to it; it cannot be replaced with different content"
         )
-        if cur.fetchone() is not None:
-            raise CheckpointError(
-                f"step {cp.step} of session {cp.session_id!r} is already stored and"
-                " later steps are stored relative to it; it cannot be replaced with"
-                " different content"
-            )
-    cur.execute(
-        d.q("DELETE FROM steps WHERE session_id = ? AND step = ?"),
-        (cp.session_id, cp.step),
-    )
-    cur.execute(
-        f"INSERT INTO steps ({_ROW_COLUMNS}) VALUES ({placeholders})",
-        _row_values(row),
-    )
-    return row.digest
+    cur.execute(d.q("DELETE FROM steps WHERE session_id = ? AND step = ?"), (sid, step))
+    cur.execute(_insert_row_sql(d), row_values(row))
 
 
-def _session_meta(
-    cur: Cursor, d: Dialect, session_id: str
-) -> tuple[int, int | None, str, str] | None:
+def _touch_session(
+    cur: Cursor,
+    d: Dialect,
+    sid: str,
+    latest: int | None,
+    created: bool,
+    current: int,
+    newest: tuple[Stored, int] | None,
+    session_plan: SessionPlan,
+) -> None:
+    """Move the latest pointer (never back) and set the pending record with it."""
+    now = _now()
+    if newest is None:  # only out-of-order steps: the latest row is untouched
+        cur.execute(d.q("UPDATE sessions SET updated_at = ? WHERE id = ?"), (now, sid))
+        return
+    top = newest[0].checkpoint
+    cur.execute(
+        d.q(
+            "UPDATE sessions SET updated_at = ?, last_step = ?, concurrency_limit = ?,"
+            " graph_hash = ?, config_hash = ? WHERE id = ?"
+        ),
+        (now, current, top.concurrency_limit, top.graph_hash, top.config_hash, sid),
+    )
+    if not created:
+        cur.execute(d.q("DELETE FROM pending_writes WHERE session_id = ?"), (sid,))
+    pending = session_plan.pending[newest[1]]
+    if pending is not None:
+        _insert_pending(cur, d, pending)
+
+
+def _insert_pending(cur: Cursor, d: Dialect, row: PendingRow) -> None:
+    cur.execute(
+        d.q(
+            "INSERT INTO pending_writes (session_id, base_step, created_at,"
+            " value_json, digest) VALUES (?, ?, ?, ?, ?)"
+        ),
+        (row.session_id, row.base_step, row.created_at, row.value_json, row.digest),
+    )
+
+
+def save_pending(
+    conn: Connection,
+    d: Dialect,
+    session_id: str,
+    base_step: int,
+    row: PendingRow | None,
+) -> None:
+    """Replace (or clear) the pending record of the session's latest step."""
+    cur = conn.cursor()
+    try:
+        for statement in d.begin_write:
+            cur.execute(statement)
+        cur.execute(
+            d.q("SELECT last_step FROM sessions WHERE id = ?" + d.lock_session),
+            (session_id,),
+        )
+        found = cur.fetchone()
+        latest = None if found is None else _check_step(session_id, found[0])
+        if latest != base_step:
+            raise CheckpointConflict(session_id, base_step, latest)
+        cur.execute(
+            d.q("DELETE FROM pending_writes WHERE session_id = ?"), (session_id,)
+        )
+        if row is not None:
+            _insert_pending(cur, d, row)
+        cur.execute(
+            d.q("UPDATE sessions SET updated_at = ? WHERE id = ?"), (_now(), session_id)
+        )
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+
+
+def delete_session(conn: Connection, d: Dialect, session_id: str) -> bool:
+    """Delete a session, its steps and its pending record in one transaction."""
+    cur = conn.cursor()
+    try:
+        for statement in d.begin_write:
+            cur.execute(statement)
+        cur.execute(
+            d.q("DELETE FROM pending_writes WHERE session_id = ?"), (session_id,)
+        )
+        cur.execute(d.q("DELETE FROM steps WHERE session_id = ?"), (session_id,))
+        cur.execute(d.q("DELETE FROM sessions WHERE id = ?"), (session_id,))
+        existed = bool(cur.rowcount)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    return existed
+
+
+# ------------------------------------------------------------------- reading
+
+
+@attrs.frozen
+class SessionMeta:
+    """A ``sessions`` row, checked."""
+
+    last_step: int
+    concurrency_limit: int | None
+    graph_hash: str
+    config_hash: str
+
+
+def _session_meta(cur: Cursor, d: Dialect, session_id: str) -> SessionMeta | None:
     cur.execute(
         d.q(
             "SELECT last_step, concurrency_limit, graph_hash, config_hash"
@@ -435,70 +656,145 @@ def _session_meta(
     found = cur.fetchone()
     if found is None:
         return None
-    return (int(found[0]), found[1], found[2], found[3])
+    last, limit, graph_hash, config_hash = found
+    last = _check_step(session_id, last)
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise CheckpointError(
+            f"corrupt checkpoint store: session {session_id!r} has concurrency_limit"
+            f" {limit!r}"
+        )
+    if not isinstance(graph_hash, str) or not isinstance(config_hash, str):
+        raise CheckpointError(
+            f"corrupt checkpoint store: session {session_id!r} has a hash that is"
+            " not text"
+        )
+    return SessionMeta(last, limit, graph_hash, config_hash)
 
 
-def _chain_rows(cur: Cursor, d: Dialect, session_id: str, upto: int) -> list[StepRow]:
-    """The rows needed to rebuild ``upto``: its base chain, ascending."""
+def _fetch_row(cur: Cursor, d: Dialect, session_id: str, step: int) -> StepRow:
+    cur.execute(
+        d.q(f"SELECT {_SELECT_ROW} FROM steps WHERE session_id = ? AND step = ?"),
+        (session_id, step),
+    )
+    record = cur.fetchone()
+    if record is None:
+        raise CheckpointError(
+            f"corrupt checkpoint store: session {session_id!r} says its last step is"
+            f" {step}, but that step is not stored"
+        )
+    return row_from(record, session_id)
+
+
+class _Source(RowSource):
+    def __init__(
+        self, cur: Cursor, d: Dialect, session_id: str, known: Sequence[StepRow]
+    ) -> None:
+        self.cur, self.d, self.session_id = cur, d, session_id
+        # Rows already read in this snapshot, by step: not built twice.
+        self.known = {row.step: row for row in known}
+        self._chain_sql = d.q(
+            f"SELECT {_SELECT_ROW} FROM steps WHERE session_id = ? AND snap_step = ?"
+            " AND step BETWEEN ? AND ? ORDER BY step"
+        )
+
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[StepRow]:
+        self.cur.execute(sql, params)
+        known, out = self.known, []
+        for record in self.cur.fetchall():
+            row = known.get(record[1])
+            if row is None:
+                row = known[record[1]] = row_from(record, self.session_id)
+            out.append(row)
+        return out
+
+    def chain(self, snap_step: int, upto: int) -> Sequence[StepRow]:
+        return self._rows(
+            self._chain_sql, (self.session_id, snap_step, snap_step, upto)
+        )
+
+    def history(
+        self, channel: Literal["messages", "errors"], root: int, upto: int
+    ) -> Sequence[StepRow]:
+        column, root_column = (
+            ("messages_json", "mroot")
+            if channel == "messages"
+            else ("errors_json", "eroot")
+        )
+        sql = self.d.q(
+            f"SELECT {_SELECT_ROW} FROM steps WHERE session_id = ? AND"
+            f" {root_column} = ? AND step BETWEEN ? AND ? AND {column} <> ''"
+            " ORDER BY step"
+        )
+        return self._rows(sql, (self.session_id, root, root, upto))
+
+
+def _decode(
+    cur: Cursor,
+    d: Dialect,
+    session_id: str,
+    rows: Sequence[StepRow],
+    meta: SessionMeta | None = None,
+) -> list[Stored]:
+    if meta is None:
+        meta = _session_meta(cur, d, session_id)
+        assert meta is not None
+    return decode_steps(
+        session_id,
+        rows,
+        _Source(cur, d, session_id, rows),
+        concurrency_limit=meta.concurrency_limit,
+        graph_hash=meta.graph_hash,
+        config_hash=meta.config_hash,
+    )
+
+
+def _pending(
+    cur: Cursor, d: Dialect, session_id: str, last_step: int
+) -> Mapping[str, Any] | None:
     cur.execute(
         d.q(
-            f"SELECT {_ROW_COLUMNS} FROM steps WHERE session_id = ? AND step <= ?"
-            " ORDER BY step"
+            "SELECT base_step, created_at, value_json, digest FROM pending_writes"
+            " WHERE session_id = ?"
         ),
-        (session_id, upto),
+        (session_id,),
     )
-    rows = [_row_from(r) for r in cur.fetchall()]
-    by_step = {r.step: r for r in rows}
-    chain: list[StepRow] = []
-    current = by_step.get(upto)
-    while current is not None:
-        chain.append(current)
-        if current.base_step is None:
-            break
-        parent = by_step.get(current.base_step)
-        if parent is None:
-            raise CheckpointError(
-                f"corrupt checkpoint chain for session {session_id!r}: step"
-                f" {current.step} is stored relative to step {current.base_step},"
-                " which is missing"
-            )
-        current = parent
-    chain.reverse()
-    return chain
+    record = cur.fetchone()
+    return None if record is None else decode_pending(record, session_id, last_step)
 
 
-def load_latest(
-    conn: Connection, d: Dialect, session_id: str
-) -> tuple[Checkpoint, str] | None:
-    """The newest checkpoint of ``session_id`` and its row digest, or ``None``."""
+def _with_pending(stored: Stored, pending: Mapping[str, Any] | None) -> Stored:
+    if pending is None:
+        return stored
+    return attrs.evolve(
+        stored, checkpoint=attrs.evolve(stored.checkpoint, pending=pending)
+    )
+
+
+def _begin_read(cur: Cursor, d: Dialect) -> None:
+    for statement in d.begin_read:
+        cur.execute(statement)
+
+
+def load_latest(conn: Connection, d: Dialect, session_id: str) -> Stored | None:
+    """The newest checkpoint of ``session_id`` (and its row facts), or ``None``."""
     cur = conn.cursor()
     try:
+        _begin_read(cur, d)
         meta = _session_meta(cur, d, session_id)
         if meta is None:
             return None
-        last, limit, graph_hash, config_hash = meta
-        chain = _chain_rows(cur, d, session_id, last)
+        row = _fetch_row(cur, d, session_id, meta.last_step)
+        (stored,) = _decode(cur, d, session_id, [row], meta)
+        return _with_pending(stored, _pending(cur, d, session_id, meta.last_step))
     finally:
         conn.rollback()
-    if not chain or chain[-1].step != last:
-        raise CheckpointError(
-            f"corrupt checkpoint store: session {session_id!r} says its last step is"
-            f" {last}, but that step is not stored"
-        )
-    (checkpoint,) = decode_rows(
-        chain,
-        wanted={last},
-        concurrency_limit=limit,
-        graph_hash=graph_hash,
-        config_hash=config_hash,
-    )
-    return checkpoint, chain[-1].digest
 
 
 def list_sessions(conn: Connection, d: Dialect) -> list[SessionSummary]:
     """Every session, most recently updated first."""
     cur = conn.cursor()
     try:
+        _begin_read(cur, d)
         cur.execute(
             "SELECT id, last_step, created_at, updated_at, graph_hash FROM sessions"
             " ORDER BY updated_at DESC, id"
@@ -506,16 +802,24 @@ def list_sessions(conn: Connection, d: Dialect) -> list[SessionSummary]:
         records = cur.fetchall()
     finally:
         conn.rollback()
-    return [
-        SessionSummary(
-            session_id=r[0],
-            last_step=int(r[1]),
-            created_at=_dt.datetime.fromisoformat(r[2]),
-            updated_at=_dt.datetime.fromisoformat(r[3]),
-            graph_hash=r[4],
-        )
-        for r in records
-    ]
+    out = []
+    for sid, last, created, updated, graph_hash in records:
+        try:
+            out.append(
+                SessionSummary(
+                    session_id=sid,
+                    last_step=_check_step(sid, last),
+                    created_at=parse_time(created),
+                    updated_at=parse_time(updated),
+                    graph_hash=graph_hash if isinstance(graph_hash, str) else "",
+                )
+            )
+        except ValueError as exc:
+            raise CheckpointError(
+                f"corrupt checkpoint store: session {sid!r} has a malformed"
+                f" timestamp: {exc}"
+            ) from exc
+    return out
 
 
 def query_steps(
@@ -548,156 +852,127 @@ def query_steps(
     condition = " AND ".join(where)
     cur = conn.cursor()
     try:
+        _begin_read(cur, d)
         meta = _session_meta(cur, d, session_id)
         if meta is None:
             return StepPage(checkpoints=(), total=0, offset=offset, limit=limit)
-        _, concurrency, graph_hash, config_hash = meta
         cur.execute(d.q(f"SELECT COUNT(*) FROM steps WHERE {condition}"), params)
         total = int(cur.fetchone()[0])
         cur.execute(
             d.q(
-                f"SELECT step FROM steps WHERE {condition}"
+                f"SELECT {_SELECT_ROW} FROM steps WHERE {condition}"
                 " ORDER BY step DESC LIMIT ? OFFSET ?"
             ),
             [*params, limit, offset],
         )
-        steps = [int(r[0]) for r in cur.fetchall()]
-        rows: list[StepRow] = []
-        if steps:
-            rows = _rows_for(cur, d, session_id, steps)
+        rows = [row_from(r, session_id) for r in cur.fetchall()]
+        stored = _decode(cur, d, session_id, rows, meta) if rows else []
+        if stored and stored[-1].checkpoint.step == meta.last_step:
+            stored[-1] = _with_pending(
+                stored[-1], _pending(cur, d, session_id, meta.last_step)
+            )
     finally:
         conn.rollback()
-    checkpoints = decode_rows(
-        rows,
-        wanted=set(steps),
-        concurrency_limit=concurrency,
-        graph_hash=graph_hash,
-        config_hash=config_hash,
-    )
-    checkpoints.sort(key=lambda c: c.step, reverse=True)
     return StepPage(
-        checkpoints=tuple(checkpoints), total=total, offset=offset, limit=limit
+        checkpoints=tuple(s.checkpoint for s in reversed(stored)),
+        total=total,
+        offset=offset,
+        limit=limit,
     )
 
 
-def _rows_for(
-    cur: Cursor, d: Dialect, session_id: str, steps: list[int]
-) -> list[StepRow]:
-    """Every row needed to rebuild ``steps`` (their chains), ascending."""
-    cur.execute(
-        d.q(
-            f"SELECT {_ROW_COLUMNS} FROM steps WHERE session_id = ? AND step <= ?"
-            " ORDER BY step"
-        ),
-        (session_id, max(steps)),
-    )
-    rows = [_row_from(r) for r in cur.fetchall()]
-    by_step = {r.step: r for r in rows}
-    needed: set[int] = set()
-    for step in steps:
-        current = by_step.get(step)
-        while current is not None and current.step not in needed:
-            needed.add(current.step)
-            if current.base_step is None:
-                break
-            parent = by_step.get(current.base_step)
-            if parent is None:
-                raise CheckpointError(
-                    f"corrupt checkpoint chain for session {session_id!r}: step"
-                    f" {current.step} is stored relative to step"
-                    f" {current.base_step}, which is missing"
-                )
-            current = parent
-    return [r for r in rows if r.step in needed]
+# --------------------------------------------------------------- the backends
 
 
-def delete_session(conn: Connection, d: Dialect, session_id: str) -> bool:
-    """Delete a session and its steps in one transaction."""
-    cur = conn.cursor()
-    try:
-        cur.execute(d.q("DELETE FROM steps WHERE session_id = ?"), (session_id,))
-        cur.execute(d.q("DELETE FROM sessions WHERE id = ?"), (session_id,))
-        existed = bool(cur.rowcount)
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    return existed
+class SQLCheckpointer(Checkpointer):
+    """What the SQLite and PostgreSQL checkpointers share.
 
-
-class SQLCheckpointer:
-    """What the SQLite and PostgreSQL checkpointers share: the protocol methods.
-
-    Subclasses set `dialect` and implement `_run(fn)`, which calls ``fn`` with a
-    connection in a worker thread and maps driver errors to `CheckpointError`.
+    Subclasses set `dialect` and implement `_write(fn)` (and may implement
+    `_read(fn)`), which call ``fn`` with a connection in a worker thread and
+    map driver errors to `CheckpointError`. Rows are encoded in the caller's
+    thread; only the statements (and decoding) run in the worker thread.
     """
 
     dialect: Dialect
 
     def __init__(self) -> None:
-        # Per session, the newest checkpoint this process stored and its row
-        # digest: the base of the next row's delta.
-        self._last: dict[str, tuple[Checkpoint, str]] = {}
+        # Per session, what this process last stored or loaded as its latest
+        # step: the base of the next row's delta (checked by the write).
+        self._tips: dict[str, Stored] = {}
 
-    async def _run(self, fn: Callable[[Connection], T]) -> T:
+    async def _write(self, fn: Callable[[Connection], T]) -> T:
         raise NotImplementedError
 
-    async def open(self) -> None:
-        """Connect (and create or upgrade the schema) now rather than at first use."""
-        await self._run(lambda conn: None)
+    async def _read(self, fn: Callable[[Connection], T]) -> T:
+        """Run a read-only ``fn`` (default: where writes run)."""
+        return await self._write(fn)
 
-    async def save(self, checkpoint: Checkpoint) -> None:
-        """Store ``checkpoint`` in one transaction."""
-        await self.save_many([checkpoint])
+    def _remember(self, written: Mapping[str, Stored]) -> None:
+        for sid, stored in written.items():
+            known = self._tips.get(sid)
+            if known is None or known.checkpoint.step <= stored.checkpoint.step:
+                self._tips[sid] = stored
 
-    async def save_many(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Store several checkpoints in one transaction (the runner's batching).
+    async def _store(self, checkpoints: Sequence[Checkpoint], checked: bool) -> None:
+        if not checkpoints:
+            await trio.lowlevel.checkpoint()
+            return
+        plans = plan(checkpoints, self._tips)
+        written = await self._write(
+            lambda conn: write(conn, self.dialect, plans, checked=checked)
+        )
+        self._remember(written)
 
-        Rows are encoded here, in the caller's thread; only the statements run in
-        the worker thread. A started transaction completes even if cancelled.
-        """
-        planned = plan_rows(checkpoints, self._last)
-        written = await self._run(lambda conn: write_rows(conn, self.dialect, planned))
-        self._last.update(written)
+    async def append(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Store ``checkpoints``, each after its parent, in one transaction.
 
-    async def save_with_concurrency_check(
-        self, checkpoint: Checkpoint, expected_last_step: int | None
-    ) -> None:
-        """Store only if the session's latest step is ``expected_last_step``.
-
-        ``None`` means the session must not exist yet. The check and the write
-        are one transaction, so of two concurrent writers expecting the same step
-        exactly one wins.
+        See `Checkpointer.append`. A checkpoint; a started transaction
+        completes even if cancelled.
 
         Raises:
-            CheckpointConflict: another writer got there first.
+            CheckpointConflict: a parent is not the session's latest step;
+                nothing is stored.
         """
-        planned = plan_rows([checkpoint], self._last)
-        written = await self._run(
-            lambda conn: self._checked_write(conn, planned, expected_last_step)
-        )
-        self._last.update(written)
+        await self._store(checkpoints, checked=True)
 
-    def _checked_write(
-        self, conn: Connection, planned: list[PlannedRow], expected: int | None
-    ) -> dict[str, tuple[Checkpoint, str]]:
-        return write_rows(
-            conn, self.dialect, planned, expected_last_step=expected, check=True
+    async def save_many(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Store several checkpoints unconditionally, in one transaction.
+
+        A checkpoint; a started transaction completes even if cancelled.
+        """
+        await self._store(checkpoints, checked=False)
+
+    async def save_pending(
+        self, session_id: str, base_step: int, pending: Mapping[str, Any] | None
+    ) -> None:
+        """Attach ``pending`` to the session's latest step (``None``: clear it).
+
+        Raises:
+            CheckpointConflict: ``base_step`` is not the session's latest step.
+        """
+        row = (
+            None if pending is None else encode_pending(session_id, base_step, pending)
+        )
+        await self._write(
+            lambda conn: save_pending(conn, self.dialect, session_id, base_step, row)
         )
 
     async def load_latest(self, session_id: str) -> Checkpoint | None:
-        """The newest checkpoint of ``session_id``, or ``None``."""
-        found = await self._run(
+        """The newest checkpoint of ``session_id`` with its pending record, or ``None``.
+
+        Reads a bounded number of rows however long the session is.
+        """
+        found = await self._write(
             lambda conn: load_latest(conn, self.dialect, session_id)
         )
         if found is None:
             return None
-        self._last[session_id] = found
-        return found[0]
+        self._remember({session_id: found})
+        return found.checkpoint
 
     async def list_sessions(self) -> list[SessionSummary]:
         """Every session, most recently updated first."""
-        return await self._run(lambda conn: list_sessions(conn, self.dialect))
+        return await self._read(lambda conn: list_sessions(conn, self.dialect))
 
     async def query_steps(
         self,
@@ -712,7 +987,7 @@ class SQLCheckpointer:
     ) -> StepPage:
         """A page of the session's steps, newest first; node filters are exact."""
         check_query(limit, offset)
-        return await self._run(
+        return await self._read(
             lambda conn: query_steps(
                 conn,
                 self.dialect,
@@ -727,8 +1002,8 @@ class SQLCheckpointer:
         )
 
     async def delete_session(self, session_id: str) -> bool:
-        """Delete the session and its steps; whether it existed."""
-        self._last.pop(session_id, None)
-        return await self._run(
+        """Delete the session, its steps and its pending record; whether it existed."""
+        self._tips.pop(session_id, None)
+        return await self._write(
             lambda conn: delete_session(conn, self.dialect, session_id)
         )

@@ -1,0 +1,913 @@
+"""The stored row format of the SQL checkpointers: encoding, folding, checking.
+
+One row per stored step. A row does not repeat the history; it holds what the
+step changed relative to its *base* row (``base_step``: the session's latest
+row when it was written), per part:
+
+* ``messages_json`` / ``errors_json``: the items appended (``{"append": [...]}``,
+  or ``""`` when none), or the whole list (``{"reset": [...]}``) when the list
+  was rewritten (a custom reducer) or the row has no base;
+* ``state_json``: the ``extra`` keys set or deleted (``{"set": {...},
+  "delete": [...]}``) or the whole map (``{"reset": {...}}``), the three
+  channel versions, and the counts of messages, errors and ``extra`` keys after
+  the step;
+* ``seen_json``: the version-gating entries, as a delta or whole, like ``extra``;
+* frontier, join progress and the step's metadata, whole.
+
+Three columns make loading a step read a bounded number of rows however long
+the session is. ``snap_step`` is the row of the step's chain that holds
+``extra`` and the gating memory whole (a *snapshot*, written every
+`SNAPSHOT_EVERY` rows, so folding them reads at most that many rows);
+``mroot``/``eroot`` are the rows where the step's message/error list was last
+stored whole, so its history is read from the rows that appended to it, in one
+indexed range. Deltas are only ever written on top of the session's latest row,
+which makes the rows that share a root exactly the step's ancestors.
+
+A row's ``digest`` covers every column; loading also checks every field (types,
+ranges, the chain, the counts), so a row edited outside weavegraph is reported
+as a `CheckpointError` naming the session and the step, never loaded wrong.
+
+Every value of ``extra``, every message and every error goes through the value
+seam below (`encode_value` … `decode_error`), which is the one place that knows
+how values become JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Literal
+
+import attrs
+from cattrs.errors import BaseValidationError
+
+from .. import _codec
+from .._codec import converter, dumps, loads
+from .._core.errors import CheckpointError, ErrorEvent, StateError
+from .._core.state import History, Message, VersionedState, Versions
+from .record import Checkpoint
+
+SNAPSHOT_EVERY = 64
+"""A row holds ``extra`` and the gating memory whole at least every this many rows."""
+
+ROW_FORMAT = 3
+
+
+# ---------------------------------------------------------------- value seam
+
+
+def encode_value(value: Any, path: str = "value") -> Any:
+    """The JSON form of one stored value (an ``extra`` value, a pending record's).
+
+    Raises:
+        StateError: ``value`` is outside the storable domain; the message names
+            ``path``.
+    """
+    return _codec.encode_value(value, path)
+
+
+def decode_value(doc: Any) -> Any:
+    """The value stored as ``doc`` by `encode_value`.
+
+    Raises:
+        ValueError: ``doc`` is a malformed encoding.
+    """
+    try:
+        return _codec.decode_value(doc)
+    except StateError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _key_path(root: str, key: str) -> str:
+    return f"{root}[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def encode_message(message: Message) -> Any:
+    """The JSON form of a message."""
+    return converter.unstructure(message, Message)
+
+
+def decode_message(doc: Any) -> Message:
+    """The message stored as ``doc``."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"a message must be an object, got {doc!r}")
+    return converter.structure(doc, Message)
+
+
+def encode_error(error: ErrorEvent) -> Any:
+    """The JSON form of an error event."""
+    return converter.unstructure(error, ErrorEvent)
+
+
+def decode_error(doc: Any) -> ErrorEvent:
+    """The error event stored as ``doc``."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"an error event must be an object, got {doc!r}")
+    return converter.structure(doc, ErrorEvent)
+
+
+def _json(value: Any) -> str:
+    return dumps(value)
+
+
+# ------------------------------------------------------------------ the rows
+
+
+@attrs.frozen
+class StepRow:
+    """One stored step, as it sits in the ``steps`` table."""
+
+    session_id: str
+    step: int
+    base_step: int | None
+    parent_step: int | None
+    snap_step: int
+    mroot: int
+    eroot: int
+    created_at: str
+    state_json: str
+    messages_json: str
+    errors_json: str
+    seen_json: str
+    frontier_json: str
+    joins_json: str
+    ran_nodes_json: str
+    skipped_nodes_json: str
+    updated_channels_json: str
+    digest: str = ""
+
+    def content_digest(self) -> str:
+        """The digest of every column but ``digest``."""
+        return row_digest(self)
+
+
+COLUMNS = (
+    "session_id",
+    "step",
+    "base_step",
+    "parent_step",
+    "snap_step",
+    "mroot",
+    "eroot",
+    "created_at",
+    "state_json",
+    "messages_json",
+    "errors_json",
+    "seen_json",
+    "frontier_json",
+    "joins_json",
+    "ran_nodes_json",
+    "skipped_nodes_json",
+    "updated_channels_json",
+    "digest",
+)
+"""The ``steps`` columns in `StepRow` order."""
+
+_INT_COLUMNS = ("step", "snap_step", "mroot", "eroot")
+_OPTIONAL_INT_COLUMNS = ("base_step", "parent_step")
+_TEXT_COLUMNS = COLUMNS[7:]
+
+
+def _text(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def row_digest(row: StepRow) -> str:
+    """The digest stored in the ``digest`` column: a CRC-32 of every other column.
+
+    It catches rows edited by hand or damaged (a forger who recomputes it is
+    caught by the field checks on load instead).
+    """
+    text = "\x1f".join(
+        (
+            row.session_id,
+            str(row.step),
+            _text(row.base_step),
+            _text(row.parent_step),
+            str(row.snap_step),
+            str(row.mroot),
+            str(row.eroot),
+            row.created_at,
+            row.state_json,
+            row.messages_json,
+            row.errors_json,
+            row.seen_json,
+            row.frontier_json,
+            row.joins_json,
+            row.ran_nodes_json,
+            row.skipped_nodes_json,
+            row.updated_channels_json,
+        )
+    )
+    return format(zlib.crc32(text.encode()), "08x")
+
+
+def row_values(row: StepRow) -> tuple[Any, ...]:
+    """The row's column values, in `COLUMNS` order."""
+    return tuple(getattr(row, name) for name in COLUMNS)
+
+
+def _step_like(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def row_from(record: Sequence[Any], session_id: str) -> StepRow:
+    """A `StepRow` from a database record in `COLUMNS` order, types checked.
+
+    Raises:
+        CheckpointError: a column holds the wrong type (hand-edited).
+    """
+    if (
+        len(record) == len(COLUMNS)
+        and record[0] == session_id
+        and _step_like(record[1])
+        and (record[2] is None or _step_like(record[2]))
+        and (record[3] is None or _step_like(record[3]))
+        and _step_like(record[4])
+        and _step_like(record[5])
+        and _step_like(record[6])
+        and all(type(v) is str for v in record[7:])
+    ):
+        return StepRow(*record)
+    values = dict(zip(COLUMNS, record, strict=True))
+    where = f"session {session_id!r} at step {values['step']!r}"
+    if values["session_id"] != session_id:
+        raise _corrupt_where(where, "wrong session id")
+    for name in _INT_COLUMNS:
+        if not _step_like(values[name]):
+            raise _corrupt_where(where, f"{name} is {values[name]!r}, not a step")
+    for name in _OPTIONAL_INT_COLUMNS:
+        value = values[name]
+        if value is not None and not _step_like(value):
+            raise _corrupt_where(where, f"{name} is {value!r}, not a step")
+    raise _corrupt_where(where, "a column that holds text holds something else")
+
+
+def _corrupt_where(where: str, what: str) -> CheckpointError:
+    return CheckpointError(f"corrupt checkpoint row for {where}: {what}")
+
+
+def corrupt(session_id: str, step: int, what: str) -> CheckpointError:
+    """The error for a malformed stored step."""
+    return CheckpointError(
+        f"corrupt checkpoint row for session {session_id!r} at step {step}: {what}"
+    )
+
+
+# ------------------------------------------------------------------ encoding
+
+
+@attrs.frozen(kw_only=True)
+class Stored:
+    """A checkpoint as stored: the base a writer's next delta is relative to.
+
+    Attributes:
+        checkpoint: The checkpoint.
+        digest: Its row's digest (the write checks the base is still stored so).
+        snap_step: Its chain's snapshot row.
+        mroot: Where its message list was last stored whole.
+        eroot: Where its error list was last stored whole.
+        depth: Rows after the snapshot row in its chain (0: it is one).
+    """
+
+    checkpoint: Checkpoint
+    digest: str
+    snap_step: int
+    mroot: int
+    eroot: int
+    depth: int
+
+
+def _list_part(
+    new: History[Any], old: History[Any] | None, encode: Callable[[Any], Any]
+) -> tuple[str, bool]:
+    """(the JSON of a list's delta, whether it is stored whole)."""
+    if old is not None:
+        added = new.suffix_after(old)
+        if added is not None:
+            if not added:
+                return "", False
+            return _json({"append": [encode(i) for i in added]}), False
+    return _json({"reset": [encode(i) for i in new]}), True
+
+
+def _extra_delta(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
+    # By identity: the barrier keeps the objects of keys no node wrote, and an
+    # equality test would miss 1 -> True, {1} -> frozenset({1}), 1 -> 1.0.
+    missing = object()
+    changed = {
+        k: encode_value(v, _key_path("extra", k))
+        for k, v in new.items()
+        if old.get(k, missing) is not v
+    }
+    delta: dict[str, Any] = {"set": changed}
+    if len(old) > len(new) - sum(1 for k in changed if k not in old):
+        delta["delete"] = sorted(old.keys() - new.keys())
+    return delta
+
+
+def _seen_delta(
+    new: Mapping[str, tuple[int, int]], old: Mapping[str, tuple[int, int]]
+) -> dict[str, Any]:
+    changed = dict(new.items() - old.items())
+    delta: dict[str, Any] = {"set": changed}
+    if len(old) > len(new) - sum(1 for k in changed if k not in old):
+        delta["delete"] = sorted(old.keys() - new.keys())
+    return delta
+
+
+def _utc_text(value: _dt.datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_dt.UTC)
+    return value.astimezone(_dt.UTC).isoformat()
+
+
+def encode_row(checkpoint: Checkpoint, base: Stored | None) -> tuple[StepRow, Stored]:
+    """The row for ``checkpoint`` as a delta from ``base`` (``None``: whole).
+
+    ``base`` must be the session's latest stored step, and ``checkpoint`` must
+    come after it; the write checks both in its transaction. Returns the row
+    and what the next row of the session may be based on. Pure CPU work.
+    """
+    state = checkpoint.state
+    step = checkpoint.step
+    if base is not None and base.checkpoint.step >= step:
+        base = None
+    old = base.checkpoint if base is not None else None
+    messages_json, m_whole = _list_part(
+        state.messages, old.state.messages if old else None, encode_message
+    )
+    errors_json, e_whole = _list_part(
+        state.errors, old.state.errors if old else None, encode_error
+    )
+    snapshot = base is None or base.depth + 1 >= SNAPSHOT_EVERY
+    if old is None or snapshot:
+        extra: dict[str, Any] = {"reset": _codec.encode_extra(state.extra)}
+        seen: dict[str, Any] = {"reset": dict(checkpoint.versions_seen)}
+    else:
+        extra = _extra_delta(state.extra, old.state.extra)
+        seen = _seen_delta(checkpoint.versions_seen, old.versions_seen)
+    versions = state.versions
+    state_json = _json(
+        {
+            "extra": extra,
+            "versions": [versions.messages, versions.extra, versions.errors],
+            "counts": [len(state.messages), len(state.errors), len(state.extra)],
+        }
+    )
+    row = StepRow(
+        session_id=checkpoint.session_id,
+        step=step,
+        base_step=None if base is None else base.checkpoint.step,
+        parent_step=checkpoint.parent_step,
+        snap_step=step if snapshot else base.snap_step,  # type: ignore[union-attr]
+        mroot=step if m_whole or base is None else base.mroot,
+        eroot=step if e_whole or base is None else base.eroot,
+        created_at=_utc_text(checkpoint.created_at),
+        state_json=state_json,
+        messages_json=messages_json,
+        errors_json=errors_json,
+        seen_json=_json(seen),
+        frontier_json=_json(list(checkpoint.frontier)),
+        joins_json=_json({k: sorted(v) for k, v in checkpoint.join_progress.items()}),
+        ran_nodes_json=_json(list(checkpoint.ran_nodes)),
+        skipped_nodes_json=_json(list(checkpoint.skipped_nodes)),
+        updated_channels_json=_json(list(checkpoint.updated_channels)),
+    )
+    row = attrs.evolve(row, digest=row.content_digest())
+    stored = Stored(
+        checkpoint=checkpoint,
+        digest=row.digest,
+        snap_step=row.snap_step,
+        mroot=row.mroot,
+        eroot=row.eroot,
+        depth=0 if snapshot else base.depth + 1,  # type: ignore[union-attr]
+    )
+    return row, stored
+
+
+def plan_session(
+    checkpoints: Sequence[Checkpoint], tip: Stored | None
+) -> list[tuple[StepRow, Stored, bool]]:
+    """Encode one session's checkpoints, in order, each on the previous tip.
+
+    Returns (row, what it stores, whether it becomes the tip). A checkpoint
+    that does not come after the tip (an out-of-order save) is stored whole
+    and leaves the tip alone.
+    """
+    out: list[tuple[StepRow, Stored, bool]] = []
+    for checkpoint in checkpoints:
+        on_top = tip is None or checkpoint.step > tip.checkpoint.step
+        row, stored = encode_row(checkpoint, tip if on_top else None)
+        out.append((row, stored, on_top))
+        if on_top:
+            tip = stored
+    return out
+
+
+# ------------------------------------------------------------- pending records
+
+
+@attrs.frozen(kw_only=True)
+class PendingRow:
+    """A session's pending record, as it sits in the ``pending`` table."""
+
+    session_id: str
+    base_step: int
+    created_at: str
+    value_json: str
+    digest: str
+
+
+def _pending_digest(sid: str, base_step: int, created_at: str, value: str) -> str:
+    text = "\x1f".join((sid, str(base_step), created_at, value))
+    return format(zlib.crc32(text.encode()), "08x")
+
+
+def encode_pending(
+    session_id: str, base_step: int, value: Mapping[str, Any]
+) -> PendingRow:
+    """The row for a pending record (its values through the value seam)."""
+    if not isinstance(value, Mapping):
+        raise CheckpointError(
+            f"a pending record is a mapping with string keys, got {value!r}"
+        )
+    for key in value:
+        if not isinstance(key, str):
+            raise CheckpointError(f"pending record keys must be strings, got {key!r}")
+    created = _utc_text(_dt.datetime.now(_dt.UTC))
+    text = _json(
+        {k: encode_value(v, _key_path("pending", k)) for k, v in value.items()}
+    )
+    return PendingRow(
+        session_id=session_id,
+        base_step=base_step,
+        created_at=created,
+        value_json=text,
+        digest=_pending_digest(session_id, base_step, created, text),
+    )
+
+
+def decode_pending(
+    record: Sequence[Any], session_id: str, last_step: int
+) -> Mapping[str, Any]:
+    """The pending record of a ``pending`` row (base_step, created_at, value, digest).
+
+    Raises:
+        CheckpointError: the row is malformed or not attached to the latest step.
+    """
+    base_step, created_at, text, digest = record
+    if type(base_step) is not int or base_step != last_step:
+        raise CheckpointError(
+            f"corrupt pending record for session {session_id!r}: attached to step"
+            f" {base_step!r}, but the latest step is {last_step}"
+        )
+    where = f"corrupt pending record for session {session_id!r} at step {base_step}"
+    if not (isinstance(created_at, str) and isinstance(text, str)):
+        raise CheckpointError(f"{where}: a column is not text")
+    if digest != _pending_digest(session_id, base_step, created_at, text):
+        raise CheckpointError(
+            f"{where}: its content does not match its digest (was it edited"
+            " outside weavegraph?)"
+        )
+    try:
+        parse_time(created_at)
+        doc = loads(text)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        return MappingProxyType({k: decode_value(v) for k, v in doc.items()})
+    except (ValueError, TypeError, KeyError, BaseValidationError) as exc:
+        raise CheckpointError(f"{where}: {exc}") from exc
+
+
+def copy_pending(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``value`` as a store hands it back: through the value seam and JSON."""
+    row = encode_pending("", 0, value)
+    return MappingProxyType(
+        {k: decode_value(v) for k, v in loads(row.value_json).items()}
+    )
+
+
+# ------------------------------------------------------------------- decoding
+
+
+def parse_time(text: Any) -> _dt.datetime:
+    """A stored timestamp: ISO 8601 text with an offset.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"a timestamp must be text, got {text!r}")
+    value = _dt.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no UTC offset")
+    return value
+
+
+def _as_list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} must hold a list, got {type(value).__name__}")
+    return value
+
+
+def _as_dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must hold an object, got {type(value).__name__}")
+    return value
+
+
+def _names(value: Any, what: str) -> list[str]:
+    names = _as_list(value, what)
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"{what} must hold node names, got {name!r}")
+    return names
+
+
+def _version(value: Any, what: str) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{what} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{what} must be an int >= 0, got {value!r}")
+    return value
+
+
+def _seen_pair(value: Any, node: str) -> tuple[int, int]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(type(v) is int and v >= 0 for v in value)
+    ):
+        raise ValueError(
+            f"the gating entry of {node!r} must be two ints >= 0, got {value!r}"
+        )
+    return (value[0], value[1])
+
+
+def _map_part(delta: Any, what: str) -> tuple[bool, dict[str, Any], list[str]]:
+    """(whole?, keys set, keys deleted) of a map delta."""
+    doc = _as_dict(delta, what)
+    if set(doc) == {"reset"}:
+        return True, _as_dict(doc["reset"], what), []
+    if not set(doc) <= {"set", "delete"} or "set" not in doc:
+        raise ValueError(f"{what} must hold 'set' (and 'delete') or 'reset'")
+    deleted = _as_list(doc.get("delete", []), what)
+    for key in deleted:
+        if not isinstance(key, str):
+            raise ValueError(f"{what} deletes a key that is not a string: {key!r}")
+    return False, _as_dict(doc["set"], what), deleted
+
+
+def _list_doc(text: str, what: str) -> tuple[bool, list[Any]]:
+    """(whole?, items) of a list part."""
+    if text == "":
+        return False, []
+    doc = _as_dict(loads(text), what)
+    if set(doc) == {"reset"}:
+        return True, _as_list(doc["reset"], what)
+    if set(doc) == {"append"}:
+        items = _as_list(doc["append"], what)
+        if not items:
+            raise ValueError(
+                f"{what} appends nothing (an empty append is stored as '')"
+            )
+        return False, items
+    raise ValueError(f"{what} must hold 'append' or 'reset'")
+
+
+class _Parsed:
+    """The parts of a row that a fold needs, checked."""
+
+    __slots__ = ("counts", "extra", "row", "seen", "versions")
+
+    def __init__(self, row: StepRow) -> None:
+        self.row = row
+        doc = _as_dict(loads(row.state_json), "state")
+        if set(doc) != {"extra", "versions", "counts"}:
+            raise ValueError(
+                f"state must hold exactly extra, versions and counts, got {sorted(doc)}"
+            )
+        versions = _as_list(doc["versions"], "versions")
+        counts = _as_list(doc["counts"], "counts")
+        if len(versions) != 3 or len(counts) != 3:
+            raise ValueError("versions and counts must hold three numbers each")
+        self.versions = Versions(
+            messages=_version(versions[0], "the messages version"),
+            extra=_version(versions[1], "the extra version"),
+            errors=_version(versions[2], "the errors version"),
+        )
+        self.counts = tuple(_count(c, "a count") for c in counts)
+        self.extra = _map_part(doc["extra"], "extra")
+        self.seen = _map_part(loads(row.seen_json), "versions_seen")
+
+
+def check_structure(row: StepRow) -> None:
+    """The checks a row passes on its own: digest and chain columns.
+
+    Raises:
+        CheckpointError: naming the session and the step.
+    """
+    sid, step = row.session_id, row.step
+    if not row.digest or row.digest != row.content_digest():
+        raise corrupt(
+            sid,
+            step,
+            "its content does not match its digest (was it edited outside weavegraph?)",
+        )
+    for name in ("base_step", "parent_step"):
+        value = getattr(row, name)
+        if value is not None and value >= step:
+            raise corrupt(sid, step, f"{name} {value} does not come before it")
+    base = row.base_step
+    for name in ("snap_step", "mroot", "eroot"):
+        value = getattr(row, name)
+        if base is None and value != step:
+            raise corrupt(sid, step, f"a row without a base has {name} {value}")
+        if value != step and (base is None or value > base):
+            raise corrupt(sid, step, f"{name} {value} is not in its chain")
+
+
+class _Fold:
+    """Checkpoints of one session rebuilt from its rows."""
+
+    def __init__(
+        self,
+        session_id: str,
+        source: RowSource,
+        concurrency_limit: int | None,
+        graph_hash: str,
+        config_hash: str,
+    ) -> None:
+        self.session_id = session_id
+        self.source = source
+        self.concurrency_limit = concurrency_limit
+        self.graph_hash = graph_hash
+        self.config_hash = config_hash
+        self._checked: set[int] = set()
+
+    def _check(self, row: StepRow) -> None:
+        # Rows of one read come from one snapshot: check each step once.
+        if row.step not in self._checked:
+            check_structure(row)
+            self._checked.add(row.step)
+
+    def run(self, wanted: Sequence[StepRow]) -> list[Stored]:
+        for row in wanted:
+            self._check(row)
+        order = sorted(wanted, key=lambda r: r.step)
+        extras = self._chains(order)
+        messages = self._histories(order, "messages", decode_message)
+        errors = self._histories(order, "errors", decode_error)
+        out: list[Stored] = []
+        for row in order:
+            parsed, extra, seen, depth = extras[row.step]
+            try:
+                out.append(
+                    self._stored(
+                        row,
+                        parsed,
+                        extra,
+                        seen,
+                        depth,
+                        messages[row.step],
+                        errors[row.step],
+                    )
+                )
+            except CheckpointError:
+                raise
+            except (ValueError, TypeError, KeyError, BaseValidationError) as exc:
+                raise corrupt(self.session_id, row.step, str(exc)) from exc
+        return out
+
+    def _chains(
+        self, order: Sequence[StepRow]
+    ) -> dict[int, tuple[_Parsed, Mapping[str, Any], dict[str, tuple[int, int]], int]]:
+        """Per wanted step: its parsed row, extra, gating memory and depth."""
+        groups: dict[int, list[int]] = {}
+        for row in order:
+            groups.setdefault(row.snap_step, []).append(row.step)
+        out: dict[
+            int, tuple[_Parsed, Mapping[str, Any], dict[str, tuple[int, int]], int]
+        ] = {}
+        for snap, steps in groups.items():
+            rows = self.source.chain(snap, steps[-1])
+            wanted = set(steps)
+            extra: dict[str, Any] = {}
+            seen: dict[str, tuple[int, int]] = {}
+            previous: _Parsed | None = None
+            for depth, row in enumerate(rows):
+                self._check(row)
+                try:
+                    parsed = _Parsed(row)
+                    self._link(row, parsed, previous, snap)
+                    self._apply(parsed, extra, seen)
+                except CheckpointError:
+                    raise
+                except (ValueError, TypeError, KeyError, BaseValidationError) as exc:
+                    raise corrupt(self.session_id, row.step, str(exc)) from exc
+                if row.step in wanted:
+                    out[row.step] = (
+                        parsed,
+                        MappingProxyType(dict(extra)),
+                        dict(seen),
+                        depth,
+                    )
+                previous = parsed
+            missing = wanted - out.keys()
+            if missing:
+                raise self._broken(min(missing), snap, "its snapshot row")
+        return out
+
+    def _link(
+        self, row: StepRow, parsed: _Parsed, previous: _Parsed | None, snap: int
+    ) -> None:
+        whole = parsed.extra[0], parsed.seen[0]
+        if previous is None:
+            if row.step != snap:
+                raise self._broken(row.step, snap, "its snapshot row")
+            if whole != (True, True):
+                raise ValueError("a snapshot row must hold extra and gating whole")
+            return
+        if whole != (False, False):
+            raise ValueError("a row after its snapshot must hold deltas")
+        if row.base_step != previous.row.step:
+            raise self._broken(row.step, previous.row.step, "the row before it")
+        old, new = previous.versions, parsed.versions
+        if (new.messages, new.extra, new.errors) < (
+            old.messages,
+            old.extra,
+            old.errors,
+        ):
+            raise ValueError("channel versions went down since its base step")
+        if (
+            new.messages < old.messages
+            or new.extra < old.extra
+            or new.errors < old.errors
+        ):
+            raise ValueError("channel versions went down since its base step")
+
+    def _apply(
+        self,
+        parsed: _Parsed,
+        extra: dict[str, Any],
+        seen: dict[str, tuple[int, int]],
+    ) -> None:
+        whole, changed, deleted = parsed.extra
+        if whole:
+            extra.clear()
+        for key, doc in changed.items():
+            extra[key] = decode_value(doc)
+        for key in deleted:
+            if key not in extra:
+                raise ValueError(f"extra deletes {key!r}, which is not there")
+            del extra[key]
+        whole, changed, deleted = parsed.seen
+        if whole:
+            seen.clear()
+        for key, pair in changed.items():
+            seen[key] = _seen_pair(pair, key)
+        for key in deleted:
+            seen.pop(key, None)
+        if len(extra) != parsed.counts[2]:
+            raise ValueError(
+                f"extra holds {len(extra)} keys, the row says {parsed.counts[2]}"
+            )
+
+    def _histories(
+        self,
+        order: Sequence[StepRow],
+        channel: Literal["messages", "errors"],
+        decode: Callable[[Any], Any],
+    ) -> dict[int, History[Any]]:
+        """Per wanted step: its message (or error) list, sharing storage."""
+        roots: dict[int, list[int]] = {}
+        for row in order:
+            root = row.mroot if channel == "messages" else row.eroot
+            roots.setdefault(root, []).append(row.step)
+        out: dict[int, History[Any]] = {}
+        for root, steps in roots.items():
+            rows = self.source.history(channel, root, steps[-1])
+            history: History[Any] = History()
+            index = 0
+            for position, row in enumerate(rows):
+                while index < len(steps) and steps[index] < row.step:
+                    out[steps[index]] = history
+                    index += 1
+                self._check(row)
+                try:
+                    text = (
+                        row.messages_json if channel == "messages" else row.errors_json
+                    )
+                    whole, items = _list_doc(text, channel)
+                    if whole != (position == 0) or (position == 0 and row.step != root):
+                        raise ValueError(
+                            f"the {channel} list must be stored whole at step"
+                            f" {root} and appended to after it"
+                        )
+                    history = history.extend([decode(item) for item in items])
+                except (ValueError, TypeError, KeyError, BaseValidationError) as exc:
+                    raise corrupt(self.session_id, row.step, str(exc)) from exc
+            if not rows or rows[0].step != root:
+                raise self._broken(steps[0], root, f"the row holding its {channel}")
+            for step in steps[index:]:
+                out[step] = history
+        return out
+
+    def _broken(self, step: int, base: int, what: str) -> CheckpointError:
+        return CheckpointError(
+            f"corrupt checkpoint chain for session {self.session_id!r}: step {step}"
+            f" is stored relative to step {base} ({what}), which is missing or not"
+            " in its chain"
+        )
+
+    def _stored(
+        self,
+        row: StepRow,
+        parsed: _Parsed,
+        extra: Mapping[str, Any],
+        seen: dict[str, tuple[int, int]],
+        depth: int,
+        messages: History[Message],
+        errors: History[ErrorEvent],
+    ) -> Stored:
+        if (len(messages), len(errors)) != parsed.counts[:2]:
+            raise ValueError(
+                f"it holds {len(messages)} messages and {len(errors)} errors, the"
+                f" row says {parsed.counts[0]} and {parsed.counts[1]}"
+            )
+        joins = _as_dict(loads(row.joins_json), "join progress")
+        state = VersionedState._trusted(messages, extra, errors, parsed.versions)
+        checkpoint = Checkpoint(
+            session_id=row.session_id,
+            step=row.step,
+            state=state,
+            frontier=_names(loads(row.frontier_json), "frontier"),
+            versions_seen=seen,
+            join_progress={k: _names(v, "join progress") for k, v in joins.items()},
+            concurrency_limit=self.concurrency_limit,
+            created_at=parse_time(row.created_at),
+            ran_nodes=_names(loads(row.ran_nodes_json), "ran_nodes"),
+            skipped_nodes=_names(loads(row.skipped_nodes_json), "skipped_nodes"),
+            updated_channels=_names(
+                loads(row.updated_channels_json), "updated_channels"
+            ),
+            graph_hash=self.graph_hash,
+            config_hash=self.config_hash,
+            parent_step=row.parent_step,
+        )
+        return Stored(
+            checkpoint=checkpoint,
+            digest=row.digest,
+            snap_step=row.snap_step,
+            mroot=row.mroot,
+            eroot=row.eroot,
+            depth=depth,
+        )
+
+
+class RowSource:
+    """Where a fold reads the rows it needs (the SQL side implements it)."""
+
+    def chain(self, snap_step: int, upto: int) -> Sequence[StepRow]:
+        """Rows whose ``snap_step`` is ``snap_step``, steps ``snap_step..upto``,
+        ascending."""
+        raise NotImplementedError
+
+    def history(
+        self, channel: Literal["messages", "errors"], root: int, upto: int
+    ) -> Sequence[StepRow]:
+        """Rows of root ``root`` for ``channel`` with items, steps ``root..upto``,
+        ascending."""
+        raise NotImplementedError
+
+
+def decode_steps(
+    session_id: str,
+    wanted: Sequence[StepRow],
+    source: RowSource,
+    *,
+    concurrency_limit: int | None,
+    graph_hash: str,
+    config_hash: str,
+) -> list[Stored]:
+    """Rebuild the checkpoints of ``wanted`` (rows of one session), ascending.
+
+    Reads through ``source`` only the rows their chains need: at most
+    `SNAPSHOT_EVERY` per snapshot, plus the rows that appended to their
+    histories. Shared histories share storage, so a page costs its size plus
+    the history once.
+
+    Raises:
+        CheckpointError: a row is malformed, was edited outside weavegraph, or
+            its chain is broken; the message names the session and the step.
+    """
+    fold = _Fold(session_id, source, concurrency_limit, graph_hash, config_hash)
+    return fold.run(wanted)
