@@ -9,6 +9,7 @@ graphs, and `weavegraph.lowlevel` the building blocks under the runtime.
 
 from __future__ import annotations
 
+from ._codec import register_type as register_type
 from ._core.errors import CheckpointConflict as CheckpointConflict
 from ._core.errors import CheckpointError as CheckpointError
 from ._core.errors import ConfigError as ConfigError
@@ -49,6 +50,7 @@ from ._runtime.invocation import Invocation as Invocation
 from ._runtime.runner import AppRunner as AppRunner
 from ._runtime.runner import PausedReport as PausedReport
 from ._runtime.runner import SessionInit as SessionInit
+from ._runtime.runner import SessionState as SessionState
 from ._runtime.runner import open_runner as open_runner
 from .checkpoint.memory import InMemoryCheckpointer as InMemoryCheckpointer
 from .checkpoint.postgres import PostgresCheckpointer as PostgresCheckpointer
@@ -94,6 +96,7 @@ __all__ = (
     "add_messages",
     "map_merge",
     "add_errors",
+    "register_type",
     # running
     "App",
     "RuntimeConfig",
@@ -102,6 +105,7 @@ __all__ = (
     "open_runner",
     "AppRunner",
     "SessionInit",
+    "SessionState",
     "PausedReport",
     # persistence
     "Checkpointer",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._core.graph import BaseGraphBuilder as BaseGraphBuilder
 from ._core.reducers import BarrierOutcome as BarrierOutcome
+from ._core.reducers import KeyConflict as KeyConflict
 from ._core.reducers import apply_barrier as apply_barrier
 from ._core.session import SESSION_ID_RULE as SESSION_ID_RULE
 from ._core.session import Session as Session
@@ -32,6 +33,7 @@ __all__ = (
     "Checkpoint",
     "Engine",
     "History",
+    "KeyConflict",
     "RunMetadata",
     "Session",
     "SessionSummary",

@@ -133,17 +133,26 @@ async def test_failed_step_is_recorded_saved_and_resumable() -> None:
         await runner.create_session("s", hi())
         with pytest.raises(WorkflowError):
             await runner.run_until_complete("s")
+    # Nothing of the failed step is committed: the session stays at step 0,
+    # with the failure in its pending record.
     stored = await store.load_latest("s")
     assert stored is not None
-    assert stored.step == 1 and stored.frontier == ("X",)
-    assert stored.state.errors[0].scope.node == "X"
+    assert stored.step == 0 and stored.frontier == ("X",)
+    assert stored.state.errors == ()
+    async with open_runner(app, checkpointer=store) as runner:
+        pending = await runner.get_state("s")
+    assert pending.step == 0 and pending.next == ("X",)
+    assert pending.error is not None and pending.error.scope.node == "X"
+    assert "first try fails" in pending.error.error.message
     # A new runner resumes at the failed frontier and retries it.
     async with open_runner(app, checkpointer=store) as runner:
         init = await runner.create_session("s", VersionedState())
-        assert init.resumed and init.step == 1
+        assert init.resumed and init.step == 0
         final = await runner.run_until_complete("s")
+        done = await runner.get_state("s")
     assert final.extra == {"ok": True}
-    assert len(final.errors) == 1
+    assert final.errors == ()  # the final state is an uninterrupted run's
+    assert done.error is None and done.completed and done.step == 1
 
 
 async def test_resume_from_sqlite_after_restart(tmp_path: Path) -> None:
@@ -395,9 +404,10 @@ async def test_iterative_errors_do_not_close_the_stream() -> None:
         await runner.finish_iterative_session("it")
     messages = [e.message for e in sink.events]
     assert messages[0].startswith("session=it status=error step=1 error=ValueError")
+    # The failed attempt committed nothing: the next input runs step 1 again.
     assert messages[1:] == [
-        "session=it status=completed step=2",
-        "session=it status=completed step=2",
+        "session=it status=completed step=1",
+        "session=it status=completed step=1",
     ]
     assert [e.scope_label for e in sink.events] == [
         INVOCATION_END_SCOPE,

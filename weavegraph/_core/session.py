@@ -6,9 +6,9 @@ import re
 
 import attrs
 
-from .errors import InvalidSessionIdError
+from .errors import ErrorEvent, InvalidSessionIdError
 from .frontier import JoinProgress
-from .state import VersionedState
+from .state import NodePartial, VersionedState
 
 SESSION_ID_RULE = (
     "1 to 128 characters of letters, digits and '._:@-', starting with a letter"
@@ -48,6 +48,13 @@ class Session:
         join_progress: Per join, the sources that ran since its target last ran.
         budget_start: The step the current invocation (a turn or a resume)
             started from; ``max_steps`` counts supersteps from here. Not stored.
+        pending: Partials of the nodes of step ``pending_step`` that already
+            finished while that step has not committed (it failed or was
+            cancelled); resuming runs only the others. Keyed by node name.
+        pending_step: The step ``pending`` belongs to (``None``: nothing pending).
+        error: The failure of the last attempt at the next step, if it failed.
+        gated_out: When the last step ran nothing because version gating
+            skipped every node of its frontier, those nodes (else empty).
     """
 
     session_id: str
@@ -57,3 +64,7 @@ class Session:
     versions_seen: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     join_progress: JoinProgress = attrs.field(factory=dict)
     budget_start: int = 0
+    pending: dict[str, NodePartial | None] = attrs.field(factory=dict)
+    pending_step: int | None = None
+    error: ErrorEvent | None = None
+    gated_out: tuple[str, ...] = ()

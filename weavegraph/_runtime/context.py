@@ -10,6 +10,7 @@ from typing import Any, final
 from .._core.errors import ReservedScopeError
 from ..events.bus import EventBus
 from ..events.types import (
+    NODE_EVENT_SETTERS,
     RESERVED_SCOPE_PREFIX,
     DiagnosticEvent,
     NodeEvent,
@@ -19,10 +20,17 @@ from ..events.types import (
 )
 
 _EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
-# ``_FIRST <= scope < _AFTER`` is ``scope.startswith(RESERVED_SCOPE_PREFIX)``: the
-# strings with a prefix are an interval. Two comparisons, no call: the hot path.
-_FIRST = RESERVED_SCOPE_PREFIX
-_AFTER = RESERVED_SCOPE_PREFIX[:-1] + chr(ord(RESERVED_SCOPE_PREFIX[-1]) + 1)
+_ERROR: MappingProxyType[str, Any] = MappingProxyType({"severity": "error"})
+_new = object.__new__
+(
+    _set_scope,
+    _set_message,
+    _set_node_id,
+    _set_step,
+    _set_metadata,
+    _set_timestamp,
+    _set_session_id,
+) = NODE_EVENT_SETTERS
 
 
 def reserved_scope_error(scope: str) -> ReservedScopeError:
@@ -51,7 +59,16 @@ class NodeContext:
     belong to the framework: its sentinels end streams).
     """
 
-    __slots__ = ("_bus", "_now", "attempt", "node_id", "session_id", "step")
+    __slots__ = (
+        "_bus",
+        "_emit",
+        "_now",
+        "_scope_ok",
+        "attempt",
+        "node_id",
+        "session_id",
+        "step",
+    )
 
     def __init__(
         self,
@@ -67,6 +84,11 @@ class NodeContext:
         self.session_id = session_id
         self.attempt = attempt
         self._bus = bus
+        self._emit = bus.emit  # bound once: emit is the hot path
+        # The last scope that passed the reserved-scope check. A chatty node
+        # emits one scope (the same string object) again and again: then the
+        # check is one identity test.
+        self._scope_ok: str | None = None
         self._now = clock if clock is not None else time.time
 
     def now(self) -> float:
@@ -75,6 +97,11 @@ class NodeContext:
         Rounded to whole microseconds, like every event timestamp.
         """
         return quantize_timestamp(self._now())
+
+    def _check_scope(self, scope: str) -> None:
+        if scope.startswith(RESERVED_SCOPE_PREFIX):
+            raise reserved_scope_error(scope)
+        self._scope_ok = scope
 
     def _node_event(
         self, scope: str, message: str, metadata: dict[str, Any]
@@ -101,20 +128,19 @@ class NodeContext:
             ReservedScopeError: ``scope`` starts with ``__weavegraph_``.
             EventBusClosed: the run already ended.
         """
-        if _FIRST <= scope < _AFTER:
-            raise reserved_scope_error(scope)
-        # The hot path of a chatty node: built inline, no helper call.
-        self._bus.emit(
-            make_node_event(
-                scope,
-                message,
-                self.node_id,
-                self.step,
-                metadata or _EMPTY,
-                self._now(),
-                self.session_id,
-            )
-        )
+        if scope is not self._scope_ok:
+            self._check_scope(scope)
+        # The hot path of a chatty node: the event is built right here, through
+        # its slots (what make_node_event does, without the call).
+        event = _new(NodeEvent)
+        _set_scope(event, scope)
+        _set_message(event, message)
+        _set_node_id(event, self.node_id)
+        _set_step(event, self.step)
+        _set_metadata(event, metadata or _EMPTY)
+        _set_timestamp(event, (self._now() * 1e6 + 0.5) // 1.0 / 1e6)  # quantized
+        _set_session_id(event, self.session_id)
+        self._emit(event)
 
     async def emit_async(self, scope: str, message: str, **metadata: Any) -> None:
         """Like `emit`, then give readers that are behind the chance to catch up.
@@ -129,8 +155,8 @@ class NodeContext:
             ReservedScopeError: ``scope`` starts with ``__weavegraph_``.
             EventBusClosed: the run already ended.
         """
-        if _FIRST <= scope < _AFTER:
-            raise reserved_scope_error(scope)
+        if scope is not self._scope_ok:
+            self._check_scope(scope)
         await self._bus.emit_async(self._node_event(scope, message, metadata))
 
     def emit_diagnostic(self, scope: str, message: str, **metadata: Any) -> None:
@@ -145,29 +171,14 @@ class NodeContext:
             ReservedScopeError: ``scope`` starts with ``__weavegraph_``.
             EventBusClosed: the run already ended.
         """
-        if _FIRST <= scope < _AFTER:
-            raise reserved_scope_error(scope)
+        if scope is not self._scope_ok:
+            self._check_scope(scope)
         self._bus.emit(
             DiagnosticEvent(
                 scope=scope,
                 message=message,
                 timestamp=self._now(),
                 metadata=MappingProxyType(metadata) if metadata else _EMPTY,
-            )
-        )
-
-    def _llm(
-        self, stream_id: str | None, chunk: str, final: bool, metadata: dict[str, Any]
-    ) -> None:
-        self._bus.emit(
-            make_llm_event(
-                chunk,
-                final,
-                self.session_id,
-                self.node_id,
-                stream_id,
-                metadata or _EMPTY,
-                self._now(),
             )
         )
 
@@ -185,7 +196,17 @@ class NodeContext:
             chunk: The new text only (a token or a few), never the text so far.
             **metadata: JSON-like extra data (model name, token counts ...).
         """
-        self._llm(stream_id, chunk, False, metadata)
+        self._emit(
+            make_llm_event(
+                chunk,
+                False,
+                self.session_id,
+                self.node_id,
+                stream_id,
+                metadata or _EMPTY,
+                self._now(),
+            )
+        )
 
     def emit_llm_final(
         self, stream_id: str | None, text: str = "", **metadata: Any
@@ -205,11 +226,31 @@ class NodeContext:
             text: The last piece ("" when every piece was sent already).
             **metadata: JSON-like extra data (finish reason, usage ...).
         """
-        self._llm(stream_id, text, True, metadata)
+        self._emit(
+            make_llm_event(
+                text,
+                True,
+                self.session_id,
+                self.node_id,
+                stream_id,
+                metadata or _EMPTY,
+                self._now(),
+            )
+        )
 
     def emit_llm_error(self, stream_id: str | None, message: str) -> None:
         """Report a failed model stream (final, metadata ``severity="error"``)."""
-        self._llm(stream_id, message, True, {"severity": "error"})
+        self._emit(
+            make_llm_event(
+                message,
+                True,
+                self.session_id,
+                self.node_id,
+                stream_id,
+                _ERROR,
+                self._now(),
+            )
+        )
 
     def __repr__(self) -> str:
         return (

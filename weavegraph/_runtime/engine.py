@@ -11,6 +11,7 @@ import time
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
 import attrs
@@ -24,6 +25,7 @@ from .._core.errors import (
     NodeTimeoutError,
     ReducerError,
     RouterError,
+    StateError,
     StepLimitExceeded,
     WorkflowError,
     describe_exception,
@@ -35,7 +37,7 @@ from .._core.frontier import (
     partition,
     start_frontier,
 )
-from .._core.graph import Graph, NodeSpec
+from .._core.graph import END, START, Graph, NodeSpec
 from .._core.reducers import BarrierOutcome, apply_barrier
 from .._core.session import Session
 from .._core.state import FrontierCommand, NodePartial, StateSnapshot, VersionedState
@@ -46,7 +48,10 @@ from .context import NodeContext
 
 logger = logging.getLogger("weavegraph.runtime")
 
-UNKNOWN_TARGET_SCOPE = "frontier.unknown_target"
+GATED_SCOPE = "frontier.gated"
+"""Diagnostic: a scheduled node was skipped because nothing it reads changed."""
+KEY_CONFLICT_SCOPE = "barrier.key_conflict"
+"""Diagnostic: several nodes of one step set the same plain ``extra`` key."""
 _YIELD_INTERVAL = 0.002  # seconds of work between forced yields in a run loop
 
 
@@ -220,7 +225,6 @@ class Engine:
                 exc,
                 bus,
             )
-        self._report_dropped(outcome.dropped, bus)
         return outcome.frontier
 
     # ---------------------------------------------------------------- one step
@@ -285,11 +289,16 @@ class Engine:
         step = session.step + 1
         state = session.state
         gate = state.versions.gate_key()
-        to_run, skipped = partition(frontier, session.versions_seen, gate)
+        to_run, skipped = partition(
+            frontier, session.versions_seen, gate, self.graph.ungated
+        )
+        gated = tuple(n for n in skipped if n != START and n != END)
+        if gated:
+            self._report_gated(session, gated, step, bus)
+        session.gated_out = () if to_run else gated
         nodes = self.graph.nodes
         for name in to_run:
             if name not in nodes:
-                session.step = step
                 missing = NodeNotFound(name, step)
                 event = ErrorEvent.scheduler(
                     step,
@@ -297,14 +306,20 @@ class Engine:
                     tags=["scheduler", "node_not_found"],
                     context={"node": name},
                 )
-                self._fail(session, event, missing, bus)
+                self._fail(session, event, missing, bus, step)
 
+        # Pending writes: nodes of this step that finished in an earlier attempt
+        # (a failed or cancelled one) are not run again; their partials are kept.
+        if session.pending_step != step:
+            session.pending = {}
+            session.pending_step = step
+        kept = session.pending
+        missing_nodes = [name for name in to_run if name not in kept]
         try:
-            partials = await self._run_nodes(
-                to_run, state.snapshot(), step, session.session_id, bus
+            await self._run_nodes(
+                missing_nodes, state.snapshot(), step, session.session_id, bus, kept
             )
         except _NodeFailed as failed:
-            session.step = step
             exc = failed.exc
             tags = (
                 ["node", "timeout"] if isinstance(exc, NodeTimeoutError) else ["node"]
@@ -316,8 +331,9 @@ class Engine:
                 tags=tags,
                 context={},
             )
-            self._fail(session, event, exc, bus)
+            self._fail(session, event, exc, bus, step)
 
+        partials = [kept[name] for name in to_run]
         try:
             if _has_update(partials):
                 outcome = apply_barrier(state, to_run, partials, self.graph.reducers)
@@ -331,9 +347,14 @@ class Engine:
                 new_state.snapshot(),
                 session.join_progress,
             )
-        except (ReducerError, RouterError) as exc:
-            session.step = step
-            tag = "reducer" if isinstance(exc, ReducerError) else "router"
+        except (ReducerError, RouterError, StateError) as exc:
+            tag = (
+                "reducer"
+                if isinstance(exc, ReducerError)
+                else "router"
+                if isinstance(exc, RouterError)
+                else "state"
+            )
             event = ErrorEvent.runner(
                 session.session_id,
                 step,
@@ -341,7 +362,7 @@ class Engine:
                 tags=["runner", tag],
                 context={"frontier": list(frontier)},
             )
-            self._fail(session, event, exc, bus)
+            self._fail(session, event, exc, bus, step)
 
         seen = session.versions_seen
         for name in to_run:
@@ -350,22 +371,53 @@ class Engine:
         session.state = new_state
         session.frontier = frontier_outcome.frontier
         session.join_progress = frontier_outcome.join_progress
-        if frontier_outcome.dropped:
-            self._report_dropped(frontier_outcome.dropped, bus)
+        session.pending = {}
+        session.pending_step = None
+        session.error = None
+        if outcome.conflicts:
+            self._report_conflicts(session, step, outcome, bus)
         return StepOutcome(step, to_run, skipped, outcome, frontier_outcome)
 
-    def _report_dropped(
-        self, dropped: Sequence[tuple[str, str]], bus: EventBus
+    def _report_gated(
+        self, session: Session, gated: tuple[str, ...], step: int, bus: EventBus
     ) -> None:
-        for source, target in dropped:
-            if not bus.closed:
-                bus.emit(
-                    DiagnosticEvent(
-                        scope=UNKNOWN_TARGET_SCOPE,
-                        message=f"dropped unknown target {target!r} routed from"
-                        f" {source!r}",
-                    )
+        # Version gating is the documented rule, but never silent.
+        if bus.closed:
+            return
+        for node in gated:
+            bus.emit(
+                DiagnosticEvent(
+                    scope=GATED_SCOPE,
+                    message=f"node {node!r} skipped at step {step}: nothing it reads"
+                    " changed since it last ran (add_node(..., gated=False) runs it"
+                    " whenever it is scheduled)",
+                    metadata=MappingProxyType(
+                        {"node": node, "step": step, "session_id": session.session_id}
+                    ),
                 )
+            )
+
+    def _report_conflicts(
+        self, session: Session, step: int, outcome: BarrierOutcome, bus: EventBus
+    ) -> None:
+        if bus.closed:
+            return
+        for conflict in outcome.conflicts:
+            bus.emit(
+                DiagnosticEvent(
+                    scope=KEY_CONFLICT_SCOPE,
+                    message=conflict.describe(),
+                    metadata=MappingProxyType(
+                        {
+                            "key": conflict.key,
+                            "nodes": list(conflict.nodes),
+                            "winner": conflict.winner,
+                            "step": step,
+                            "session_id": session.session_id,
+                        }
+                    ),
+                )
+            )
 
     def _fail(
         self,
@@ -373,15 +425,24 @@ class Engine:
         event: ErrorEvent,
         cause: BaseException | None,
         bus: EventBus,
+        step: int | None = None,
         kind: type[WorkflowError] = WorkflowError,
     ) -> NoReturn:
-        """Record ``event`` in the session's state and raise ``kind``."""
-        session.state = attrs.evolve(
-            session.state, errors=session.state.errors.append(event)
-        )
+        """Record ``event`` as the session's failure and raise ``kind``.
+
+        The session stays at its last committed step (nothing of the failed
+        step is committed; finished nodes' partials stay pending), so resuming
+        retries the step. The raised error's ``state`` shows the error appended
+        to the errors channel, for reporting.
+        """
+        session.error = event
+        shown = attrs.evolve(session.state, errors=session.state.errors.append(event))
         logger.debug("session %s failed: %s", session.session_id, event)
         error = kind(
-            event, state=session.state, session_id=session.session_id, step=session.step
+            event,
+            state=shown,
+            session_id=session.session_id,
+            step=session.step if step is None else step,
         )
         if cause is not None:
             raise error from cause
@@ -396,8 +457,13 @@ class Engine:
         step: int,
         session_id: str,
         bus: EventBus,
-    ) -> list[NodePartial | None]:
-        """Run the nodes of one superstep concurrently; results in ``names`` order.
+        finished: dict[str, NodePartial | None],
+    ) -> None:
+        """Run the nodes of one superstep concurrently; record each result.
+
+        Each node's partial goes into ``finished`` (by name) the moment the
+        node returns, so a failure or a cancellation keeps what already
+        finished.
 
         Nodes are taken from a queue in frontier order by workers. The first worker
         is the calling task itself; another worker task is started only when a
@@ -409,15 +475,17 @@ class Engine:
         specs = [self.graph.nodes[name] for name in names]
         count = len(specs)
         if count == 0:
-            return []
+            return
         if count == 1:
             spec = specs[0]
             try:
-                return [await self._call(spec, snapshot, step, session_id, bus)]
+                finished[spec.name] = await self._call(
+                    spec, snapshot, step, session_id, bus
+                )
             except Exception as exc:
                 raise _NodeFailed(spec.name, exc) from exc
+            return
 
-        results: list[NodePartial | None] = [None] * count
         pending = deque(range(count))
         failures: list[_NodeFailed] = []
         limiter = (
@@ -451,7 +519,9 @@ class Engine:
                         spec = specs[index]
                         call = self._call(spec, snapshot, step, session_id, bus)
                         try:
-                            results[index] = await _on_suspend(call, spawn_if_needed)
+                            finished[spec.name] = await _on_suspend(
+                                call, spawn_if_needed
+                            )
                         except Exception as exc:
                             failures.append(_NodeFailed(spec.name, exc))
                             nursery.cancel_scope.cancel(f"node {spec.name!r} failed")
@@ -466,7 +536,6 @@ class Engine:
         if failures:
             first_failure = failures[0]
             raise first_failure from first_failure.exc
-        return results
 
     async def _call(
         self,

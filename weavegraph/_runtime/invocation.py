@@ -71,11 +71,17 @@ class Invocation:
         return self._result is not None
 
     def _record_result(self, state: VersionedState) -> None:
-        """The run completed: from now on it counts as completed."""
+        """The run completed: from now on it counts as completed.
+
+        `join` returns at once; the run's task may still be closing its runner
+        (sinks draining), which no longer changes the outcome.
+        """
         self._result = state
+        self._finished.set()
 
     def _set_error(self, error: BaseException) -> None:
-        self._error = error
+        if not self._finished.is_set():
+            self._error = error
 
     def _finish(self) -> None:
         """The run's task ended: `join` returns (cancelled if nothing recorded)."""

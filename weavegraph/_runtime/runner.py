@@ -11,14 +11,16 @@ the run's checkpoints are stored, so a client that saw it can read the state.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, Literal
 
 import attrs
 import trio
 
 from .._core.errors import (
+    ErrorEvent,
     InvalidEntryError,
     SessionNotFound,
     StateError,
@@ -38,7 +40,8 @@ from ..events.types import INVOCATION_END_SCOPE, STREAM_END_SCOPE, stream_end_ev
 from .app import App
 from .config import RuntimeConfig
 from .engine import Engine, StepOutcome, StepReport
-from .writer import CheckpointWriter
+from .pending import encode_pending, restore_pending
+from .writer import CheckpointWriter, PendingRecord
 
 logger = logging.getLogger("weavegraph.runner")
 
@@ -94,6 +97,61 @@ class PausedReport:
 
 
 @attrs.frozen(kw_only=True)
+class SessionState:
+    """A session as it is stored (or held by the runner): `AppRunner.get_state`.
+
+    Attributes:
+        session_id: The session.
+        state: Its state at ``step``.
+        step: The step this describes (the latest committed one by default).
+        next: The nodes still to run in the next step, in frontier order
+            (empty when the session is complete).
+        pending_writes: Node → partial of the nodes of the next step that
+            already finished in an attempt that failed or was cancelled; a
+            resume keeps them and runs only ``next``.
+        error: The failure of the last attempt at the next step, or ``None``.
+        interrupts: Pending interrupts (none yet).
+        parent_step: The stored step this one follows (``None`` for step 0).
+        forked_from: ``(session_id, step)`` this session was forked from.
+    """
+
+    session_id: str
+    state: VersionedState
+    step: int
+    next: tuple[str, ...]
+    pending_writes: Mapping[str, NodePartial | None] = attrs.field(
+        factory=lambda: MappingProxyType({})
+    )
+    error: ErrorEvent | None = None
+    interrupts: tuple[Any, ...] = ()
+    parent_step: int | None = None
+    forked_from: tuple[str, int] | None = None
+
+    @property
+    def completed(self) -> bool:
+        """Whether nothing is left to run."""
+        return not self.next and not self.pending_writes
+
+
+def _session_state(session: Session, parent_step: int | None) -> SessionState:
+    pending = session.pending if session.pending_step == session.step + 1 else {}
+    todo = tuple(
+        node
+        for node in session.frontier
+        if node not in (START, END) and node not in pending
+    )
+    return SessionState(
+        session_id=session.session_id,
+        state=session.state,
+        step=session.step,
+        next=todo,
+        pending_writes=MappingProxyType(dict(pending)),
+        error=session.error,
+        parent_step=parent_step,
+    )
+
+
+@attrs.frozen(kw_only=True)
 class RunMetadata:
     """Identifies what produced a run (recorded with its checkpoints)."""
 
@@ -102,6 +160,13 @@ class RunMetadata:
     config_hash: str
     checkpointer_backend: str
     clock_mode: str
+
+
+def _drop_pending(session: Session) -> None:
+    """New input starts the step over: nothing of an earlier attempt is kept."""
+    session.pending = {}
+    session.pending_step = None
+    session.error = None
 
 
 def _is_empty(state: VersionedState) -> bool:
@@ -126,18 +191,20 @@ class _RunEnd:
 
     def failed(self, exc: BaseException) -> None:
         if isinstance(exc, WorkflowError):
-            self._send("error", exc.error_event.error.message)
+            # The step that failed (the session stays at the one before).
+            self._send("error", exc.error_event.error.message, exc.step)
         elif isinstance(exc, Exception):
             self._send("error", describe_exception(exc))
         else:  # trio.Cancelled, KeyboardInterrupt, GeneratorExit …
             self._send("cancelled", None)
 
-    def _send(self, status: str, error: str | None) -> None:
+    def _send(self, status: str, error: str | None, step: int | None = None) -> None:
         # Synchronous: safe inside a cancelled scope.
         if self.sent:
             return
         self.sent = True
-        step = self.session.step if self.session is not None else 0
+        if step is None:
+            step = self.session.step if self.session is not None else 0
         if self.bus.closed:
             logger.warning(
                 "event bus closed before the %s sentinel of session %s",
@@ -145,14 +212,24 @@ class _RunEnd:
                 self.session_id,
             )
             return
-        self.bus.emit(
-            stream_end_event(self.session_id, status, step, error, self.scope)
-        )
+        event = stream_end_event(self.session_id, status, step, error, self.scope)
+        gated = self.session.gated_out if self.session is not None else ()
+        if status == "completed" and gated:
+            # Version gating ended the run: say so, never a silent "completed".
+            event = attrs.evolve(
+                event,
+                metadata=MappingProxyType(
+                    {**event.metadata, "ended_by": "gating", "gated_out": list(gated)}
+                ),
+            )
+        self.bus.emit(event)
 
 
 @attrs.define
 class _SessionSlot:
     session: Session
+    stored_step: int | None = None  # the latest step handed to the writer
+    parent_step: int | None = None  # the step that one follows
     iterative: bool = False
     entry: tuple[str, ...] = ()
     lock: trio.Lock = attrs.field(factory=trio.Lock)
@@ -193,6 +270,7 @@ class AppRunner:
         ran: Sequence[str] = (),
         skipped: Sequence[str] = (),
         updated: Sequence[str] = (),
+        parent_step: int | None = None,
     ) -> Checkpoint:
         return Checkpoint.from_session(
             session,
@@ -202,6 +280,7 @@ class AppRunner:
             updated_channels=tuple(updated),
             graph_hash=self.app.graph.graph_hash,
             config_hash=self._config_hash,
+            parent_step=parent_step,
         )
 
     async def flush(self) -> None:
@@ -218,20 +297,49 @@ class AppRunner:
         """The one save path: hand the session's checkpoint to the writer.
 
         ``outcome`` is the step that just ran (``None``: a fresh session or a
-        failed step, whose error is recorded in the session's state).
+        new turn). Each checkpoint names the step it follows, so a writer that
+        lost a race for the session fails with `CheckpointConflict`.
         """
         if self._writer is None:
             return
+        slot = self._sessions[session.session_id]
         if outcome is None:
-            checkpoint = self._checkpoint(session)
+            checkpoint = self._checkpoint(session, parent_step=slot.stored_step)
         else:
             checkpoint = self._checkpoint(
-                session, outcome.ran, outcome.skipped, outcome.barrier.updated_channels
+                session,
+                outcome.ran,
+                outcome.skipped,
+                outcome.barrier.updated_channels,
+                parent_step=slot.stored_step,
             )
+        slot.parent_step, slot.stored_step = slot.stored_step, session.step
         await self._writer.put(checkpoint)
 
+    async def _save_pending(self, session: Session) -> None:
+        """Store what a failed or cancelled step finished, and the failure.
+
+        Attached to the session's last stored step: no step is added, so a
+        resume that fails again stores no extra step.
+        """
+        if self._writer is None:
+            return
+        slot = self._sessions.get(session.session_id)
+        if slot is None or slot.stored_step is None:
+            return
+        record = encode_pending(session)
+        if record is None:
+            return
+        await self._writer.put(
+            PendingRecord(session.session_id, slot.stored_step, record)
+        )
+
     async def _autosave(self, session: Session, outcome: StepOutcome | None) -> None:
-        if self.autosave:
+        if not self.autosave:
+            return
+        if outcome is None:
+            await self._save_pending(session)
+        else:
             await self._save(session, outcome)
 
     async def _close(self, cancelled: bool) -> None:
@@ -257,6 +365,40 @@ class AppRunner:
             SessionNotFound: no such session in this runner.
         """
         return self._slot(session_id).session
+
+    async def get_state(
+        self, session_id: str, *, step: int | None = None
+    ) -> SessionState:
+        """The session at its latest step (or at ``step``), with what is pending.
+
+        Reads the store when this runner does not hold the session (or when a
+        past ``step`` is asked for). A checkpoint.
+
+        Raises:
+            InvalidSessionIdError: ``session_id`` breaks the session id rule.
+            SessionNotFound: no such session (or no such stored step).
+            CheckpointError: the stored session is unreadable.
+        """
+        check_session_id(session_id)
+        slot = self._sessions.get(session_id)
+        if slot is not None and (step is None or step == slot.session.step):
+            await trio.lowlevel.checkpoint()
+            return _session_state(slot.session, slot.parent_step)
+        if self.checkpointer is None:
+            await trio.lowlevel.checkpoint()
+            raise SessionNotFound(session_id)
+        if step is None:
+            stored = await self.checkpointer.load_latest(session_id)
+        else:
+            page = await self.checkpointer.query_steps(
+                session_id, min_step=step, max_step=step, limit=1
+            )
+            stored = page.checkpoints[0] if page.checkpoints else None
+        if stored is None:
+            raise SessionNotFound(session_id)
+        session = stored.to_session()
+        restore_pending(session, stored.pending)
+        return _session_state(session, stored.parent_step)
 
     def list_sessions(self) -> list[str]:
         """Ids of the sessions this runner holds."""
@@ -330,6 +472,8 @@ class AppRunner:
             )
         held = self._sessions.get(session_id)
         session: Session | None = None
+        stored_step: int | None = None
+        parent_step: int | None = None
         if held is not None:
             session = held.session
             await trio.lowlevel.checkpoint()
@@ -338,6 +482,9 @@ class AppRunner:
             if stored is not None:
                 self._check_graph(stored)
                 session = stored.to_session()
+                restore_pending(session, stored.pending)
+                stored_step = stored.step
+                parent_step = stored.parent_step
         else:
             await trio.lowlevel.checkpoint()
         if session is None:
@@ -349,7 +496,7 @@ class AppRunner:
             return SessionInit(session_id=session_id, resumed=False, step=0)
         session.budget_start = session.step
         if held is None:
-            self._sessions[session_id] = _SessionSlot(session)
+            self._sessions[session_id] = _SessionSlot(session, stored_step, parent_step)
         if not new_turns or state is None or _is_empty(state):
             return SessionInit(session_id=session_id, resumed=True, step=session.step)
         await self._new_turn(session, state)
@@ -371,6 +518,7 @@ class AppRunner:
         session.versions_seen.clear()
         session.join_progress = {}
         session.budget_start = session.step
+        _drop_pending(session)
         await self._save(session, None)
 
     def _check_graph(self, stored: Checkpoint) -> None:
@@ -405,7 +553,12 @@ class AppRunner:
         end = _RunEnd(self.event_bus, session_id, end_scope)
         try:
             if create:
-                await self.create_session(session_id, state)
+                init = await self.create_session(session_id, state)
+                if self._writer is not None and (init.fresh or init.new_turn):
+                    # Store the new step at once: of two processes starting
+                    # the same session, the loser learns it before any node
+                    # runs (CheckpointConflict).
+                    await self.flush()
             slot = self._slot(session_id)
             end.session = slot.session
             async with slot.lock:
@@ -416,9 +569,15 @@ class AppRunner:
                 )
                 await self.flush()
         except BaseException as exc:
-            if self._writer is not None:
-                await self._writer.flush_after(exc)
-            end.failed(exc)
+            try:
+                if self._writer is not None:
+                    if not isinstance(exc, Exception) and end.session is not None:
+                        # Cancelled mid-step: keep what its nodes finished.
+                        with trio.CancelScope(shield=True):
+                            await self._save_pending(end.session)
+                    await self._writer.flush_after(exc)
+            finally:
+                end.failed(exc)
             raise
         if on_completed is not None:
             on_completed(final)
@@ -576,6 +735,7 @@ class AppRunner:
             session.frontier = frontier
             session.versions_seen.clear()
             session.join_progress = {}
+            _drop_pending(session)
         return await self._complete(session_id, INVOCATION_END_SCOPE)
 
     async def finish_iterative_session(self, session_id: str) -> VersionedState:

@@ -10,7 +10,10 @@ session continues from its last stored step, which is always a complete one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
+import attrs
 import trio
 
 from .._core.errors import CheckpointError
@@ -24,12 +27,24 @@ FLUSH_TIMEOUT = 10.0
 _QUEUE_SIZE = 256
 
 
+@attrs.frozen
+class PendingRecord:
+    """A session's pending record, to attach to its step ``base_step``."""
+
+    session_id: str
+    base_step: int
+    record: Mapping[str, Any] | None
+
+
+_Item = Checkpoint | PendingRecord
+
+
 class CheckpointWriter:
     """Stores checkpoints behind the run, from a task of the runner's nursery."""
 
     def __init__(self, checkpointer: Checkpointer, nursery: trio.Nursery) -> None:
         self.checkpointer = checkpointer
-        self._send, self._receive = trio.open_memory_channel[Checkpoint](_QUEUE_SIZE)
+        self._send, self._receive = trio.open_memory_channel[_Item](_QUEUE_SIZE)
         self._queued = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -45,12 +60,13 @@ class CheckpointWriter:
                 self._scope = scope
                 with self._receive:
                     async for first in self._receive:
-                        await self._store(self._batch(first))
+                        for run in _runs(self._batch(first)):
+                            await self._store(run)
         finally:
             self._done.set()
             self._idle.set()
 
-    def _batch(self, first: Checkpoint) -> list[Checkpoint]:
+    def _batch(self, first: _Item) -> list[_Item]:
         # Everything queued goes in one transaction: a fast run hands over many
         # checkpoints between two yields.
         batch = [first]
@@ -60,23 +76,31 @@ class CheckpointWriter:
             except (trio.WouldBlock, trio.EndOfChannel):
                 return batch
 
-    async def _store(self, batch: list[Checkpoint]) -> None:
+    async def _store(self, run: list[_Item]) -> None:
         try:
-            save_many = getattr(self.checkpointer, "save_many", None)
-            if save_many is not None:
-                await save_many(batch)
+            if self._error is not None:
+                pass  # a failed writer stores nothing more: its parent chain broke
+            elif isinstance(run[0], PendingRecord):
+                for item in run:
+                    assert isinstance(item, PendingRecord)
+                    await self.checkpointer.save_pending(
+                        item.session_id, item.base_step, item.record
+                    )
             else:
-                for checkpoint in batch:
-                    await self.checkpointer.save(checkpoint)
+                # Each checkpoint names the step it follows: a writer that lost
+                # the race for a session gets CheckpointConflict, atomically.
+                await self.checkpointer.append(
+                    [item for item in run if isinstance(item, Checkpoint)]
+                )
         except Exception as exc:
             logger.error("checkpoint write failed: %s", exc)
             self._error = exc
-        self._queued -= len(batch)
+        self._queued -= len(run)
         if self._queued == 0:
             self._idle.set()
 
-    async def put(self, checkpoint: Checkpoint) -> None:
-        """Hand ``checkpoint`` over; waits only when the queue is full.
+    async def put(self, checkpoint: _Item) -> None:
+        """Hand a checkpoint (or a pending record) over; waits only when full.
 
         Raises:
             CheckpointError: an earlier write failed.
@@ -93,11 +117,16 @@ class CheckpointWriter:
             await self._send.send(checkpoint)
 
     def raise_error(self) -> None:
-        """Raise `CheckpointError` if a write failed."""
-        if self._error is not None:
-            raise CheckpointError(
-                f"storing checkpoints failed: {self._error}"
-            ) from self._error
+        """Raise the write error, if a write failed.
+
+        A `CheckpointError` (``CheckpointConflict`` among them) comes out as it
+        is; anything else is wrapped in one.
+        """
+        error = self._error
+        if isinstance(error, CheckpointError):
+            raise error
+        if error is not None:
+            raise CheckpointError(f"storing checkpoints failed: {error}") from error
 
     async def flush(self) -> None:
         """Wait until every checkpoint handed over is stored. A checkpoint.
@@ -139,3 +168,14 @@ class CheckpointWriter:
             await self._done.wait()
         if self._scope is not None:
             self._scope.cancel()
+
+
+def _runs(batch: list[_Item]) -> list[list[_Item]]:
+    """Split ``batch`` into runs of checkpoints and runs of pending records."""
+    runs: list[list[_Item]] = []
+    for item in batch:
+        if runs and type(runs[-1][0]) is type(item):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs

@@ -1,0 +1,138 @@
+"""The pending record of a session: work of an unfinished step that is kept.
+
+When a step fails (after its retries) or is cancelled, the partials of its
+nodes that already finished, and the failure, are stored with the session as
+its pending record (attached to the last committed step). Resuming runs only
+the nodes that did not finish; the barrier then merges kept and new partials
+in frontier order. The record is JSON-ready, with values encoded exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .._codec import converter, decode_extra, encode_extra
+from .._core.errors import CheckpointError, ErrorEvent, StateError
+from .._core.session import Session
+from .._core.state import Append, Message, NodePartial, Replace
+
+logger = logging.getLogger("weavegraph.runner")
+
+_VERSION = 1
+
+
+def encode_partial(partial: NodePartial | None) -> dict[str, Any] | None:
+    """The JSON-ready form of a node's partial (``None`` stays ``None``).
+
+    Raises:
+        StateError: its ``extra`` holds a value outside the storable domain.
+    """
+    if partial is None:
+        return None
+    out: dict[str, Any] = {}
+    if partial.messages is not None:
+        out["messages"] = [converter.unstructure(m, Message) for m in partial.messages]
+    if partial.extra is not None:
+        out["extra"] = encode_extra(partial.extra)
+    if partial.errors is not None:
+        out["errors"] = [converter.unstructure(e, ErrorEvent) for e in partial.errors]
+    if partial.frontier is not None:
+        kind = "replace" if isinstance(partial.frontier, Replace) else "append"
+        out["frontier"] = {"kind": kind, "targets": list(partial.frontier.targets)}
+    return out
+
+
+def decode_partial(data: Any) -> NodePartial | None:
+    """Rebuild a partial from `encode_partial`'s form.
+
+    Raises:
+        StateError: ``data`` is malformed.
+    """
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise StateError(f"a stored partial is an object, got {data!r:.80}")
+    command = data.get("frontier")
+    frontier: Replace | Append | None = None
+    if command is not None:
+        kind = command.get("kind") if isinstance(command, Mapping) else None
+        if kind not in ("replace", "append"):
+            raise StateError(f"a stored frontier command is malformed: {command!r}")
+        targets = command.get("targets", [])
+        frontier = Replace(targets) if kind == "replace" else Append(targets)
+    return NodePartial(
+        messages=[converter.structure(m, Message) for m in data["messages"]]
+        if "messages" in data
+        else None,
+        extra=decode_extra(data["extra"]) if "extra" in data else None,
+        errors=[converter.structure(e, ErrorEvent) for e in data["errors"]]
+        if "errors" in data
+        else None,
+        frontier=frontier,
+    )
+
+
+def encode_pending(session: Session) -> dict[str, Any] | None:
+    """The session's pending record, or ``None`` when nothing is pending.
+
+    A finished partial that cannot be stored (a value outside the domain) is
+    left out with a warning: its node runs again on resume, and the barrier
+    then refuses the value with a `StateError` naming node and key.
+    """
+    if not session.pending and session.error is None:
+        return None
+    writes: dict[str, Any] = {}
+    for node, partial in session.pending.items():
+        try:
+            writes[node] = encode_partial(partial)
+        except StateError as exc:
+            logger.warning(
+                "session %s: the finished output of node %r is not kept (%s);"
+                " it runs again on resume",
+                session.session_id,
+                node,
+                exc,
+            )
+    error = None
+    if session.error is not None:
+        error = converter.unstructure(session.error, ErrorEvent)
+    return {
+        "version": _VERSION,
+        "step": session.pending_step
+        if session.pending_step is not None
+        else session.step + 1,
+        "writes": writes,
+        "error": error,
+    }
+
+
+def restore_pending(session: Session, record: Mapping[str, Any] | None) -> None:
+    """Put a stored pending record back into ``session``.
+
+    Raises:
+        CheckpointError: the record is malformed (names the session and step).
+    """
+    session.pending = {}
+    session.pending_step = None
+    session.error = None
+    if not record:
+        return
+    try:
+        step = record["step"]
+        if type(step) is not int or step != session.step + 1:
+            raise StateError(f"its step {step!r} does not follow {session.step}")
+        writes = record.get("writes") or {}
+        if not isinstance(writes, Mapping):
+            raise StateError("its writes are not an object")
+        session.pending = {str(k): decode_partial(v) for k, v in writes.items()}
+        session.pending_step = step
+        error = record.get("error")
+        if error is not None:
+            session.error = converter.structure(error, ErrorEvent)
+    except (KeyError, TypeError, ValueError, StateError) as exc:
+        raise CheckpointError(
+            f"session {session.session_id!r} step {session.step}: its pending"
+            f" record is malformed ({exc})"
+        ) from exc
