@@ -64,8 +64,9 @@ def test_every_library_exception_is_in_the_errors_module() -> None:
     # Also those defined away from the root and raised by subpackages.
     import weavegraph.checkpoint
     import weavegraph.notebook
+    import weavegraph.serve
 
-    for module in (weavegraph.checkpoint, weavegraph.notebook):
+    for module in (weavegraph.checkpoint, weavegraph.notebook, weavegraph.serve):
         for name in module.__all__:
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, BaseException):

@@ -5,6 +5,7 @@ All derive from `WeavegraphError`; the common ones are also at the package root.
 
 from __future__ import annotations
 
+from ._core.errors import AuthorizationError as AuthorizationError
 from ._core.errors import CheckpointConflict as CheckpointConflict
 from ._core.errors import CheckpointError as CheckpointError
 from ._core.errors import ConfigError as ConfigError
@@ -19,6 +20,7 @@ from ._core.errors import EventBusClosed as EventBusClosed
 from ._core.errors import EventBusConfigError as EventBusConfigError
 from ._core.errors import EventDecodeError as EventDecodeError
 from ._core.errors import GraphError as GraphError
+from ._core.errors import HTTPError as HTTPError
 from ._core.errors import InvalidEdgeError as InvalidEdgeError
 from ._core.errors import InvalidEntryError as InvalidEntryError
 from ._core.errors import InvalidNodeError as InvalidNodeError
@@ -51,6 +53,8 @@ from ._core.errors import WeavegraphError as WeavegraphError
 from ._core.errors import WorkflowError as WorkflowError
 
 __all__ = (
+    "AuthorizationError",
+    "HTTPError",
     "ErrorDetail",
     "ErrorScope",
     "ErrorEvent",

@@ -14,7 +14,9 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
-from .._core.errors import ConfigError, WeavegraphError
+from .._core.errors import AuthorizationError as AuthorizationError
+from .._core.errors import ConfigError
+from .._core.errors import HTTPError as HTTPError
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Headers: TypeAlias = list[tuple[bytes, bytes]]
@@ -23,49 +25,6 @@ Action: TypeAlias = Literal["start", "resume", "read", "list"]
 """What a request wants to do, as the ``authorize`` hook is told."""
 
 ACTIONS: tuple[Action, ...] = ("start", "resume", "read", "list")
-
-
-class HTTPError(WeavegraphError):
-    """A request the app refuses, answered with ``status`` and a JSON body.
-
-    Args:
-        status: The HTTP status code.
-        message: Said to the client as ``{"error": message}``.
-        headers: Extra response headers (``(name, value)`` byte pairs).
-    """
-
-    def __init__(
-        self, status: int, message: str, headers: Headers | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers: Headers = list(headers or ())
-
-
-class AuthorizationError(HTTPError):
-    """Raised by an ``authorize`` hook to refuse a request.
-
-    Args:
-        message: Said to the client as ``{"error": message}``.
-        status: 401 (the client must authenticate) or 403 (it may not).
-        challenge: With 401, the ``WWW-Authenticate`` header value, such as
-            ``'Bearer realm="weavegraph"'``.
-
-    Raises:
-        ConfigError: ``status`` is neither 401 nor 403.
-    """
-
-    def __init__(
-        self,
-        message: str = "not allowed",
-        *,
-        status: int = 403,
-        challenge: str | None = None,
-    ) -> None:
-        if status not in (401, 403):
-            raise ConfigError(f"AuthorizationError takes 401 or 403, got {status!r}")
-        headers = [(b"www-authenticate", challenge.encode())] if challenge else []
-        super().__init__(status, message, headers)
 
 
 @attrs.frozen(kw_only=True)
