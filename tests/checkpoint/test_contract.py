@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as _dt
+import uuid
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from weavegraph import (
     NodePartial,
     PostgresCheckpointer,
     SQLiteCheckpointer,
+    StateError,
     VersionedState,
 )
 from weavegraph.lowlevel import Checkpoint, apply_barrier
@@ -437,8 +441,10 @@ def exactly(a: Any, b: Any) -> bool:
         return False
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(exactly(a[k], b[k]) for k in a)
-    if isinstance(a, list):
+    if isinstance(a, list | tuple):
         return len(a) == len(b) and all(map(exactly, a, b))
+    if isinstance(a, _dt.datetime):
+        return a == b and a.utcoffset() == b.utcoffset()
     if isinstance(a, float):
         return repr(a) == repr(b)
     return bool(a == b)
@@ -461,6 +467,28 @@ async def test_a_pending_record_attaches_to_the_latest_step(
     assert dict((await store.load_latest("s")).pending) == {"only": "this"}
     await store.save_pending("s", 2, None)
     assert (await store.load_latest("s")).pending is None
+
+
+async def test_pending_values_of_the_whole_domain_round_trip(store: Any) -> None:
+    when = _dt.datetime(2026, 5, 1, 12, 30, tzinfo=_dt.timezone(_dt.timedelta(hours=2)))
+    record = {
+        "tuple": (1, (2.0, "x")),
+        "set": {1, 2},
+        "frozen": frozenset({"a"}),
+        "bytes": b"\x00x",
+        "when": when,
+        "amount": Decimal("1.10"),
+        "id": uuid.UUID(int=7),
+        "looks_tagged": {"$wg": "not a tag"},
+    }
+    await store.append(history("s", 1))
+    await store.save_pending("s", 1, record)
+    pending = (await store.load_latest("s")).pending
+    assert pending is not None and pending.keys() == record.keys()
+    for key, value in record.items():
+        assert exactly(pending[key], value), key
+    with pytest.raises(StateError, match=r"pending\["):
+        await store.save_pending("s", 1, {"bad": object()})
 
 
 async def test_a_pending_record_needs_the_latest_step(store: Any) -> None:

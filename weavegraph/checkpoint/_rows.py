@@ -39,7 +39,7 @@ import json
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import attrs
 from cattrs.errors import BaseValidationError
@@ -52,6 +52,12 @@ from .record import Checkpoint
 
 SNAPSHOT_EVERY = 64
 """A row holds ``extra`` and the gating memory whole at least every this many rows."""
+
+SNAPSHOT_WEIGHT = 4
+"""...and as soon as the deltas since the last snapshot weigh this many times it.
+
+So snapshots add at most a quarter to the bytes of those deltas, and a small
+state (cheap to store whole) is read back from a few rows, not 64."""
 
 ROW_FORMAT = 3
 
@@ -116,9 +122,8 @@ def _json(value: Any) -> str:
 # ------------------------------------------------------------------ the rows
 
 
-@attrs.frozen
-class StepRow:
-    """One stored step, as it sits in the ``steps`` table."""
+class StepRow(NamedTuple):
+    """One stored step, as it sits in the ``steps`` table (columns in order)."""
 
     session_id: str
     step: int
@@ -207,7 +212,7 @@ def row_digest(row: StepRow) -> str:
 
 def row_values(row: StepRow) -> tuple[Any, ...]:
     """The row's column values, in `COLUMNS` order."""
-    return tuple(getattr(row, name) for name in COLUMNS)
+    return tuple(row)
 
 
 def _step_like(value: Any) -> bool:
@@ -229,9 +234,9 @@ def row_from(record: Sequence[Any], session_id: str) -> StepRow:
         and _step_like(record[4])
         and _step_like(record[5])
         and _step_like(record[6])
-        and all(type(v) is str for v in record[7:])
     ):
-        return StepRow(*record)
+        # Text columns are checked by the digest (joining them fails otherwise).
+        return StepRow._make(record)
     values = dict(zip(COLUMNS, record, strict=True))
     where = f"session {session_id!r} at step {values['step']!r}"
     if values["session_id"] != session_id:
@@ -243,7 +248,7 @@ def row_from(record: Sequence[Any], session_id: str) -> StepRow:
         value = values[name]
         if value is not None and not _step_like(value):
             raise _corrupt_where(where, f"{name} is {value!r}, not a step")
-    raise _corrupt_where(where, "a column that holds text holds something else")
+    raise _corrupt_where(where, f"it has {len(record)} columns")
 
 
 def _corrupt_where(where: str, what: str) -> CheckpointError:
@@ -271,6 +276,8 @@ class Stored:
         mroot: Where its message list was last stored whole.
         eroot: Where its error list was last stored whole.
         depth: Rows after the snapshot row in its chain (0: it is one).
+        snap_bytes: Bytes of the snapshot row's ``extra`` and gating parts.
+        delta_bytes: Bytes of those parts in the rows after it, this one included.
     """
 
     checkpoint: Checkpoint
@@ -279,6 +286,8 @@ class Stored:
     mroot: int
     eroot: int
     depth: int
+    snap_bytes: int
+    delta_bytes: int
 
 
 def _list_part(
@@ -325,66 +334,94 @@ def _utc_text(value: _dt.datetime) -> str:
     return value.astimezone(_dt.UTC).isoformat()
 
 
-def encode_row(checkpoint: Checkpoint, base: Stored | None) -> tuple[StepRow, Stored]:
-    """The row for ``checkpoint`` as a delta from ``base`` (``None``: whole).
-
-    ``base`` must be the session's latest stored step, and ``checkpoint`` must
-    come after it; the write checks both in its transaction. Returns the row
-    and what the next row of the session may be based on. Pure CPU work.
-    """
-    state = checkpoint.state
-    step = checkpoint.step
-    if base is not None and base.checkpoint.step >= step:
-        base = None
-    old = base.checkpoint if base is not None else None
-    messages_json, m_whole = _list_part(
-        state.messages, old.state.messages if old else None, encode_message
-    )
-    errors_json, e_whole = _list_part(
-        state.errors, old.state.errors if old else None, encode_error
-    )
-    snapshot = base is None or base.depth + 1 >= SNAPSHOT_EVERY
-    if old is None or snapshot:
-        extra: dict[str, Any] = {"reset": _codec.encode_extra(state.extra)}
-        seen: dict[str, Any] = {"reset": dict(checkpoint.versions_seen)}
-    else:
-        extra = _extra_delta(state.extra, old.state.extra)
-        seen = _seen_delta(checkpoint.versions_seen, old.versions_seen)
+def _state_json(state: VersionedState, extra: dict[str, Any]) -> str:
     versions = state.versions
-    state_json = _json(
+    return _json(
         {
             "extra": extra,
             "versions": [versions.messages, versions.extra, versions.errors],
             "counts": [len(state.messages), len(state.errors), len(state.extra)],
         }
     )
+
+
+def _whole_parts(checkpoint: Checkpoint) -> tuple[str, str]:
+    return (
+        _state_json(
+            checkpoint.state, {"reset": _codec.encode_extra(checkpoint.state.extra)}
+        ),
+        _json({"reset": dict(checkpoint.versions_seen)}),
+    )
+
+
+def encode_row(checkpoint: Checkpoint, base: Stored | None) -> tuple[StepRow, Stored]:
+    """The row for ``checkpoint`` as a delta from ``base`` (``None``: whole).
+
+    ``base`` must be the session's latest stored step, and ``checkpoint`` must
+    come after it; the write checks both in its transaction. The row holds
+    ``extra`` and the gating memory whole (a snapshot) when the deltas since
+    the last snapshot weigh `SNAPSHOT_WEIGHT` times as much, and at least every
+    `SNAPSHOT_EVERY` rows.
+    Returns the row and what the next row of the session may be based on.
+    Pure CPU work.
+    """
+    state = checkpoint.state
+    step = checkpoint.step
+    if base is not None and base.checkpoint.step >= step:
+        base = None
+    messages_json, m_whole = _list_part(
+        state.messages, base.checkpoint.state.messages if base else None, encode_message
+    )
+    errors_json, e_whole = _list_part(
+        state.errors, base.checkpoint.state.errors if base else None, encode_error
+    )
+    snap_step, depth, delta_bytes = step, 0, 0
+    if base is None:
+        state_json, seen_json = _whole_parts(checkpoint)
+    else:
+        old = base.checkpoint
+        state_json = _state_json(state, _extra_delta(state.extra, old.state.extra))
+        seen_json = _json(_seen_delta(checkpoint.versions_seen, old.versions_seen))
+        size = len(state_json) + len(seen_json)
+        if (
+            base.depth + 1 >= SNAPSHOT_EVERY
+            or base.delta_bytes + size >= SNAPSHOT_WEIGHT * base.snap_bytes
+        ):
+            state_json, seen_json = _whole_parts(checkpoint)
+        else:
+            snap_step, depth = base.snap_step, base.depth + 1
+            delta_bytes = base.delta_bytes + size
     row = StepRow(
         session_id=checkpoint.session_id,
         step=step,
         base_step=None if base is None else base.checkpoint.step,
         parent_step=checkpoint.parent_step,
-        snap_step=step if snapshot else base.snap_step,  # type: ignore[union-attr]
+        snap_step=snap_step,
         mroot=step if m_whole or base is None else base.mroot,
         eroot=step if e_whole or base is None else base.eroot,
         created_at=_utc_text(checkpoint.created_at),
         state_json=state_json,
         messages_json=messages_json,
         errors_json=errors_json,
-        seen_json=_json(seen),
+        seen_json=seen_json,
         frontier_json=_json(list(checkpoint.frontier)),
         joins_json=_json({k: sorted(v) for k, v in checkpoint.join_progress.items()}),
         ran_nodes_json=_json(list(checkpoint.ran_nodes)),
         skipped_nodes_json=_json(list(checkpoint.skipped_nodes)),
         updated_channels_json=_json(list(checkpoint.updated_channels)),
     )
-    row = attrs.evolve(row, digest=row.content_digest())
+    row = row._replace(digest=row.content_digest())
     stored = Stored(
         checkpoint=checkpoint,
         digest=row.digest,
         snap_step=row.snap_step,
         mroot=row.mroot,
         eroot=row.eroot,
-        depth=0 if snapshot else base.depth + 1,  # type: ignore[union-attr]
+        depth=depth,
+        snap_bytes=(len(state_json) + len(seen_json))
+        if depth == 0
+        else base.snap_bytes,  # type: ignore[union-attr]
+        delta_bytes=delta_bytes,
     )
     return row, stored
 
@@ -528,42 +565,45 @@ def _names(value: Any, what: str) -> list[str]:
     return names
 
 
-def _version(value: Any, what: str) -> int:
-    if type(value) is not int or value < 1:
-        raise ValueError(f"{what} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _count(value: Any, what: str) -> int:
-    if type(value) is not int or value < 0:
-        raise ValueError(f"{what} must be an int >= 0, got {value!r}")
-    return value
-
-
 def _seen_pair(value: Any, node: str) -> tuple[int, int]:
     if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not all(type(v) is int and v >= 0 for v in value)
+        type(value) is list
+        and len(value) == 2
+        and type(value[0]) is int
+        and type(value[1]) is int
+        and value[0] >= 0
+        and value[1] >= 0
     ):
-        raise ValueError(
-            f"the gating entry of {node!r} must be two ints >= 0, got {value!r}"
-        )
-    return (value[0], value[1])
+        return (value[0], value[1])
+    raise ValueError(
+        f"the gating entry of {node!r} must be two ints >= 0, got {value!r}"
+    )
+
+
+_CHANNELS = ("messages", "extra", "errors")
 
 
 def _map_part(delta: Any, what: str) -> tuple[bool, dict[str, Any], list[str]]:
     """(whole?, keys set, keys deleted) of a map delta."""
-    doc = _as_dict(delta, what)
-    if set(doc) == {"reset"}:
-        return True, _as_dict(doc["reset"], what), []
-    if not set(doc) <= {"set", "delete"} or "set" not in doc:
-        raise ValueError(f"{what} must hold 'set' (and 'delete') or 'reset'")
-    deleted = _as_list(doc.get("delete", []), what)
-    for key in deleted:
-        if not isinstance(key, str):
-            raise ValueError(f"{what} deletes a key that is not a string: {key!r}")
-    return False, _as_dict(doc["set"], what), deleted
+    if type(delta) is dict:
+        size = len(delta)
+        if size == 1:
+            reset = delta.get("reset")
+            if type(reset) is dict:
+                return True, reset, []
+            changed = delta.get("set")
+            if type(changed) is dict:
+                return False, changed, []
+        elif size == 2:
+            changed, deleted = delta.get("set"), delta.get("delete")
+            if type(changed) is dict and type(deleted) is list:
+                for key in deleted:
+                    if type(key) is not str:
+                        raise ValueError(
+                            f"{what} deletes a key that is not text: {key!r}"
+                        )
+                return False, changed, deleted
+    raise ValueError(f"{what} must hold 'set' (and 'delete') or 'reset'")
 
 
 def _list_doc(text: str, what: str) -> tuple[bool, list[Any]]:
@@ -590,21 +630,24 @@ class _Parsed:
 
     def __init__(self, row: StepRow) -> None:
         self.row = row
-        doc = _as_dict(loads(row.state_json), "state")
-        if set(doc) != {"extra", "versions", "counts"}:
-            raise ValueError(
-                f"state must hold exactly extra, versions and counts, got {sorted(doc)}"
-            )
-        versions = _as_list(doc["versions"], "versions")
-        counts = _as_list(doc["counts"], "counts")
-        if len(versions) != 3 or len(counts) != 3:
-            raise ValueError("versions and counts must hold three numbers each")
-        self.versions = Versions(
-            messages=_version(versions[0], "the messages version"),
-            extra=_version(versions[1], "the extra version"),
-            errors=_version(versions[2], "the errors version"),
-        )
-        self.counts = tuple(_count(c, "a count") for c in counts)
+        doc = loads(row.state_json)
+        if type(doc) is not dict or doc.keys() != {"extra", "versions", "counts"}:
+            raise ValueError("state must hold exactly extra, versions and counts")
+        versions, counts = doc["versions"], doc["counts"]
+        if type(versions) is not list or len(versions) != 3:
+            raise ValueError("versions must hold three numbers")
+        if type(counts) is not list or len(counts) != 3:
+            raise ValueError("counts must hold three numbers")
+        for name, version in zip(_CHANNELS, versions, strict=True):
+            if type(version) is not int or version < 1:
+                raise ValueError(
+                    f"the {name} version must be an int >= 1, got {version!r}"
+                )
+        for count in counts:
+            if type(count) is not int or count < 0:
+                raise ValueError(f"a count must be an int >= 0, got {count!r}")
+        self.versions: list[int] = versions
+        self.counts: list[int] = counts
         self.extra = _map_part(doc["extra"], "extra")
         self.seen = _map_part(loads(row.seen_json), "versions_seen")
 
@@ -615,24 +658,38 @@ def check_structure(row: StepRow) -> None:
     Raises:
         CheckpointError: naming the session and the step.
     """
-    sid, step = row.session_id, row.step
-    if not row.digest or row.digest != row.content_digest():
+    sid, step, base, parent = row.session_id, row.step, row.base_step, row.parent_step
+    try:
+        intact = bool(row.digest) and row.digest == row.content_digest()
+    except TypeError:  # a text column holds a number
+        raise corrupt(
+            sid, step, "a column that holds text holds something else"
+        ) from None
+    if not intact:
         raise corrupt(
             sid,
             step,
             "its content does not match its digest (was it edited outside weavegraph?)",
         )
-    for name in ("base_step", "parent_step"):
-        value = getattr(row, name)
-        if value is not None and value >= step:
-            raise corrupt(sid, step, f"{name} {value} does not come before it")
-    base = row.base_step
-    for name in ("snap_step", "mroot", "eroot"):
-        value = getattr(row, name)
-        if base is None and value != step:
-            raise corrupt(sid, step, f"a row without a base has {name} {value}")
+    if base is not None and base >= step:
+        raise corrupt(sid, step, f"base_step {base} does not come before it")
+    if parent is not None and parent >= step:
+        raise corrupt(sid, step, f"parent_step {parent} does not come before it")
+    for name, value in (("snap_step", row.snap_step), ("mroot", row.mroot),
+                        ("eroot", row.eroot)):  # fmt: skip
         if value != step and (base is None or value > base):
             raise corrupt(sid, step, f"{name} {value} is not in its chain")
+
+
+class _Chained(NamedTuple):
+    """A wanted step as its snapshot chain leaves it."""
+
+    parsed: _Parsed
+    extra: Mapping[str, Any]
+    seen: dict[str, tuple[int, int]]
+    depth: int
+    snap_bytes: int
+    delta_bytes: int
 
 
 class _Fold:
@@ -668,17 +725,10 @@ class _Fold:
         errors = self._histories(order, "errors", decode_error)
         out: list[Stored] = []
         for row in order:
-            parsed, extra, seen, depth = extras[row.step]
             try:
                 out.append(
                     self._stored(
-                        row,
-                        parsed,
-                        extra,
-                        seen,
-                        depth,
-                        messages[row.step],
-                        errors[row.step],
+                        row, extras[row.step], messages[row.step], errors[row.step]
                     )
                 )
             except CheckpointError:
@@ -687,23 +737,25 @@ class _Fold:
                 raise corrupt(self.session_id, row.step, str(exc)) from exc
         return out
 
-    def _chains(
-        self, order: Sequence[StepRow]
-    ) -> dict[int, tuple[_Parsed, Mapping[str, Any], dict[str, tuple[int, int]], int]]:
-        """Per wanted step: its parsed row, extra, gating memory and depth."""
+    def _chains(self, order: Sequence[StepRow]) -> dict[int, _Chained]:
+        """Per wanted step: its parsed row, extra, gating memory and chain facts."""
         groups: dict[int, list[int]] = {}
         for row in order:
             groups.setdefault(row.snap_step, []).append(row.step)
-        out: dict[
-            int, tuple[_Parsed, Mapping[str, Any], dict[str, tuple[int, int]], int]
-        ] = {}
+        out: dict[int, _Chained] = {}
         for snap, steps in groups.items():
             rows = self.source.chain(snap, steps[-1])
             wanted = set(steps)
             extra: dict[str, Any] = {}
             seen: dict[str, tuple[int, int]] = {}
             previous: _Parsed | None = None
+            snap_bytes = delta_bytes = 0
             for depth, row in enumerate(rows):
+                size = len(row.state_json) + len(row.seen_json)
+                if depth:
+                    delta_bytes += size
+                else:
+                    snap_bytes = size
                 self._check(row)
                 try:
                     parsed = _Parsed(row)
@@ -714,11 +766,13 @@ class _Fold:
                 except (ValueError, TypeError, KeyError, BaseValidationError) as exc:
                     raise corrupt(self.session_id, row.step, str(exc)) from exc
                 if row.step in wanted:
-                    out[row.step] = (
+                    out[row.step] = _Chained(
                         parsed,
                         MappingProxyType(dict(extra)),
                         dict(seen),
                         depth,
+                        snap_bytes,
+                        delta_bytes,
                     )
                 previous = parsed
             missing = wanted - out.keys()
@@ -741,17 +795,7 @@ class _Fold:
         if row.base_step != previous.row.step:
             raise self._broken(row.step, previous.row.step, "the row before it")
         old, new = previous.versions, parsed.versions
-        if (new.messages, new.extra, new.errors) < (
-            old.messages,
-            old.extra,
-            old.errors,
-        ):
-            raise ValueError("channel versions went down since its base step")
-        if (
-            new.messages < old.messages
-            or new.extra < old.extra
-            or new.errors < old.errors
-        ):
+        if new[0] < old[0] or new[1] < old[1] or new[2] < old[2]:
             raise ValueError("channel versions went down since its base step")
 
     def _apply(
@@ -831,26 +875,26 @@ class _Fold:
     def _stored(
         self,
         row: StepRow,
-        parsed: _Parsed,
-        extra: Mapping[str, Any],
-        seen: dict[str, tuple[int, int]],
-        depth: int,
+        chained: _Chained,
         messages: History[Message],
         errors: History[ErrorEvent],
     ) -> Stored:
-        if (len(messages), len(errors)) != parsed.counts[:2]:
+        parsed = chained.parsed
+        if [len(messages), len(errors)] != parsed.counts[:2]:
             raise ValueError(
                 f"it holds {len(messages)} messages and {len(errors)} errors, the"
                 f" row says {parsed.counts[0]} and {parsed.counts[1]}"
             )
         joins = _as_dict(loads(row.joins_json), "join progress")
-        state = VersionedState._trusted(messages, extra, errors, parsed.versions)
+        m, x, e = parsed.versions
+        versions = Versions(messages=m, extra=x, errors=e)
+        state = VersionedState._trusted(messages, chained.extra, errors, versions)
         checkpoint = Checkpoint(
             session_id=row.session_id,
             step=row.step,
             state=state,
             frontier=_names(loads(row.frontier_json), "frontier"),
-            versions_seen=seen,
+            versions_seen=chained.seen,
             join_progress={k: _names(v, "join progress") for k, v in joins.items()},
             concurrency_limit=self.concurrency_limit,
             created_at=parse_time(row.created_at),
@@ -869,7 +913,9 @@ class _Fold:
             snap_step=row.snap_step,
             mroot=row.mroot,
             eroot=row.eroot,
-            depth=depth,
+            depth=chained.depth,
+            snap_bytes=chained.snap_bytes,
+            delta_bytes=chained.delta_bytes,
         )
 
 

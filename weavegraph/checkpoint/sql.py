@@ -112,7 +112,7 @@ POSTGRES = Dialect(
     has_node_filter=lambda column, ph: (
         f"(steps.{column}::jsonb) @> jsonb_build_array({ph}::text)"
     ),
-    lock_session=" FOR UPDATE",
+    lock_session=" FOR UPDATE OF sessions",
     list_tables=(
         "SELECT table_name FROM information_schema.tables"
         " WHERE table_schema = current_schema()"
@@ -394,36 +394,67 @@ def _check_step(session_id: str, value: Any) -> int:
     return value
 
 
-def _lock_session(
-    cur: Cursor, d: Dialect, first: Checkpoint, create: bool
-) -> tuple[int | None, bool]:
-    """Lock the session's row (creating it if allowed): (its latest step, created)."""
+@attrs.frozen
+class _Locked:
+    """A session's row as its write transaction found (and locked) it."""
+
+    latest: int | None  # None: the session did not exist
+    latest_digest: str | None
+    has_pending: bool
+    created: bool
+
+
+def _lock_session(cur: Cursor, d: Dialect, first: Checkpoint, create: str) -> _Locked:
+    """Lock the session's row, creating it ``"first"`` (for a new session's
+    first checkpoint: it must not exist), ``"if-missing"`` or ``"never"``.
+
+    One statement finds the latest step, its row digest and whether a pending
+    record exists, so the usual write is three statements in all.
+    """
     sid = first.session_id
-    if create:
-        now = _now()
-        cur.execute(
-            d.q(
-                "INSERT INTO sessions (id, created_at, updated_at, last_step,"
-                " concurrency_limit, graph_hash, config_hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
-            ),
-            (
-                sid,
-                now,
-                now,
-                first.step,
-                first.concurrency_limit,
-                first.graph_hash,
-                first.config_hash,
-            ),
-        )
-        if cur.rowcount == 1:
-            return None, True
+    if create == "first" and _insert_session(cur, d, first):
+        return _Locked(None, None, False, True)
     cur.execute(
-        d.q("SELECT last_step FROM sessions WHERE id = ?" + d.lock_session), (sid,)
+        d.q(
+            "SELECT sessions.last_step, steps.digest, pending_writes.base_step"
+            " FROM sessions LEFT JOIN steps ON steps.session_id = sessions.id"
+            " AND steps.step = sessions.last_step"
+            " LEFT JOIN pending_writes ON pending_writes.session_id = sessions.id"
+            " WHERE sessions.id = ?" + d.lock_session
+        ),
+        (sid,),
     )
     found = cur.fetchone()
-    return (None if found is None else _check_step(sid, found[0])), False
+    if found is not None:
+        latest = _check_step(sid, found[0])
+        return _Locked(latest, found[1], found[2] is not None, False)
+    if create == "if-missing":
+        if _insert_session(cur, d, first):
+            return _Locked(None, None, False, True)
+        return _lock_session(cur, d, first, "never")  # created meanwhile
+    return _Locked(None, None, False, False)
+
+
+def _insert_session(cur: Cursor, d: Dialect, first: Checkpoint) -> bool:
+    """Insert the session's row unless it exists; whether it was inserted."""
+    now = _now()
+    cur.execute(
+        d.q(
+            "INSERT INTO sessions (id, created_at, updated_at, last_step,"
+            " concurrency_limit, graph_hash, config_hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+        ),
+        (
+            first.session_id,
+            now,
+            now,
+            first.step,
+            first.concurrency_limit,
+            first.graph_hash,
+            first.config_hash,
+        ),
+    )
+    return bool(cur.rowcount == 1)
 
 
 def _write_session(
@@ -432,21 +463,32 @@ def _write_session(
     sid = session_plan.session_id
     checkpoints = session_plan.checkpoints
     first = checkpoints[0]
-    latest, created = _lock_session(
-        cur, d, first, create=not checked or first.parent_step is None
-    )
+    if not checked:
+        create = "if-missing"
+    else:
+        create = "first" if first.parent_step is None else "never"
+    locked = _lock_session(cur, d, first, create)
+    latest = locked.latest
     if checked:
         check_chain(checkpoints, {} if latest is None else {sid: latest})
     rows = list(session_plan.rows)
     tip = session_plan.tip
-    verified: set[int] = set()  # steps this transaction wrote (valid bases)
+    # Steps known to be stored as this writer encoded them: valid delta bases.
+    verified: set[int] = set()
+    if (
+        tip is not None
+        and latest == tip.checkpoint.step
+        and locked.latest_digest == tip.digest
+    ):
+        verified.add(latest)
     current = latest
     newest: tuple[Stored, int] | None = None  # what is on top, and its index
     index = 0
     while index < len(rows):
         row, stored, _ = rows[index]
-        if row.base_step is not None and not _valid_base(
-            cur, d, row, current, tip, verified
+        base = row.base_step
+        if base is not None and not (
+            base == current and row.step > base and base in verified
         ):
             # The store moved on since this writer's last write (or the base
             # was replaced): store the rest whole.
@@ -459,34 +501,10 @@ def _write_session(
             newest = (stored, index)
         index += 1
     assert current is not None
-    _touch_session(cur, d, sid, latest, created, current, newest, session_plan)
+    _touch_session(cur, d, sid, locked, current, newest, session_plan)
     if newest is None:
         return None
     return newest[0]
-
-
-def _valid_base(
-    cur: Cursor,
-    d: Dialect,
-    row: StepRow,
-    current: int | None,
-    tip: Stored | None,
-    verified: set[int],
-) -> bool:
-    """Whether a delta row may be stored on its base: the base is the session's
-    latest row, as the writer knew it, and the row comes after it."""
-    if current is None or row.base_step != current or row.step <= current:
-        return False
-    if row.base_step in verified:
-        return True
-    if tip is None or tip.checkpoint.step != row.base_step:
-        return False
-    cur.execute(
-        d.q("SELECT digest FROM steps WHERE session_id = ? AND step = ?"),
-        (row.session_id, row.base_step),
-    )
-    stored = cur.fetchone()
-    return stored is not None and stored[0] == tip.digest
 
 
 def _same(a: Checkpoint, b: Checkpoint) -> bool:
@@ -543,8 +561,7 @@ def _touch_session(
     cur: Cursor,
     d: Dialect,
     sid: str,
-    latest: int | None,
-    created: bool,
+    locked: _Locked,
     current: int,
     newest: tuple[Stored, int] | None,
     session_plan: SessionPlan,
@@ -562,7 +579,7 @@ def _touch_session(
         ),
         (now, current, top.concurrency_limit, top.graph_hash, top.config_hash, sid),
     )
-    if not created:
+    if locked.has_pending:
         cur.execute(d.q("DELETE FROM pending_writes WHERE session_id = ?"), (sid,))
     pending = session_plan.pending[newest[1]]
     if pending is not None:
