@@ -864,6 +864,32 @@ async def test_writes_do_not_wait_for_busy_readers(backend: Any) -> None:
         assert page.checkpoints[0].step == 20  # the readers see committed writes
 
 
+async def test_a_write_waiting_for_a_lock_sees_what_the_holder_committed(
+    postgres_dsn: str,
+) -> None:
+    """A pending record committed while an append waited is cleared by it."""
+    async with PostgresCheckpointer(postgres_dsn) as store:
+        steps = conversation("s", 1, 2)
+        await store.append(steps[:2])
+        holder = psycopg.connect(postgres_dsn)
+        try:
+            holder.execute("SELECT 1 FROM sessions WHERE id = 's' FOR UPDATE")
+            row = _rows.encode_pending("s", 1, {"left": "over"})
+            holder.execute(
+                "INSERT INTO pending_writes VALUES (%s, %s, %s, %s, %s)",
+                (row.session_id, row.base_step, row.created_at, row.value_json,
+                 row.digest),
+            )  # fmt: skip
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.append, steps[2:])
+                await trio.sleep(0.3)  # the append now waits for the row lock
+                holder.commit()
+        finally:
+            holder.close()
+        latest = await store.load_latest("s")
+        assert latest is not None and latest.step == 2 and latest.pending is None
+
+
 async def test_a_replay_is_cheap(backend: Any) -> None:
     open_store, _ = backend
     async with open_store() as store:

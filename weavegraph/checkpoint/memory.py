@@ -89,7 +89,12 @@ class InMemoryCheckpointer(Checkpointer):
         """
         await trio.lowlevel.checkpoint()
         checked = self._check(checkpoints)
-        check_chain(checked, {sid: s.latest for sid, s in self._sessions.items()})
+        latest = {}
+        for checkpoint in checked:
+            session = self._sessions.get(checkpoint.session_id)
+            if session is not None:
+                latest[checkpoint.session_id] = session.latest
+        check_chain(checked, latest)
         for checkpoint in checked:
             self._store(checkpoint)
 

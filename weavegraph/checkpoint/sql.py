@@ -83,6 +83,9 @@ class Dialect:
     bigint: str
     has_node_filter: Callable[[str, str], str]
     lock_session: str  # appended to the SELECT of the session row in a transaction
+    # Run before reading a session's row with others joined (PostgreSQL: a
+    # waiting FOR UPDATE re-reads only the locked row, not the joined ones).
+    lock_first: str | None
     list_tables: str
     begin_write: tuple[str, ...]
     begin_read: tuple[str, ...]
@@ -100,6 +103,7 @@ SQLITE = Dialect(
         f"EXISTS (SELECT 1 FROM json_each(steps.{column}) AS j WHERE j.value = {ph})"
     ),
     lock_session="",  # BEGIN IMMEDIATE already holds the database's write lock
+    lock_first=None,
     list_tables="SELECT name FROM sqlite_master",
     begin_write=("BEGIN IMMEDIATE",),
     begin_read=("BEGIN",),
@@ -112,7 +116,8 @@ POSTGRES = Dialect(
     has_node_filter=lambda column, ph: (
         f"(steps.{column}::jsonb) @> jsonb_build_array({ph}::text)"
     ),
-    lock_session=" FOR UPDATE OF sessions",
+    lock_session=" FOR UPDATE",
+    lock_first="SELECT 1 FROM sessions WHERE id = %s FOR UPDATE",
     list_tables=(
         "SELECT table_name FROM information_schema.tables"
         " WHERE table_schema = current_schema()"
@@ -409,22 +414,30 @@ def _lock_session(cur: Cursor, d: Dialect, first: Checkpoint, create: str) -> _L
     first checkpoint: it must not exist), ``"if-missing"`` or ``"never"``.
 
     One statement finds the latest step, its row digest and whether a pending
-    record exists, so the usual write is three statements in all.
+    record exists, so the usual write is three statements in all (four on
+    PostgreSQL, which locks the row first).
     """
     sid = first.session_id
     if create == "first" and _insert_session(cur, d, first):
         return _Locked(None, None, False, True)
-    cur.execute(
-        d.q(
-            "SELECT sessions.last_step, steps.digest, pending_writes.base_step"
-            " FROM sessions LEFT JOIN steps ON steps.session_id = sessions.id"
-            " AND steps.step = sessions.last_step"
-            " LEFT JOIN pending_writes ON pending_writes.session_id = sessions.id"
-            " WHERE sessions.id = ?" + d.lock_session
-        ),
-        (sid,),
-    )
-    found = cur.fetchone()
+    found, exists = None, True
+    if d.lock_first is not None:
+        cur.execute(d.lock_first, (sid,))
+        exists = cur.fetchone() is not None
+    if exists:
+        # After the lock: a fresh statement sees every committed row.
+        cur.execute(
+            d.q(
+                "SELECT sessions.last_step, steps.digest, pending_writes.base_step"
+                " FROM sessions LEFT JOIN steps ON steps.session_id = sessions.id"
+                " AND steps.step = sessions.last_step"
+                " LEFT JOIN pending_writes"
+                " ON pending_writes.session_id = sessions.id"
+                " WHERE sessions.id = ?"
+            ),
+            (sid,),
+        )
+        found = cur.fetchone()
     if found is not None:
         latest = _check_step(sid, found[0])
         return _Locked(latest, found[1], found[2] is not None, False)
