@@ -31,7 +31,14 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ._core.errors import ErrorDetail, ErrorEvent, ErrorScope, StateError
-from ._core.state import History, Message, StateSnapshot, VersionedState, Versions
+from ._core.state import (
+    History,
+    Message,
+    StateSnapshot,
+    ToolCall,
+    VersionedState,
+    Versions,
+)
 from ._core.values import (
     MAX_DEPTH,
     check_value,
@@ -569,9 +576,9 @@ def _make() -> cattrs.Converter:
         lambda t: t == Mapping[str, Any], _structure_mapping
     )
     conv.register_structure_hook(Message, _structure_message)
-    conv.register_unstructure_hook(
-        Message, lambda m: {"role": str(m.role), "content": m.content}
-    )
+    conv.register_unstructure_hook(Message, _unstructure_message)
+    conv.register_structure_hook(ToolCall, _structure_tool_call)
+    conv.register_unstructure_hook(ToolCall, _unstructure_tool_call)
     conv.register_unstructure_hook(
         ErrorEvent,
         make_dict_unstructure_fn(
@@ -626,10 +633,74 @@ def _decode_extra_hook(value: Any, _: Any) -> Mapping[str, Any]:
     return decode_extra(value)
 
 
+# A message's JSON form: ``{"role", "content"}`` plus, each only when it is not
+# its default, ``"tool_calls": [{"id", "name", "arguments"}]``, ``"tool_call_id"``,
+# ``"name"`` and ``"metadata"``; arguments and metadata go through the value
+# encoding. So JSON written before these fields existed is still what a plain
+# message is written as, and loads unchanged.
+
+
+def _unstructure_tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    path = "ToolCall.arguments" if index is None else f"tool_calls[{index}].arguments"
+    return {
+        "id": call.id,
+        "name": call.name,
+        "arguments": encode_value(dict(call.arguments), path),
+    }
+
+
+def _unstructure_message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": str(message.role), "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            _unstructure_tool_call(call, index)
+            for index, call in enumerate(message.tool_calls)
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        out["name"] = message.name
+    metadata = message.metadata
+    if metadata:
+        out["metadata"] = encode_value(dict(metadata), "metadata")
+    return out
+
+
+def _decoded_object(value: Any, what: str) -> dict[str, Any]:
+    decoded = decode_value(value)
+    if type(decoded) is not dict:
+        raise ValueError(f"{what} must be stored as an object, got {value!r:.80}")
+    return decoded
+
+
+def _structure_tool_call(value: Any, _: Any = None) -> ToolCall:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"a tool call must be an object, got {value!r:.80}")
+    arguments = value.get("arguments")
+    return ToolCall(
+        value.get("id"),  # type: ignore[arg-type]
+        value.get("name"),  # type: ignore[arg-type]
+        {} if arguments is None else _decoded_object(arguments, "tool call arguments"),
+    )
+
+
 def _structure_message(value: Any, _: Any) -> Message:
     if not isinstance(value, Mapping):
         raise ValueError(f"a message must be an object, got {value!r}")
-    return Message(value.get("role"), value.get("content"))  # type: ignore[arg-type]
+    calls = value.get("tool_calls")
+    if calls is not None and type(calls) is not list:
+        raise ValueError(f"a message's tool_calls must be a list, got {calls!r:.80}")
+    metadata = value.get("metadata")
+    return Message(
+        value.get("role"),
+        value.get("content"),  # type: ignore[arg-type]
+        tool_calls=[_structure_tool_call(c) for c in calls] if calls else (),
+        tool_call_id=value.get("tool_call_id"),
+        name=value.get("name"),
+        metadata=(
+            {} if metadata is None else _decoded_object(metadata, "message metadata")
+        ),
+    )
 
 
 converter: cattrs.Converter = _make()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, TypeVar, final, overload
@@ -66,17 +67,297 @@ def _check_content(_: object, __: object, value: Any) -> None:
             ) from None
 
 
-@attrs.frozen
+def _check_text(value: object, what: str) -> str:
+    """``value`` if it is a non-empty string of valid Unicode text."""
+    if not isinstance(value, str) or not value:
+        raise StateError(f"{what} must be a non-empty string, got {value!r}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StateError(
+                f"{what} holds a lone surrogate, which is not valid Unicode text"
+            ) from None
+    return value
+
+
+def _check_optional_text(what: str) -> Any:
+    def check(_: object, __: object, value: Any) -> None:
+        if value is not None:
+            _check_text(value, what)
+
+    return check
+
+
+_NO_MAPPING: dict[str, Any] = {}
+"""The shared empty default of `Message.metadata` and `ToolCall.arguments`.
+
+Never written to: those fields are only ever read through a read-only view."""
+
+
+def _storable_mapping(value: object, what: str) -> dict[str, Any]:
+    if value is _NO_MAPPING:
+        return _NO_MAPPING
+    if not isinstance(value, Mapping):
+        raise StateError(
+            f"{what} must be a mapping with string keys, got"
+            f" {type(value).__name__}: {value!r:.80}"
+        )
+    data = dict(value)
+    if not data:
+        return _NO_MAPPING
+    for key, item in data.items():
+        if type(key) is not str:
+            raise StateError(f"{what} keys must be strings, got {key!r}")
+        found = _check_value(item, f"{what}[{json.dumps(key, ensure_ascii=False)}]")
+        if found is not None:
+            raise StateError(f"cannot store {found.path}: {found.reason}")
+    return data
+
+
+def _to_arguments(value: object) -> dict[str, Any]:
+    return _storable_mapping(value, "ToolCall.arguments")
+
+
+def _to_metadata(value: object) -> dict[str, Any]:
+    return _storable_mapping(value, "Message.metadata")
+
+
+def _json_problem(value: Any, path: str, depth: int = 0) -> str | None:
+    """Where ``value`` is not plain JSON (tuples count as arrays), or ``None``."""
+    cls = type(value)
+    if cls is str or cls is int or cls is bool or value is None:
+        return None
+    if cls is float:
+        if value - value == 0.0:
+            return None
+        return f"{path} is {value!r}, which JSON cannot hold"
+    if depth >= 100:
+        return f"{path} nests too deeply"
+    if cls is list or cls is tuple:
+        for index, item in enumerate(value):
+            found = _json_problem(item, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+        return None
+    if cls is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return f"{path} has the key {key!r}; JSON object keys are strings"
+            found = _json_problem(
+                item, f"{path}[{json.dumps(key, ensure_ascii=False)}]", depth + 1
+            )
+            if found is not None:
+                return found
+        return None
+    return f"{path} is a {cls.__qualname__}, which JSON cannot hold"
+
+
+@attrs.frozen(repr=False)
+class ToolCall:
+    """One tool (function) call that a model asked for.
+
+    ``ToolCall("call_1", "search", {"query": "trio"})``. It reads and writes the
+    OpenAI chat format with `from_openai` and `to_openai`; answer it with
+    `Message.tool_result`.
+
+    Args:
+        id: The call's id, unique within its message; the tool's answer names
+            it as its ``tool_call_id``.
+        name: The tool's name.
+        arguments: The arguments (string keys, values of the storable domain;
+            the model sends JSON). Kept as a copy and shown read-only.
+
+    Raises:
+        StateError: a field has the wrong type; the message names it.
+    """
+
+    id: str = attrs.field(validator=lambda _, __, v: _check_text(v, "ToolCall.id"))
+    name: str = attrs.field(validator=lambda _, __, v: _check_text(v, "ToolCall.name"))
+    # A private dict behind a read-only view: the record stays immutable, and
+    # its stored form (a registered attrs record) holds a plain dict.
+    _arguments: dict[str, Any] = attrs.field(
+        default=_NO_MAPPING,
+        alias="arguments",
+        converter=_to_arguments,
+        hash=False,
+    )
+
+    @property
+    def arguments(self) -> Mapping[str, Any]:
+        """The arguments, read-only."""
+        return MappingProxyType(self._arguments)
+
+    def __repr__(self) -> str:
+        return (
+            f"ToolCall(id={self.id!r}, name={self.name!r},"
+            f" arguments={self._arguments!r})"
+        )
+
+    @classmethod
+    def from_openai(cls, obj: Mapping[str, Any]) -> ToolCall:
+        """Parse one entry of an OpenAI chat message's ``tool_calls``.
+
+        ``{"id": "call_1", "type": "function", "function": {"name": "search",
+        "arguments": "{\\"query\\": \\"trio\\"}"}}``. The arguments are JSON
+        text (empty text means no arguments); an object is accepted too, as some
+        OpenAI-compatible servers send one. For the ``openai`` client's objects,
+        pass ``call.model_dump()``.
+
+        Raises:
+            StateError: ``obj`` is not such an object, its type is not
+                ``"function"``, or its arguments are not a JSON object.
+        """
+        if not isinstance(obj, Mapping):
+            raise StateError(
+                "an OpenAI tool call is an object, got"
+                f" {type(obj).__name__}: {obj!r:.80}"
+            )
+        kind = obj.get("type", "function")
+        if kind != "function":
+            raise StateError(
+                f"only function tool calls are supported, got type {kind!r}"
+            )
+        function = obj.get("function")
+        if not isinstance(function, Mapping):
+            raise StateError(
+                f"an OpenAI tool call needs a 'function' object, got {function!r:.80}"
+            )
+        name = function.get("name")
+        raw = function.get("arguments", "")
+        arguments: Any
+        if isinstance(raw, Mapping):
+            arguments = raw
+        elif isinstance(raw, str):
+            if not raw.strip():
+                arguments = {}
+            else:
+                try:
+                    arguments = json.loads(raw)
+                except ValueError as exc:
+                    raise StateError(
+                        f"the arguments of tool call {obj.get('id')!r} ({name!r})"
+                        f" are not valid JSON: {exc}"
+                    ) from None
+                if not isinstance(arguments, dict):
+                    raise StateError(
+                        f"the arguments of tool call {obj.get('id')!r} ({name!r})"
+                        f" must be a JSON object, got {raw!r:.80}"
+                    )
+        else:
+            raise StateError(
+                "an OpenAI tool call's function.arguments is JSON text, got"
+                f" {type(raw).__name__}: {raw!r:.80}"
+            )
+        return cls(obj.get("id"), name, arguments)  # type: ignore[arg-type]
+
+    def to_openai(self) -> dict[str, Any]:
+        """This call in the OpenAI chat format (arguments as compact JSON text).
+
+        Raises:
+            StateError: an argument is not plain JSON (a set, bytes, a datetime
+                …), so the model could not read it; tuples become arrays.
+        """
+        problem = _json_problem(self._arguments, "ToolCall.arguments")
+        if problem is not None:
+            raise StateError(f"cannot render the call {self.id!r} as JSON: {problem}")
+        text = json.dumps(self._arguments, ensure_ascii=False, separators=(",", ":"))
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": text},
+        }
+
+
+def _to_tool_calls(value: object) -> tuple[ToolCall, ...]:
+    if type(value) is tuple and not value:
+        return ()
+    if isinstance(value, str | bytes | Mapping | ToolCall) or not isinstance(
+        value, Iterable
+    ):
+        raise StateError(
+            f"Message.tool_calls must be a list of ToolCall, got {value!r:.80}"
+        )
+    calls = tuple(value)
+    seen: set[str] = set()
+    for call in calls:
+        if type(call) is not ToolCall:
+            raise StateError(
+                "Message.tool_calls must contain only ToolCall objects, got"
+                f" {type(call).__name__}: {call!r:.80}; build one with"
+                " ToolCall(id, name, arguments) or ToolCall.from_openai(obj)"
+            )
+        if call.id in seen:
+            raise StateError(
+                f"Message.tool_calls holds two calls with the id {call.id!r};"
+                " a tool result names its call by id, so ids must be unique"
+            )
+        seen.add(call.id)
+    return calls
+
+
+@attrs.frozen(repr=False)
 class Message:
-    """One chat message.
+    """One chat message, with what tool-calling chat APIs use.
+
+    ``Message("user", "hi")``; the helpers `user`, `assistant` (which takes tool
+    calls), `system`, `tool` and `tool_result` build the usual ones, and
+    `from_openai` / `to_openai` read and write the OpenAI chat format. All
+    fields but ``role`` and ``content`` are keyword-only and optional, and a
+    checkpoint keeps every one of them exactly.
 
     Args:
         role: A `Role` or any other non-empty string (a custom role).
-        content: The text.
+        content: The text (``""`` for an assistant message that only calls
+            tools).
+        tool_calls: The `ToolCall` s an assistant message asks for (ids unique).
+        tool_call_id: On a tool message, the id of the call it answers.
+        name: The tool's name on a tool message, or a participant's name.
+        metadata: Free data (string keys, values of the storable domain), kept
+            as a copy and shown read-only. Not sent to a model by `to_openai`.
+
+    Raises:
+        StateError: a field has the wrong type; the message names the field.
     """
 
     role: str = attrs.field(converter=_to_role)
     content: str = attrs.field(validator=_check_content)
+    tool_calls: tuple[ToolCall, ...] = attrs.field(
+        default=(), converter=_to_tool_calls, kw_only=True
+    )
+    tool_call_id: str | None = attrs.field(
+        default=None,
+        validator=_check_optional_text("Message.tool_call_id"),
+        kw_only=True,
+    )
+    name: str | None = attrs.field(
+        default=None, validator=_check_optional_text("Message.name"), kw_only=True
+    )
+    # A private dict behind a read-only view, as in `ToolCall.arguments`.
+    _metadata: dict[str, Any] = attrs.field(
+        default=_NO_MAPPING,
+        alias="metadata",
+        converter=_to_metadata,
+        hash=False,
+        kw_only=True,
+    )
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The free metadata, read-only."""
+        return MappingProxyType(self._metadata)
+
+    def __repr__(self) -> str:
+        parts = [f"role={str(self.role)!r}", f"content={self.content!r}"]
+        if self.tool_calls:
+            parts.append(f"tool_calls={self.tool_calls!r}")
+        if self.tool_call_id is not None:
+            parts.append(f"tool_call_id={self.tool_call_id!r}")
+        if self.name is not None:
+            parts.append(f"name={self.name!r}")
+        if self._metadata:
+            parts.append(f"metadata={self._metadata!r}")
+        return f"Message({', '.join(parts)})"
 
     @classmethod
     def user(cls, content: str) -> Message:
@@ -84,9 +365,16 @@ class Message:
         return cls(Role.USER, content)
 
     @classmethod
-    def assistant(cls, content: str) -> Message:
-        """A message with role ``assistant``."""
-        return cls(Role.ASSISTANT, content)
+    def assistant(
+        cls, content: str = "", *, tool_calls: Iterable[ToolCall] = ()
+    ) -> Message:
+        """A message with role ``assistant``, optionally calling tools.
+
+        Args:
+            content: The text; often empty when the message calls tools.
+            tool_calls: The calls the model asked for.
+        """
+        return cls(Role.ASSISTANT, content, tool_calls=tool_calls)
 
     @classmethod
     def system(cls, content: str) -> Message:
@@ -94,9 +382,96 @@ class Message:
         return cls(Role.SYSTEM, content)
 
     @classmethod
-    def tool(cls, content: str) -> Message:
-        """A message with role ``tool``."""
-        return cls(Role.TOOL, content)
+    def tool(
+        cls,
+        content: str,
+        *,
+        tool_call_id: str | None = None,
+        name: str | None = None,
+    ) -> Message:
+        """A message with role ``tool`` (see `tool_result` to answer a call)."""
+        return cls(Role.TOOL, content, tool_call_id=tool_call_id, name=name)
+
+    @classmethod
+    def tool_result(cls, call: ToolCall, content: str) -> Message:
+        """The tool message answering ``call``: role ``tool``, its id and name.
+
+        Args:
+            call: The call this message answers.
+            content: The tool's result as text (serialise structured results,
+                for example with ``json.dumps``).
+
+        Raises:
+            StateError: ``call`` is not a `ToolCall`, or ``content`` not text.
+        """
+        if not isinstance(call, ToolCall):
+            raise StateError(
+                f"Message.tool_result answers a ToolCall, got {type(call).__name__}"
+            )
+        return cls(Role.TOOL, content, tool_call_id=call.id, name=call.name)
+
+    @classmethod
+    def from_openai(cls, obj: Mapping[str, Any]) -> Message:
+        """Parse an OpenAI chat message (a request's or a response's).
+
+        ``content`` may be ``None`` (an assistant message that only calls tools)
+        or a list of text parts, which are joined; ``tool_calls`` entries are
+        parsed by `ToolCall.from_openai`. Other keys are ignored.
+
+        Raises:
+            StateError: ``obj`` is not such an object, or a part is malformed.
+        """
+        if not isinstance(obj, Mapping):
+            raise StateError(
+                f"an OpenAI chat message is an object, got {type(obj).__name__}"
+            )
+        content: Any = obj.get("content")
+        if content is None:
+            content = ""
+        elif isinstance(content, list):
+            texts: list[str] = []
+            for part in content:
+                if not isinstance(part, Mapping) or part.get("type") != "text":
+                    raise StateError(
+                        f"only text content parts are supported, got {part!r:.80}"
+                    )
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise StateError("a text content part needs a string 'text'")
+                texts.append(text)
+            content = "".join(texts)
+        calls = obj.get("tool_calls") or ()
+        if isinstance(calls, str | bytes | Mapping) or not isinstance(calls, Iterable):
+            raise StateError(
+                f"an OpenAI message's tool_calls is a list, got {calls!r:.80}"
+            )
+        return cls(
+            obj.get("role"),
+            content,
+            tool_calls=[ToolCall.from_openai(c) for c in calls],
+            tool_call_id=obj.get("tool_call_id"),
+            name=obj.get("name"),
+        )
+
+    def to_openai(self) -> dict[str, Any]:
+        """This message in the OpenAI chat format (``metadata`` is left out).
+
+        An assistant message that only calls tools gets ``"content": None``, as
+        the API expects.
+
+        Raises:
+            StateError: a tool call's arguments are not plain JSON.
+        """
+        out: dict[str, Any] = {"role": str(self.role), "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [call.to_openai() for call in self.tool_calls]
+            if not self.content:
+                out["content"] = None
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 # ------------------------------------------------------------------------ history
@@ -481,3 +856,11 @@ class NodePartial:
 
 
 NodePartial.EMPTY = NodePartial()
+
+
+# ``values`` reads this module at its import (it registers `Message`), so it is
+# imported last, when `Message` and `ToolCall` exist, whichever module loads first.
+from .values import check_value as _check_value  # noqa: E402
+from .values import register_type as _register_type  # noqa: E402
+
+_register_type(ToolCall)
