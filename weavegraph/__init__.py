@@ -34,6 +34,8 @@ from ._core.graph import RetryPolicy as RetryPolicy
 from ._core.reducers import add_errors as add_errors
 from ._core.reducers import add_messages as add_messages
 from ._core.reducers import map_merge as map_merge
+from ._core.session import Interrupt as Interrupt
+from ._core.session import Resume as Resume
 from ._core.state import Append as Append
 from ._core.state import Message as Message
 from ._core.state import NodePartial as NodePartial
@@ -107,6 +109,8 @@ __all__ = (
     "SessionInit",
     "SessionState",
     "PausedReport",
+    "Interrupt",
+    "Resume",
     # persistence
     "Checkpointer",
     "InMemoryCheckpointer",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -35,6 +37,39 @@ def check_session_id(value: object) -> str:
     )
 
 
+@attrs.frozen(kw_only=True)
+class Interrupt:
+    """A pause a node asked for with ``await ctx.interrupt(payload)``.
+
+    Attributes:
+        id: Stable across re-runs of the node: ``node@step#n`` for its n-th
+            interrupt (from 0) in that step.
+        node: The node that asked.
+        payload: What it asked with (a storable value).
+    """
+
+    id: str
+    node: str
+    payload: Any = None
+
+
+@attrs.frozen(init=False)
+class Resume:
+    """The input that resumes a paused session: ``app.invoke(Resume("yes"), ...)``.
+
+    ``Resume(value)`` answers the one pending interrupt; ``Resume(values={id:
+    value, ...})`` answers several by id. ``Resume()`` continues a session
+    paused at a breakpoint.
+    """
+
+    value: Any
+    values: Mapping[str, Any] | None
+
+    def __init__(self, value: Any = None, *, values: Mapping[str, Any] | None = None):
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "values", None if values is None else dict(values))
+
+
 @attrs.define(kw_only=True)
 class Session:
     """Everything needed to continue a run from between two supersteps.
@@ -55,6 +90,14 @@ class Session:
         error: The failure of the last attempt at the next step, if it failed.
         gated_out: When the last step ran nothing because version gating
             skipped every node of its frontier, those nodes (else empty).
+        interrupts: The interrupts the next step is paused on.
+        answers: Per node of the next step, the answers its interrupts got so
+            far, in order (the node re-runs from its start; answered interrupts
+            return their answer at once).
+        tasks: Per node of the next step, the recorded results of its durable
+            tasks (``ctx.task``), by ``name#n``.
+        breakpoint_hit: The step a breakpoint paused before; the next run
+            passes it once.
     """
 
     session_id: str
@@ -68,3 +111,7 @@ class Session:
     pending_step: int | None = None
     error: ErrorEvent | None = None
     gated_out: tuple[str, ...] = ()
+    interrupts: tuple[Interrupt, ...] = ()
+    answers: dict[str, list[Any]] = attrs.field(factory=dict)
+    tasks: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    breakpoint_hit: int | None = None

@@ -6,15 +6,23 @@ import math
 import queue
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+)
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import attrs
 import trio
 
 from .._core.errors import ConfigError, StateError
 from .._core.graph import BaseGraphBuilder, Graph
-from .._core.session import check_session_id
+from .._core.session import Resume, check_session_id
 from .._core.state import VersionedState
 from .._trio import open_service_nursery, require_trio
 from ..events.sinks import ChannelSink, EventSink
@@ -31,13 +39,28 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _check_state(state: object, where: str) -> VersionedState | None:
-    if state is not None and not isinstance(state, VersionedState):
+def _check_state(state: object, where: str) -> VersionedState | Resume | None:
+    if state is not None and not isinstance(state, VersionedState | Resume):
         raise StateError(
-            f"{where} takes a VersionedState, got {type(state).__name__}; build one"
+            f"{where} takes a VersionedState (or Resume(...), or None), got"
+            f" {type(state).__name__}; build one"
             " with VersionedState.with_user_message('...') or VersionedState.builder()"
         )
     return state
+
+
+def _with_breakpoints(
+    config: RuntimeConfig,
+    before: Collection[str] | None,
+    after: Collection[str] | None,
+) -> RuntimeConfig:
+    if before is None and after is None:
+        return config
+    return attrs.evolve(
+        config,
+        interrupt_before=config.interrupt_before if before is None else before,
+        interrupt_after=config.interrupt_after if after is None else after,
+    )
 
 
 def _check_config(config: object) -> RuntimeConfig | None:
@@ -103,7 +126,7 @@ class App:
 
     async def _execute(
         self,
-        state: VersionedState | None,
+        state: VersionedState | Resume | None,
         bus: EventBus,
         config: RuntimeConfig,
         session_id: str,
@@ -115,25 +138,30 @@ class App:
         one, the session resumes if it is stored (``state`` is then ignored; a
         completed session returns its stored final state) and every step is saved.
         """
-        from .runner import open_runner
+        from .runner import PausedReport, open_runner
 
         async with open_runner(self, event_bus=bus, config=config) as runner:
-            return await runner._complete(
+            result = await runner._complete(
                 session_id,
                 STREAM_END_SCOPE,
                 create=True,
-                state=state,
+                state=None if isinstance(state, Resume) else state,
+                resume=state if isinstance(state, Resume) else None,
                 on_completed=on_completed,
             )
+        # A pause is not an error: the state at the pause.
+        return result.state if isinstance(result, PausedReport) else result
 
     # ------------------------------------------------------------------ invoking
 
     async def invoke(
         self,
-        state: VersionedState | None = None,
+        state: VersionedState | Resume | None = None,
         *,
         session_id: str | None = None,
         config: RuntimeConfig | None = None,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
     ) -> VersionedState:
         """Run the graph to completion and return the final state.
 
@@ -156,17 +184,21 @@ class App:
         """
         require_trio("App.invoke()")
         state = _check_state(state, "invoke()")
-        cfg = _check_config(config) or self._config
+        cfg = _with_breakpoints(
+            _check_config(config) or self._config, interrupt_before, interrupt_after
+        )
         sid = self._session_id(cfg, session_id)
         return await self._execute(state, cfg.event_bus.build(), cfg, sid)
 
     async def invoke_with_sinks(
         self,
-        state: VersionedState | None,
+        state: VersionedState | Resume | None,
         sinks: Iterable[EventSink],
         *,
         session_id: str | None = None,
         config: RuntimeConfig | None = None,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
     ) -> VersionedState:
         """Run to completion; every sink sees every event, in order.
 
@@ -178,7 +210,9 @@ class App:
         """
         require_trio("App.invoke_with_sinks()")
         state = _check_state(state, "invoke_with_sinks()")
-        cfg = _check_config(config) or self._config
+        cfg = _with_breakpoints(
+            _check_config(config) or self._config, interrupt_before, interrupt_after
+        )
         sink_list = list(sinks)
         for sink in sink_list:
             if not callable(getattr(sink, "handle", None)):
@@ -190,10 +224,12 @@ class App:
 
     async def invoke_with_channel(
         self,
-        state: VersionedState | None = None,
+        state: VersionedState | Resume | None = None,
         *,
         session_id: str | None = None,
         config: RuntimeConfig | None = None,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
     ) -> tuple[VersionedState, trio.MemoryReceiveChannel[Event]]:
         """Run to completion; return the final state and a channel of every event.
 
@@ -206,17 +242,24 @@ class App:
         """
         send, receive = trio.open_memory_channel[Event](math.inf)
         final = await self.invoke_with_sinks(
-            state, [ChannelSink(send)], session_id=session_id, config=config
+            state,
+            [ChannelSink(send)],
+            session_id=session_id,
+            config=config,
+            interrupt_before=interrupt_before,
+            interrupt_after=interrupt_after,
         )
         return final, receive
 
     async def start_streaming(
         self,
         nursery: trio.Nursery,
-        state: VersionedState | None = None,
+        state: VersionedState | Resume | None = None,
         *,
         session_id: str | None = None,
         config: RuntimeConfig | None = None,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
     ) -> tuple[Invocation, EventStream]:
         """Start a run as a task of ``nursery``; return its handle and event stream.
 
@@ -226,7 +269,9 @@ class App:
         """
         require_trio("App.start_streaming()")
         state = _check_state(state, "start_streaming()")
-        cfg = _check_config(config) or self._config
+        cfg = _with_breakpoints(
+            _check_config(config) or self._config, interrupt_before, interrupt_after
+        )
         bus = cfg.event_bus.build()
         events = bus.subscribe(stop_at_stream_end=True)
         invocation = Invocation(self._session_id(cfg, session_id))
@@ -263,10 +308,12 @@ class App:
     @asynccontextmanager
     async def invoke_streaming(
         self,
-        state: VersionedState | None = None,
+        state: VersionedState | Resume | None = None,
         *,
         session_id: str | None = None,
         config: RuntimeConfig | None = None,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
     ) -> AsyncIterator[tuple[Invocation, EventStream]]:
         """``async with app.invoke_streaming(state) as (invocation, events):``
 
@@ -276,7 +323,12 @@ class App:
         require_trio("App.invoke_streaming()")
         async with open_service_nursery() as nursery:
             invocation, events = await self.start_streaming(
-                nursery, state, session_id=session_id, config=config
+                nursery,
+                state,
+                session_id=session_id,
+                config=config,
+                interrupt_before=interrupt_before,
+                interrupt_after=interrupt_after,
             )
             try:
                 with events:
@@ -288,10 +340,12 @@ class App:
 
     def invoke_sync(
         self,
-        state: VersionedState | None = None,
+        state: VersionedState | Resume | None = None,
         *,
         session_id: str | None = None,
         config: RuntimeConfig | None = None,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
     ) -> VersionedState:
         """Blocking `invoke` for plain scripts and notebooks.
 
@@ -300,16 +354,21 @@ class App:
         run and re-raises ``KeyboardInterrupt``.
         """
         state = _check_state(state, "invoke_sync()")
+        cfg = _with_breakpoints(
+            _check_config(config) or self._config, interrupt_before, interrupt_after
+        )
         return _run_in_thread(
-            lambda: self.invoke(state, session_id=session_id, config=config)
+            lambda: self.invoke(state, session_id=session_id, config=cfg)
         )
 
     def stream_sync(
         self,
-        state: VersionedState | None = None,
+        state: VersionedState | Resume | None = None,
         *,
         session_id: str | None = None,
         config: RuntimeConfig | None = None,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
     ) -> Iterator[Event]:
         """A blocking iterator over the run's events, ending after the sentinel.
 
@@ -318,7 +377,10 @@ class App:
         iterator after the sentinel was yielded.
         """
         state = _check_state(state, "stream_sync()")
-        return _stream_in_thread(self, state, session_id, config)
+        cfg = _with_breakpoints(
+            _check_config(config) or self._config, interrupt_before, interrupt_after
+        )
+        return _stream_in_thread(self, state, session_id, cfg)
 
 
 _DONE = object()
@@ -368,7 +430,7 @@ def _run_in_thread(make: Callable[[], Awaitable[T]]) -> T:
 
 def _stream_in_thread(
     app: App,
-    state: VersionedState | None,
+    state: VersionedState | Resume | None,
     session_id: str | None,
     config: RuntimeConfig | None,
 ) -> Iterator[Event]:

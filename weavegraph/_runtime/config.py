@@ -53,6 +53,24 @@ def _check_clock(_: object, __: object, value: Any) -> None:
         )
 
 
+def _to_breakpoints(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise ConfigError(f"breakpoints are node names or '*', got {value!r}") from None
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"breakpoints are node names or '*', got {name!r}")
+    return names
+
+
+def _check_flag(_: object, attribute: attrs.Attribute[bool], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attribute.name} must be True or False, got {value!r}")
+
+
 def _kind(obj: object) -> str:
     return "-" if obj is None else type(obj).__qualname__
 
@@ -71,6 +89,11 @@ class RuntimeConfig:
             with `StepLimitExceeded`.
         clock: A function returning POSIX seconds, used for event timestamps and
             ``ctx.now()``; ``None`` uses ``time.time``. Set it for reproducible runs.
+        interrupt_before: Breakpoints: pause before a step whose frontier holds
+            one of these nodes (``"*"``: any). Resuming moves past it.
+        interrupt_after: Pause after a step that ran one of these nodes.
+        tracing: Produce OpenTelemetry spans when the ``otel`` extra is
+            installed (through the application's tracer provider).
     """
 
     session_id: str | None = attrs.field(default=None, validator=_check_session)
@@ -85,6 +108,13 @@ class RuntimeConfig:
     clock: Callable[[], float] | None = attrs.field(
         default=None, validator=_check_clock
     )
+    interrupt_before: tuple[str, ...] = attrs.field(
+        default=(), converter=_to_breakpoints
+    )
+    interrupt_after: tuple[str, ...] = attrs.field(
+        default=(), converter=_to_breakpoints
+    )
+    tracing: bool = attrs.field(default=True, validator=_check_flag)
 
     @property
     def clock_mode(self) -> str:
@@ -103,4 +133,9 @@ class RuntimeConfig:
             f"clock:{self.clock_mode}",
             *self.event_bus.signature(),
         ]
+        # Only when set, so configurations without breakpoints keep their hash.
+        if self.interrupt_before:
+            parts.append(f"interrupt_before:{','.join(self.interrupt_before)}")
+        if self.interrupt_after:
+            parts.append(f"interrupt_after:{','.join(self.interrupt_after)}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]

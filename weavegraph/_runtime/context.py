@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from time import time_ns as _time_ns
 from types import MappingProxyType
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from .._core.errors import ReservedScopeError
 from ..events.bus import EventBus
 from ..events.types import (
+    LLM_EVENT_SETTERS,
     NODE_EVENT_SETTERS,
     RESERVED_SCOPE_PREFIX,
     DiagnosticEvent,
+    LLMEvent,
     NodeEvent,
-    make_llm_event,
-    make_node_event,
     quantize_timestamp,
 )
+
+if TYPE_CHECKING:
+    from .activation import Activation
 
 _EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
 _ERROR: MappingProxyType[str, Any] = MappingProxyType({"severity": "error"})
@@ -31,6 +34,15 @@ _new = object.__new__
     _set_timestamp,
     _set_session_id,
 ) = NODE_EVENT_SETTERS
+(
+    _set_chunk,
+    _set_is_final,
+    _set_llm_session_id,
+    _set_llm_node_id,
+    _set_stream_id,
+    _set_llm_metadata,
+    _set_llm_timestamp,
+) = LLM_EVENT_SETTERS
 
 
 def reserved_scope_error(scope: str) -> ReservedScopeError:
@@ -60,9 +72,10 @@ class NodeContext:
     """
 
     __slots__ = (
+        "_activation",
         "_bus",
+        "_clock",
         "_emit",
-        "_now",
         "_scope_ok",
         "attempt",
         "node_id",
@@ -78,7 +91,9 @@ class NodeContext:
         bus: EventBus,
         clock: Callable[[], float] | None = None,
         attempt: int = 1,
+        activation: Activation | None = None,
     ) -> None:
+        self._activation = activation
         self.node_id = node_id
         self.step = step
         self.session_id = session_id
@@ -89,32 +104,63 @@ class NodeContext:
         # emits one scope (the same string object) again and again: then the
         # check is one identity test.
         self._scope_ok: str | None = None
-        self._now = clock if clock is not None else time.time
+        # None: the default clock, read as integer nanoseconds (exact, and the
+        # cheapest way to whole microseconds); a configured clock is rounded.
+        self._clock = clock
+
+    async def interrupt(self, payload: Any = None) -> Any:
+        """Pause the session until a human (or a program) answers ``payload``.
+
+        The first time, the run pauses: this node's task ends, the session is
+        saved with the interrupt pending (`SessionState.interrupts`), and the
+        run ends with status ``interrupted``. Resuming with an answer
+        (``runner.resume(sid, value)``, ``app.invoke(Resume(value), ...)``)
+        runs this node again from its start; this call then returns the
+        answer at once. A node may interrupt several times: the answers are
+        recorded in order. ``payload`` must be a storable value.
+
+        A checkpoint.
+
+        Raises:
+            StateError: ``payload`` is outside the storable domain.
+        """
+        if self._activation is None:
+            raise RuntimeError("interrupt() needs a node run by weavegraph")
+        return await self._activation.interrupt(payload)
+
+    async def task(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` once per node activation and record its result.
+
+        When this node runs again — after an interrupt, a crash or a
+        cancellation — a task already recorded returns its stored result
+        instead of running again, so finished work is never repeated. ``fn``
+        is async, or sync and quick; its result must be a storable value. The
+        n-th call with one ``name`` is the n-th task of that name. The result
+        is stored before this returns (durable across a process kill).
+
+        A checkpoint.
+
+        Raises:
+            StateError: the result is outside the storable domain.
+        """
+        if self._activation is None:
+            raise RuntimeError("task() needs a node run by weavegraph")
+        return await self._activation.task(name, fn, *args)
 
     def now(self) -> float:
         """POSIX seconds from the run's clock (``RuntimeConfig.clock``).
 
         Rounded to whole microseconds, like every event timestamp.
         """
-        return quantize_timestamp(self._now())
+        clock = self._clock
+        if clock is None:
+            return _time_ns() // 1000 / 1e6  # what now_timestamp() does
+        return quantize_timestamp(clock())
 
     def _check_scope(self, scope: str) -> None:
         if scope.startswith(RESERVED_SCOPE_PREFIX):
             raise reserved_scope_error(scope)
         self._scope_ok = scope
-
-    def _node_event(
-        self, scope: str, message: str, metadata: dict[str, Any]
-    ) -> NodeEvent:
-        return make_node_event(
-            scope,
-            message,
-            self.node_id,
-            self.step,
-            metadata or _EMPTY,
-            self._now(),
-            self.session_id,
-        )
 
     def emit(self, scope: str, message: str, **metadata: Any) -> None:
         """Emit a `NodeEvent` carrying this node's id and step. Never waits.
@@ -138,7 +184,11 @@ class NodeContext:
         _set_node_id(event, self.node_id)
         _set_step(event, self.step)
         _set_metadata(event, metadata or _EMPTY)
-        _set_timestamp(event, (self._now() * 1e6 + 0.5) // 1.0 / 1e6)  # quantized
+        clock = self._clock
+        _set_timestamp(
+            event,
+            _time_ns() // 1000 / 1e6 if clock is None else quantize_timestamp(clock()),
+        )
         _set_session_id(event, self.session_id)
         self._emit(event)
 
@@ -155,9 +205,8 @@ class NodeContext:
             ReservedScopeError: ``scope`` starts with ``__weavegraph_``.
             EventBusClosed: the run already ended.
         """
-        if scope is not self._scope_ok:
-            self._check_scope(scope)
-        await self._bus.emit_async(self._node_event(scope, message, metadata))
+        self.emit(scope, message, **metadata)
+        await self._bus._backpressure()
 
     def emit_diagnostic(self, scope: str, message: str, **metadata: Any) -> None:
         """Emit a `DiagnosticEvent` with structured ``metadata``. Never waits.
@@ -177,10 +226,33 @@ class NodeContext:
             DiagnosticEvent(
                 scope=scope,
                 message=message,
-                timestamp=self._now(),
+                timestamp=self.now(),
                 metadata=MappingProxyType(metadata) if metadata else _EMPTY,
             )
         )
+
+    def _llm(
+        self,
+        chunk: str,
+        final: bool,
+        stream_id: str | None,
+        metadata: Mapping[str, Any],
+    ) -> None:
+        # Built through the slots here, like emit's events (token streams are
+        # chatty too); what make_llm_event does, without the call.
+        event = _new(LLMEvent)
+        _set_chunk(event, chunk)
+        _set_is_final(event, final)
+        _set_llm_session_id(event, self.session_id)
+        _set_llm_node_id(event, self.node_id)
+        _set_stream_id(event, stream_id)
+        _set_llm_metadata(event, metadata)
+        clock = self._clock
+        _set_llm_timestamp(
+            event,
+            _time_ns() // 1000 / 1e6 if clock is None else quantize_timestamp(clock()),
+        )
+        self._emit(event)
 
     def emit_llm_chunk(
         self, stream_id: str | None, chunk: str, **metadata: Any
@@ -196,17 +268,7 @@ class NodeContext:
             chunk: The new text only (a token or a few), never the text so far.
             **metadata: JSON-like extra data (model name, token counts ...).
         """
-        self._emit(
-            make_llm_event(
-                chunk,
-                False,
-                self.session_id,
-                self.node_id,
-                stream_id,
-                metadata or _EMPTY,
-                self._now(),
-            )
-        )
+        self._llm(chunk, False, stream_id, metadata or _EMPTY)
 
     def emit_llm_final(
         self, stream_id: str | None, text: str = "", **metadata: Any
@@ -226,31 +288,11 @@ class NodeContext:
             text: The last piece ("" when every piece was sent already).
             **metadata: JSON-like extra data (finish reason, usage ...).
         """
-        self._emit(
-            make_llm_event(
-                text,
-                True,
-                self.session_id,
-                self.node_id,
-                stream_id,
-                metadata or _EMPTY,
-                self._now(),
-            )
-        )
+        self._llm(text, True, stream_id, metadata or _EMPTY)
 
     def emit_llm_error(self, stream_id: str | None, message: str) -> None:
         """Report a failed model stream (final, metadata ``severity="error"``)."""
-        self._emit(
-            make_llm_event(
-                message,
-                True,
-                self.session_id,
-                self.node_id,
-                stream_id,
-                _ERROR,
-                self._now(),
-            )
-        )
+        self._llm(message, True, stream_id, _ERROR)
 
     def __repr__(self) -> str:
         return (

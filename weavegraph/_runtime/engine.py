@@ -10,7 +10,14 @@ import logging
 import time
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Generator,
+    Sequence,
+)
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
@@ -39,10 +46,11 @@ from .._core.frontier import (
 )
 from .._core.graph import END, START, Graph, NodeSpec
 from .._core.reducers import BarrierOutcome, apply_barrier
-from .._core.session import Session
+from .._core.session import Interrupt, Session
 from .._core.state import FrontierCommand, NodePartial, StateSnapshot, VersionedState
 from ..events.bus import EventBus
 from ..events.types import STREAM_END_SCOPE, DiagnosticEvent, stream_end_event
+from .activation import Activation, InterruptSignal, Persist
 from .config import RuntimeConfig
 from .context import NodeContext
 
@@ -119,12 +127,52 @@ AfterStep = Callable[[Session, StepOutcome | None], Awaitable[None]]
 """Called after every step with its outcome, and with ``None`` after a failed one."""
 
 
+def breakpoint_match(nodes: Sequence[str], breakpoints: Collection[str]) -> str | None:
+    """The first real node of ``nodes`` listed in ``breakpoints`` (``"*"``: any)."""
+    every = "*" in breakpoints
+    for node in nodes:
+        if node != START and node != END and (every or node in breakpoints):
+            return node
+    return None
+
+
 def _has_update(partials: list[NodePartial | None]) -> bool:
     # A plain loop: cheaper than any() over a generator on this hot path.
     for partial in partials:  # noqa: SIM110
         if partial is not None:
             return True
     return False
+
+
+class Paused(Exception):
+    """Internal: the run pauses (an interrupt in a node, or a breakpoint).
+
+    Attributes:
+        reason: ``"interrupt"``, ``"before_node"`` or ``"after_node"``.
+        node: The node a breakpoint matched.
+        interrupts: The interrupts asked for (reason ``"interrupt"``).
+        outcome: The step that ran, for ``"after_node"``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        node: str | None = None,
+        interrupts: tuple[Interrupt, ...] = (),
+        outcome: StepOutcome | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.node = node
+        self.interrupts = interrupts
+        self.outcome = outcome
+
+
+class _StepInterrupted(Exception):
+    def __init__(self, interrupts: list[Interrupt]) -> None:
+        super().__init__(len(interrupts))
+        self.interrupts = tuple(interrupts)
 
 
 class _NodeFailed(Exception):
@@ -190,6 +238,8 @@ class Engine:
     def __init__(self, graph: Graph, config: RuntimeConfig) -> None:
         self.graph = graph
         self.config = config
+        self.persist: Persist | None = None
+        """Awaited after a durable task recorded its result (stores it)."""
 
     # ---------------------------------------------------------------- sessions
 
@@ -317,8 +367,11 @@ class Engine:
         missing_nodes = [name for name in to_run if name not in kept]
         try:
             await self._run_nodes(
-                missing_nodes, state.snapshot(), step, session.session_id, bus, kept
+                missing_nodes, state.snapshot(), step, session, bus, kept
             )
+        except _StepInterrupted as paused:
+            session.interrupts = paused.interrupts
+            raise Paused("interrupt", interrupts=paused.interrupts) from None
         except _NodeFailed as failed:
             exc = failed.exc
             tags = (
@@ -374,6 +427,9 @@ class Engine:
         session.pending = {}
         session.pending_step = None
         session.error = None
+        session.interrupts = ()
+        session.answers = {}
+        session.tasks = {}
         if outcome.conflicts:
             self._report_conflicts(session, step, outcome, bus)
         return StepOutcome(step, to_run, skipped, outcome, frontier_outcome)
@@ -455,7 +511,7 @@ class Engine:
         names: Sequence[str],
         snapshot: StateSnapshot,
         step: int,
-        session_id: str,
+        session: Session,
         bus: EventBus,
         finished: dict[str, NodePartial | None],
     ) -> None:
@@ -480,11 +536,14 @@ class Engine:
             spec = specs[0]
             try:
                 finished[spec.name] = await self._call(
-                    spec, snapshot, step, session_id, bus
+                    spec, snapshot, step, session, bus
                 )
+            except InterruptSignal as signal:
+                raise _StepInterrupted([signal.interrupt]) from None
             except Exception as exc:
                 raise _NodeFailed(spec.name, exc) from exc
             return
+        interrupted: list[tuple[int, Interrupt]] = []
 
         pending = deque(range(count))
         failures: list[_NodeFailed] = []
@@ -517,11 +576,15 @@ class Engine:
                     while pending and not failures:
                         index = pending.popleft()
                         spec = specs[index]
-                        call = self._call(spec, snapshot, step, session_id, bus)
+                        call = self._call(spec, snapshot, step, session, bus)
                         try:
                             finished[spec.name] = await _on_suspend(
                                 call, spawn_if_needed
                             )
+                        except InterruptSignal as signal:
+                            # Siblings go on: every interrupt of the step is
+                            # collected and can be answered together.
+                            interrupted.append((index, signal.interrupt))
                         except Exception as exc:
                             failures.append(_NodeFailed(spec.name, exc))
                             nursery.cancel_scope.cancel(f"node {spec.name!r} failed")
@@ -536,21 +599,30 @@ class Engine:
         if failures:
             first_failure = failures[0]
             raise first_failure from first_failure.exc
+        if interrupted:
+            raise _StepInterrupted([i for _, i in sorted(interrupted)])
 
     async def _call(
         self,
         spec: NodeSpec,
         snapshot: StateSnapshot,
         step: int,
-        session_id: str,
+        session: Session,
         bus: EventBus,
     ) -> NodePartial | None:
         """Call ``spec`` once, or more per its retry policy; enforce its timeout."""
         retry = spec.retry
         attempt = 1
+        activation = Activation(session, spec.name, step, self.persist)
         while True:
             ctx = NodeContext(
-                spec.name, step, session_id, bus, self.config.clock, attempt
+                spec.name,
+                step,
+                session.session_id,
+                bus,
+                self.config.clock,
+                attempt,
+                activation,
             )
             try:
                 if spec.timeout is None:
@@ -590,12 +662,18 @@ class Engine:
         bus: EventBus,
         *,
         after_step: AfterStep | None = None,
+        interrupt_before: Collection[str] = (),
+        interrupt_after: Collection[str] = (),
     ) -> VersionedState:
         """Run supersteps until the frontier is exhausted; return the final state.
 
         ``after_step(session, outcome)`` is awaited after every successful step,
         and with ``None`` after a failed one (then `WorkflowError` propagates).
-        Emits no sentinel: the runner owns the run's lifecycle. A checkpoint.
+        `Paused` propagates when a node interrupts, when the frontier holds a
+        node of ``interrupt_before`` (nothing of that step runs; the next run
+        passes this breakpoint once), or after a step that ran a node of
+        ``interrupt_after`` (saved first). ``"*"`` matches every node. Emits no
+        sentinel: the runner owns the run's lifecycle. A checkpoint.
         """
         # Yielding costs ~10 µs, more than a whole superstep of quick nodes, so
         # the loop checks for cancellation every step but yields to other tasks
@@ -604,8 +682,13 @@ class Engine:
         last_yield = time.perf_counter()
         while not is_complete(session.frontier):
             await trio.lowlevel.checkpoint_if_cancelled()
+            if interrupt_before:
+                node = breakpoint_match(session.frontier, interrupt_before)
+                if node is not None and session.breakpoint_hit != session.step + 1:
+                    session.breakpoint_hit = session.step + 1
+                    raise Paused("before_node", node=node)
             if after_step is None:
-                await self._step(session, bus)
+                outcome = await self._step(session, bus)
             else:
                 try:
                     outcome = await self._step(session, bus)
@@ -613,6 +696,11 @@ class Engine:
                     await after_step(session, None)
                     raise
                 await after_step(session, outcome)
+            session.breakpoint_hit = None
+            if interrupt_after and outcome is not None:
+                node = breakpoint_match(outcome.ran, interrupt_after)
+                if node is not None:
+                    raise Paused("after_node", node=node, outcome=outcome)
             now = time.perf_counter()
             if now - last_yield >= _YIELD_INTERVAL:
                 await trio.lowlevel.cancel_shielded_checkpoint()

@@ -13,9 +13,15 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .._codec import converter, decode_extra, encode_extra
+from .._codec import (
+    converter,
+    decode_extra,
+    decode_value,
+    encode_extra,
+    encode_value,
+)
 from .._core.errors import CheckpointError, ErrorEvent, StateError
-from .._core.session import Session
+from .._core.session import Interrupt, Session
 from .._core.state import Append, Message, NodePartial, Replace
 
 logger = logging.getLogger("weavegraph.runner")
@@ -81,7 +87,14 @@ def encode_pending(session: Session) -> dict[str, Any] | None:
     left out with a warning: its node runs again on resume, and the barrier
     then refuses the value with a `StateError` naming node and key.
     """
-    if not session.pending and session.error is None:
+    if (
+        not session.pending
+        and session.error is None
+        and not session.interrupts
+        and not session.answers
+        and not session.tasks
+        and session.breakpoint_hit is None
+    ):
         return None
     writes: dict[str, Any] = {}
     for node, partial in session.pending.items():
@@ -105,6 +118,19 @@ def encode_pending(session: Session) -> dict[str, Any] | None:
         else session.step + 1,
         "writes": writes,
         "error": error,
+        "interrupts": [
+            {"id": i.id, "node": i.node, "payload": encode_value(i.payload)}
+            for i in session.interrupts
+        ],
+        "answers": {
+            node: [encode_value(a) for a in answers]
+            for node, answers in session.answers.items()
+        },
+        "tasks": {
+            node: {key: encode_value(v) for key, v in results.items()}
+            for node, results in session.tasks.items()
+        },
+        "breakpoint": session.breakpoint_hit,
     }
 
 
@@ -117,6 +143,10 @@ def restore_pending(session: Session, record: Mapping[str, Any] | None) -> None:
     session.pending = {}
     session.pending_step = None
     session.error = None
+    session.interrupts = ()
+    session.answers = {}
+    session.tasks = {}
+    session.breakpoint_hit = None
     if not record:
         return
     try:
@@ -131,7 +161,25 @@ def restore_pending(session: Session, record: Mapping[str, Any] | None) -> None:
         error = record.get("error")
         if error is not None:
             session.error = converter.structure(error, ErrorEvent)
-    except (KeyError, TypeError, ValueError, StateError) as exc:
+        session.interrupts = tuple(
+            Interrupt(
+                id=str(i["id"]), node=str(i["node"]), payload=decode_value(i["payload"])
+            )
+            for i in record.get("interrupts") or ()
+        )
+        session.answers = {
+            str(node): [decode_value(a) for a in answers]
+            for node, answers in (record.get("answers") or {}).items()
+        }
+        session.tasks = {
+            str(node): {str(k): decode_value(v) for k, v in results.items()}
+            for node, results in (record.get("tasks") or {}).items()
+        }
+        hit = record.get("breakpoint")
+        if hit is not None and type(hit) is not int:
+            raise StateError(f"its breakpoint {hit!r} is not a step")
+        session.breakpoint_hit = hit
+    except (KeyError, TypeError, ValueError, AttributeError, StateError) as exc:
         raise CheckpointError(
             f"session {session.session_id!r} step {session.step}: its pending"
             f" record is malformed ({exc})"

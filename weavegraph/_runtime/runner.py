@@ -19,7 +19,9 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from .._codec import encode_value
 from .._core.errors import (
+    ConfigError,
     ErrorEvent,
     InvalidEntryError,
     SessionNotFound,
@@ -27,19 +29,25 @@ from .._core.errors import (
     WorkflowError,
     describe_exception,
 )
-from .._core.frontier import is_complete, start_frontier
+from .._core.frontier import is_complete, next_frontier, start_frontier
 from .._core.graph import END, START, display
 from .._core.reducers import apply_barrier
-from .._core.session import Session, check_session_id
+from .._core.session import Interrupt, Resume, Session, check_session_id
 from .._core.state import NodePartial, VersionedState
+from .._core.values import require_storable
 from .._trio import open_service_nursery, require_trio
 from ..checkpoint.record import Checkpoint, Checkpointer
 from ..events.bus import EventBus, Overflow
 from ..events.stream import EventStream
-from ..events.types import INVOCATION_END_SCOPE, STREAM_END_SCOPE, stream_end_event
+from ..events.types import (
+    INVOCATION_END_SCOPE,
+    STREAM_END_SCOPE,
+    DiagnosticEvent,
+    stream_end_event,
+)
 from .app import App
 from .config import RuntimeConfig
-from .engine import Engine, StepOutcome, StepReport
+from .engine import Engine, Paused, StepOutcome, StepReport
 from .pending import encode_pending, restore_pending
 from .writer import CheckpointWriter, PendingRecord
 
@@ -69,21 +77,25 @@ class SessionInit:
         return not self.resumed
 
 
-PauseReason = Literal["before_node", "after_node", "after_step"]
+PauseReason = Literal["interrupt", "before_node", "after_node", "after_step"]
 
 
 @attrs.frozen(kw_only=True)
 class PausedReport:
-    """`AppRunner.run_step` stopped at an interrupt.
+    """A run paused: a node interrupted, or a breakpoint matched.
 
     Attributes:
         session_id: The session.
         step: The session's step counter now.
-        reason: ``"before_node"`` (nothing ran), ``"after_node"`` or
-            ``"after_step"`` (the step's effects are committed and saved).
-        node: The node the interrupt matched (not for ``"after_step"``).
+        reason: ``"interrupt"`` (nodes asked with ``ctx.interrupt``; their
+            step is not committed, what finished is kept), ``"before_node"``
+            (nothing of the step ran), ``"after_node"`` or ``"after_step"``
+            (the step's effects are committed and saved).
+        node: The node the breakpoint matched (not for ``"after_step"``; for
+            ``"interrupt"``, the first interrupting node).
         state: The session's state now.
         report: The step that ran, for the ``after_*`` reasons.
+        interrupts: The pending interrupts (reason ``"interrupt"``).
     """
 
     session_id: str
@@ -92,6 +104,7 @@ class PausedReport:
     node: str | None
     state: VersionedState
     report: StepReport | None = None
+    interrupts: tuple[Interrupt, ...] = ()
 
     completed = False
 
@@ -110,7 +123,8 @@ class SessionState:
             already finished in an attempt that failed or was cancelled; a
             resume keeps them and runs only ``next``.
         error: The failure of the last attempt at the next step, or ``None``.
-        interrupts: Pending interrupts (none yet).
+        interrupts: The interrupts the session is paused on (answer them with
+            `AppRunner.resume`).
         parent_step: The stored step this one follows (``None`` for step 0).
         forked_from: ``(session_id, step)`` this session was forked from.
     """
@@ -123,14 +137,14 @@ class SessionState:
         factory=lambda: MappingProxyType({})
     )
     error: ErrorEvent | None = None
-    interrupts: tuple[Any, ...] = ()
+    interrupts: tuple[Interrupt, ...] = ()
     parent_step: int | None = None
     forked_from: tuple[str, int] | None = None
 
     @property
     def completed(self) -> bool:
         """Whether nothing is left to run."""
-        return not self.next and not self.pending_writes
+        return not self.next and not self.pending_writes and not self.interrupts
 
 
 def _session_state(session: Session, parent_step: int | None) -> SessionState:
@@ -147,6 +161,7 @@ def _session_state(session: Session, parent_step: int | None) -> SessionState:
         next=todo,
         pending_writes=MappingProxyType(dict(pending)),
         error=session.error,
+        interrupts=session.interrupts,
         parent_step=parent_step,
     )
 
@@ -162,16 +177,53 @@ class RunMetadata:
     clock_mode: str
 
 
+def _answer(session: Session, resume: Resume) -> None:
+    """Record ``resume``'s answers for the session's pending interrupts."""
+    pending = {i.id: i for i in session.interrupts}
+    if resume.values is not None:
+        unknown = sorted(set(resume.values) - set(pending))
+        if unknown:
+            raise ConfigError(
+                f"no pending interrupt {unknown[0]!r} in session"
+                f" {session.session_id!r}; pending: {sorted(pending)}"
+            )
+        answers = dict(resume.values)
+    elif len(pending) > 1:
+        raise ConfigError(
+            f"session {session.session_id!r} has {len(pending)} pending interrupts:"
+            f" answer them by id with values={{...}} ({sorted(pending)})"
+        )
+    else:
+        answers = dict.fromkeys(pending, resume.value)
+    for interrupt_id, answer in answers.items():
+        require_storable(answer, f"the answer to {interrupt_id!r}")
+    # An interrupt's position among its node's answers is its index in its id.
+    for interrupt in session.interrupts:
+        if interrupt.id in answers:
+            session.answers.setdefault(interrupt.node, []).append(answers[interrupt.id])
+    session.interrupts = tuple(i for i in session.interrupts if i.id not in answers)
+
+
 def _drop_pending(session: Session) -> None:
     """New input starts the step over: nothing of an earlier attempt is kept."""
     session.pending = {}
     session.pending_step = None
     session.error = None
+    session.interrupts = ()
+    session.answers = {}
+    session.tasks = {}
+    session.breakpoint_hit = None
 
 
 def _is_empty(state: VersionedState) -> bool:
     """No input at all: no messages, no extra keys, no errors."""
     return not state.messages and not state.extra and not state.errors
+
+
+_HISTORY_PAGE = 100
+
+INTERRUPT_SCOPE = "session.interrupt"
+"""Scope of the event that shows each pending interrupt when a run pauses."""
 
 
 class _RunEnd:
@@ -189,6 +241,9 @@ class _RunEnd:
     def completed(self) -> None:
         self._send("completed", None)
 
+    def interrupted(self, interrupts: tuple[Interrupt, ...]) -> None:
+        self._send("interrupted", None, interrupts=interrupts)
+
     def failed(self, exc: BaseException) -> None:
         if isinstance(exc, WorkflowError):
             # The step that failed (the session stays at the one before).
@@ -198,7 +253,13 @@ class _RunEnd:
         else:  # trio.Cancelled, KeyboardInterrupt, GeneratorExit …
             self._send("cancelled", None)
 
-    def _send(self, status: str, error: str | None, step: int | None = None) -> None:
+    def _send(
+        self,
+        status: str,
+        error: str | None,
+        step: int | None = None,
+        interrupts: tuple[Interrupt, ...] = (),
+    ) -> None:
         # Synchronous: safe inside a cancelled scope.
         if self.sent:
             return
@@ -222,6 +283,23 @@ class _RunEnd:
                     {**event.metadata, "ended_by": "gating", "gated_out": list(gated)}
                 ),
             )
+        if interrupts:
+            event = attrs.evolve(
+                event,
+                metadata=MappingProxyType(
+                    {
+                        **event.metadata,
+                        "interrupts": [
+                            {
+                                "id": i.id,
+                                "node": i.node,
+                                "payload": encode_value(i.payload),
+                            }
+                            for i in interrupts
+                        ],
+                    }
+                ),
+            )
         self.bus.emit(event)
 
 
@@ -233,6 +311,7 @@ class _SessionSlot:
     iterative: bool = False
     entry: tuple[str, ...] = ()
     lock: trio.Lock = attrs.field(factory=trio.Lock)
+    forked_from: tuple[str, int] | None = None
 
 
 class AppRunner:
@@ -261,6 +340,7 @@ class AppRunner:
             if checkpointer is not None
             else None
         )
+        self._engine.persist = self._persist
 
     # ------------------------------------------------------------ persistence
 
@@ -293,18 +373,27 @@ class AppRunner:
         else:
             await self._writer.flush()
 
-    async def _save(self, session: Session, outcome: StepOutcome | None) -> None:
+    async def _save(
+        self,
+        session: Session,
+        outcome: StepOutcome | None,
+        ran: Sequence[str] = (),
+        updated: Sequence[str] = (),
+    ) -> None:
         """The one save path: hand the session's checkpoint to the writer.
 
-        ``outcome`` is the step that just ran (``None``: a fresh session or a
-        new turn). Each checkpoint names the step it follows, so a writer that
-        lost a race for the session fails with `CheckpointConflict`.
+        ``outcome`` is the step that just ran (``None``: a fresh session, a new
+        turn or a state edit, described by ``ran`` and ``updated``). Each
+        checkpoint names the step it follows, so a writer that lost a race for
+        the session fails with `CheckpointConflict`.
         """
         if self._writer is None:
             return
         slot = self._sessions[session.session_id]
         if outcome is None:
-            checkpoint = self._checkpoint(session, parent_step=slot.stored_step)
+            checkpoint = self._checkpoint(
+                session, ran, (), updated, parent_step=slot.stored_step
+            )
         else:
             checkpoint = self._checkpoint(
                 session,
@@ -383,7 +472,8 @@ class AppRunner:
         slot = self._sessions.get(session_id)
         if slot is not None and (step is None or step == slot.session.step):
             await trio.lowlevel.checkpoint()
-            return _session_state(slot.session, slot.parent_step)
+            found = _session_state(slot.session, slot.parent_step)
+            return attrs.evolve(found, forked_from=slot.forked_from)
         if self.checkpointer is None:
             await trio.lowlevel.checkpoint()
             raise SessionNotFound(session_id)
@@ -399,6 +489,157 @@ class AppRunner:
         session = stored.to_session()
         restore_pending(session, stored.pending)
         return _session_state(session, stored.parent_step)
+
+    async def update_state(
+        self, session_id: str, partial: NodePartial, as_node: str | None = None
+    ) -> SessionState:
+        """Edit a session's state as if ``as_node`` had written ``partial``.
+
+        The update goes through the reducers and is stored as a new step.
+        With ``as_node``, that node's successors become the frontier (its
+        edges, routers and commands) and anything pending is dropped. Without
+        it, the frontier stays; pending interrupts and their recorded answers
+        and tasks stay too (the paused node re-runs on the edited state when
+        resumed), while finished partials of the next step are dropped (they
+        were computed from the old state). A checkpoint.
+
+        Raises:
+            SessionNotFound: no such session.
+            StateError: ``partial`` is not a `NodePartial`, or holds a value
+                outside the storable domain.
+            ConfigError: ``as_node`` is not a node of the graph.
+        """
+        check_session_id(session_id)
+        if not isinstance(partial, NodePartial):
+            raise StateError(
+                f"update_state takes a NodePartial, got {type(partial).__name__}"
+            )
+        if as_node is not None and as_node not in self.app.graph.nodes:
+            raise ConfigError(
+                f"as_node={as_node!r} is not a node of the graph; nodes:"
+                f" {sorted(self.app.graph.nodes)}"
+            )
+        if session_id not in self._sessions and not await self._load(session_id):
+            raise SessionNotFound(session_id)
+        slot = self._sessions[session_id]
+        async with slot.lock:
+            session = slot.session
+            ran = [as_node] if as_node is not None else []
+            outcome = apply_barrier(
+                session.state, ran, [partial], self.app.graph.reducers
+            )
+            if as_node is not None:
+                gate = session.state.versions.gate_key()
+                frontier = next_frontier(
+                    self.app.graph,
+                    ran,
+                    outcome.frontier_commands,
+                    outcome.state.snapshot(),
+                    session.join_progress,
+                )
+                session.frontier = frontier.frontier
+                session.join_progress = frontier.join_progress
+                session.versions_seen[as_node] = gate
+                _drop_pending(session)
+            else:
+                session.pending = {}
+                session.pending_step = None
+                session.error = None
+            session.state = outcome.state
+            session.step += 1
+            if session.interrupts or session.answers or session.tasks:
+                session.pending_step = session.step + 1
+            await self._save(session, None, ran, outcome.updated_channels)
+            await self._save_pending(session)
+            await self.flush()
+        return await self.get_state(session_id)
+
+    async def history(self, session_id: str) -> list[SessionState]:
+        """Every stored step of a session, newest first (step 0 last).
+
+        Each is a `SessionState` with its ``parent_step``; only the newest
+        carries what is pending. Reads the store (after storing what this
+        runner still has to write). A checkpoint.
+
+        Raises:
+            SessionNotFound: no such session.
+        """
+        check_session_id(session_id)
+        if self.checkpointer is None:
+            slot = self._sessions.get(session_id)
+            if slot is None:
+                await trio.lowlevel.checkpoint()
+                raise SessionNotFound(session_id)
+            return [await self.get_state(session_id)]
+        await self.flush()
+        states: list[SessionState] = []
+        offset = 0
+        while True:
+            page = await self.checkpointer.query_steps(
+                session_id, limit=_HISTORY_PAGE, offset=offset
+            )
+            for stored in page.checkpoints:
+                session = stored.to_session()
+                restore_pending(session, stored.pending)
+                states.append(_session_state(session, stored.parent_step))
+            offset += len(page.checkpoints)
+            if not page.checkpoints or offset >= page.total:
+                break
+        if not states:
+            raise SessionNotFound(session_id)
+        slot = self._sessions.get(session_id)
+        if slot is not None and slot.forked_from is not None:
+            states = [attrs.evolve(s, forked_from=slot.forked_from) for s in states]
+        return states
+
+    async def fork(
+        self, session_id: str, step: int, new_session_id: str
+    ) -> SessionState:
+        """Start ``new_session_id`` from step ``step`` of ``session_id``.
+
+        Time travel: the fork has that step's state, frontier and gating, and
+        resuming it (``run_until_complete``, ``App.invoke(None, ...)``) re-runs
+        from there; the original session is untouched. ``forked_from`` of its
+        `SessionState` is ``(session_id, step)``. A checkpoint.
+
+        Raises:
+            SessionNotFound: no such session or step.
+            ConfigError: ``new_session_id`` already exists.
+        """
+        check_session_id(session_id)
+        check_session_id(new_session_id)
+        if new_session_id in self._sessions or (
+            self.checkpointer is not None
+            and await self.checkpointer.load_latest(new_session_id) is not None
+        ):
+            raise ConfigError(
+                f"cannot fork into {new_session_id!r}: that session exists; pick"
+                " a new id"
+            )
+        source = await self.get_state(session_id, step=step)
+        if source.step != step:
+            raise SessionNotFound(session_id)
+        origin = self._sessions.get(session_id)
+        if origin is not None and origin.session.step == step:
+            session = attrs.evolve(
+                origin.session,
+                session_id=new_session_id,
+                versions_seen=dict(origin.session.versions_seen),
+                join_progress=dict(origin.session.join_progress),
+            )
+        else:
+            assert self.checkpointer is not None
+            page = await self.checkpointer.query_steps(
+                session_id, min_step=step, max_step=step, limit=1
+            )
+            session = page.checkpoints[0].to_session()
+            session.session_id = new_session_id
+        _drop_pending(session)
+        slot = _SessionSlot(session, forked_from=(session_id, step))
+        self._sessions[new_session_id] = slot
+        await self._save(session, None)
+        await self.flush()
+        return await self.get_state(new_session_id)
 
     def list_sessions(self) -> list[str]:
         """Ids of the sessions this runner holds."""
@@ -470,39 +711,40 @@ class AppRunner:
                 f"create_session takes a VersionedState or None, got"
                 f" {type(state).__name__}"
             )
-        held = self._sessions.get(session_id)
-        session: Session | None = None
-        stored_step: int | None = None
-        parent_step: int | None = None
-        if held is not None:
-            session = held.session
+        if session_id in self._sessions:
             await trio.lowlevel.checkpoint()
-        elif self.checkpointer is not None:
-            stored = await self.checkpointer.load_latest(session_id)
-            if stored is not None:
-                self._check_graph(stored)
-                session = stored.to_session()
-                restore_pending(session, stored.pending)
-                stored_step = stored.step
-                parent_step = stored.parent_step
-        else:
-            await trio.lowlevel.checkpoint()
-        if session is None:
+        elif not await self._load(session_id):
             fresh = self._engine.new_session(
                 session_id, state or VersionedState(), self.event_bus
             )
             self._sessions[session_id] = _SessionSlot(fresh)
             await self._save(fresh, None)
             return SessionInit(session_id=session_id, resumed=False, step=0)
+        session = self._sessions[session_id].session
         session.budget_start = session.step
-        if held is None:
-            self._sessions[session_id] = _SessionSlot(session, stored_step, parent_step)
         if not new_turns or state is None or _is_empty(state):
             return SessionInit(session_id=session_id, resumed=True, step=session.step)
         await self._new_turn(session, state)
         return SessionInit(
             session_id=session_id, resumed=True, step=session.step, new_turn=True
         )
+
+    async def _load(self, session_id: str) -> bool:
+        """Load a stored session into this runner; whether the store had it."""
+        if self.checkpointer is None:
+            await trio.lowlevel.checkpoint()
+            return False
+        stored = await self.checkpointer.load_latest(session_id)
+        if stored is None:
+            return False
+        self._check_graph(stored)
+        session = stored.to_session()
+        restore_pending(session, stored.pending)
+        session.budget_start = session.step
+        self._sessions[session_id] = _SessionSlot(
+            session, stored.step, stored.parent_step
+        )
+        return True
 
     async def _new_turn(self, session: Session, state: VersionedState) -> None:
         """Merge ``state``'s channels into ``session`` and restart from START."""
@@ -538,19 +780,31 @@ class AppRunner:
         *,
         create: bool = False,
         state: VersionedState | None = None,
+        resume: Resume | None = None,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
         on_completed: Callable[[VersionedState], None] | None = None,
-    ) -> VersionedState:
-        """Run a session to completion under one lifecycle; exactly one sentinel.
+    ) -> VersionedState | PausedReport:
+        """Run a session to completion (or a pause) under one lifecycle.
 
-        With ``create``, the session is created from ``state`` (or resumed, or
-        given a new turn) first, inside the
-        same lifecycle, so a run cancelled while its session loads still ends
-        with its sentinel. The sentinel goes out after the run's checkpoints are
-        stored; ``on_completed`` is called with the final state just before a
-        ``completed`` one, so the run counts as completed from then on whatever
-        happens to its caller afterwards.
+        Exactly one sentinel: ``completed``, ``interrupted``, ``error`` or
+        ``cancelled``. With ``create``, the session is created from ``state``
+        (or resumed, or given a new turn) first, inside the same lifecycle, so
+        a run cancelled while its session loads still ends with its sentinel.
+        ``resume`` answers pending interrupts first. The sentinel goes out
+        after the run's checkpoints are stored; ``on_completed`` is called with
+        the final state just before a ``completed`` one, so the run counts as
+        completed from then on whatever happens to its caller afterwards.
         """
         end = _RunEnd(self.event_bus, session_id, end_scope)
+        before = (
+            self.config.interrupt_before
+            if interrupt_before is None
+            else interrupt_before
+        )
+        after = (
+            self.config.interrupt_after if interrupt_after is None else interrupt_after
+        )
         try:
             if create:
                 init = await self.create_session(session_id, state)
@@ -562,11 +816,27 @@ class AppRunner:
             slot = self._slot(session_id)
             end.session = slot.session
             async with slot.lock:
+                if resume is not None:
+                    _answer(slot.session, resume)
                 # The step budget is per invocation: a turn or a resume.
                 slot.session.budget_start = slot.session.step
-                final = await self._engine.run_to_completion(
-                    slot.session, self.event_bus, after_step=self._autosave
-                )
+                try:
+                    final = await self._engine.run_to_completion(
+                        slot.session,
+                        self.event_bus,
+                        after_step=self._autosave,
+                        interrupt_before=before,
+                        interrupt_after=after,
+                    )
+                except Paused as paused:
+                    report = self._paused(slot.session, paused)
+                    self._announce(report)
+                    await self._save_pending(slot.session)
+                    await self.flush()
+                    if on_completed is not None:
+                        on_completed(report.state)  # a pause is an outcome too
+                    end.interrupted(report.interrupts)
+                    return report
                 await self.flush()
         except BaseException as exc:
             try:
@@ -583,6 +853,56 @@ class AppRunner:
             on_completed(final)
         end.completed()
         return final
+
+    def _paused(self, session: Session, paused: Paused) -> PausedReport:
+        reason: PauseReason = (
+            "interrupt"
+            if paused.reason == "interrupt"
+            else "before_node"
+            if paused.reason == "before_node"
+            else "after_node"
+        )
+        node = paused.node
+        if paused.interrupts:
+            node = paused.interrupts[0].node
+        return PausedReport(
+            session_id=session.session_id,
+            step=session.step,
+            reason=reason,
+            node=node,
+            state=session.state,
+            report=paused.outcome.report() if paused.outcome is not None else None,
+            interrupts=paused.interrupts,
+        )
+
+    def _announce(self, report: PausedReport) -> None:
+        """Each pending interrupt as an event, so a stream shows what is asked."""
+        if self.event_bus.closed:
+            return
+        for interrupt in report.interrupts:
+            self.event_bus.emit(
+                DiagnosticEvent(
+                    scope=INTERRUPT_SCOPE,
+                    message=f"node {interrupt.node!r} asks: {interrupt.payload!r:.200}",
+                    metadata=MappingProxyType(
+                        {
+                            "id": interrupt.id,
+                            "node": interrupt.node,
+                            "payload": encode_value(interrupt.payload),
+                            "step": report.step + 1,
+                            "session_id": report.session_id,
+                        }
+                    ),
+                )
+            )
+
+    async def _persist(self, session: Session) -> None:
+        """A durable task finished: store the session's pending record now."""
+        if self._writer is None:
+            return
+        with trio.CancelScope(shield=True):
+            await self._save_pending(session)
+            await self._writer.flush()
 
     async def run_step(
         self,
@@ -648,18 +968,69 @@ class AppRunner:
                 )
             return report
 
-    async def run_until_complete(self, session_id: str) -> VersionedState:
-        """Run ``session_id`` to completion and return its final state.
+    async def run_until_complete(
+        self,
+        session_id: str,
+        *,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
+    ) -> VersionedState | PausedReport:
+        """Run ``session_id`` to completion (or its next pause).
 
-        Emits the stream-end sentinel (completed, error or cancelled) and flushes
-        the checkpoints before returning. A checkpoint.
+        Returns the final state, or a `PausedReport` when a node interrupts or
+        a breakpoint matches (``interrupt_before``/``interrupt_after``: node
+        names or ``"*"``; default: the config's). Calling again moves past the
+        breakpoint it stopped at. Emits the stream-end sentinel (completed,
+        interrupted, error or cancelled) after the checkpoints are stored. A
+        checkpoint.
 
         Raises:
             SessionNotFound: unknown session.
-            WorkflowError: a step failed (it was recorded and saved).
+            WorkflowError: a step failed (what finished is kept as pending).
         """
         self._slot(session_id)
-        return await self._complete(session_id, STREAM_END_SCOPE)
+        return await self._complete(
+            session_id,
+            STREAM_END_SCOPE,
+            interrupt_before=interrupt_before,
+            interrupt_after=interrupt_after,
+        )
+
+    async def resume(
+        self,
+        session_id: str,
+        value: Any = None,
+        *,
+        values: Mapping[str, Any] | None = None,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
+    ) -> VersionedState | PausedReport:
+        """Answer a paused session's interrupts and run it on, like
+        `run_until_complete` (to the end or the next pause).
+
+        ``value`` answers the one pending interrupt; ``values`` answers several
+        by interrupt id. With no pending interrupt (a breakpoint), the session
+        just continues. Loads the session from the store when this runner does
+        not hold it. A checkpoint.
+
+        Raises:
+            SessionNotFound: no such session.
+            ConfigError: ``values`` names an interrupt that is not pending, or
+                several are pending and only ``value`` was given.
+            WorkflowError: a step failed.
+        """
+        check_session_id(session_id)
+        if session_id not in self._sessions:
+            stored = await self._load(session_id)
+            if not stored:
+                raise SessionNotFound(session_id)
+        return await self._complete(
+            session_id,
+            STREAM_END_SCOPE,
+            resume=Resume(value, values=values),
+            interrupt_before=interrupt_before,
+            interrupt_after=interrupt_after,
+        )
 
     # ------------------------------------------------------ iterative sessions
 
@@ -736,7 +1107,8 @@ class AppRunner:
             session.versions_seen.clear()
             session.join_progress = {}
             _drop_pending(session)
-        return await self._complete(session_id, INVOCATION_END_SCOPE)
+        result = await self._complete(session_id, INVOCATION_END_SCOPE)
+        return result.state if isinstance(result, PausedReport) else result
 
     async def finish_iterative_session(self, session_id: str) -> VersionedState:
         """End an iterative session: emit its stream-end sentinel, return its state.

@@ -1,0 +1,270 @@
+"""Human in the loop: interrupts inside nodes with resume values, durable tasks,
+breakpoints everywhere, state edits, history and forks."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+from helpers import hi
+
+from weavegraph import (
+    END,
+    START,
+    App,
+    Checkpointer,
+    ConfigError,
+    GraphBuilder,
+    InMemoryCheckpointer,
+    Message,
+    NodeContext,
+    NodePartial,
+    PausedReport,
+    PostgresCheckpointer,
+    Resume,
+    RuntimeConfig,
+    SQLiteCheckpointer,
+    StateSnapshot,
+    VersionedState,
+    open_runner,
+)
+from weavegraph.testing import collect_events
+
+STORES = ["memory", "sqlite", "postgres"]
+
+
+@asynccontextmanager
+async def open_store(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Checkpointer]:
+    if kind == "memory":
+        yield InMemoryCheckpointer()
+        return
+    store: Checkpointer
+    if kind == "sqlite":
+        store = SQLiteCheckpointer(tmp_path / "runs.db")
+    else:
+        store = PostgresCheckpointer(request.getfixturevalue("postgres_dsn"))
+    async with store:
+        yield store
+
+
+def review_app(store: Checkpointer | None, calls: Counter[str]) -> App:
+    """draft → review (asks twice, with durable tasks between) → send."""
+
+    async def draft(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        calls["draft"] += 1
+        return NodePartial(extra={"draft": "Hello, Bob"})
+
+    async def expensive(what: str) -> str:
+        calls[f"task:{what}"] += 1
+        await trio.lowlevel.checkpoint()
+        return f"{what}-done"
+
+    async def review(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        calls["review"] += 1
+        first = await ctx.task("lookup", expensive, "lookup")
+        verdict = await ctx.interrupt({"draft": snapshot.extra["draft"], "ask": "ok?"})
+        second = await ctx.task("check", expensive, "check")
+        signature = await ctx.interrupt("signature?")
+        third = await ctx.task("lookup", expensive, "lookup2")
+        return NodePartial(
+            extra={"verdict": verdict, "signature": signature},
+            messages=[Message.assistant(f"{first} {second} {third}")],
+        )
+
+    async def send(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        calls["send"] += 1
+        return NodePartial(extra={"sent": snapshot.extra["draft"]})
+
+    return (
+        GraphBuilder()
+        .add_node("draft", draft)
+        .add_node("review", review)
+        .add_node("send", send)
+        .add_edge(START, "draft")
+        .add_edge("draft", "review")
+        .add_edge("review", "send")
+        .add_edge("send", END)
+        .compile(RuntimeConfig(checkpointer=store))
+    )
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_interrupts_pause_resume_and_tasks_run_once(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    calls: Counter[str] = Counter()
+    async with open_store(kind, tmp_path, request) as store:
+        app = review_app(store, calls)
+        # A pause is not an error: invoke returns the state at the pause.
+        paused, events = await collect_events(app, hi())
+        assert paused.extra == {"draft": "Hello, Bob"}
+        end = events[-1]
+        assert end.metadata["status"] == "interrupted"
+        (asked,) = end.metadata["interrupts"]
+        assert asked["node"] == "review" and asked["payload"]["ask"] == "ok?"
+        assert any(e.scope_label == "session.interrupt" for e in events)
+        sid = end.metadata["session_id"]
+        async with open_runner(app, checkpointer=store) as runner:
+            state = await runner.get_state(sid)
+            (interrupt,) = state.interrupts
+            assert interrupt.payload == {"draft": "Hello, Bob", "ask": "ok?"}
+            assert state.next == ("review",) and not state.completed
+            report = await runner.resume(sid, "approve")
+            assert isinstance(report, PausedReport) and report.reason == "interrupt"
+            assert report.interrupts[0].payload == "signature?"
+        # Resume through the App, in a new runner: reads the store.
+        final = await app.invoke(Resume("— Ann"), session_id=sid)
+    assert final.extra["verdict"] == "approve"
+    assert final.extra["signature"] == "— Ann"
+    assert final.extra["sent"] == "Hello, Bob"
+    assert final.messages[-1].content == "lookup-done check-done lookup2-done"
+    # Every expensive call ran exactly once across two pauses and resumes.
+    assert calls == Counter(
+        {
+            "draft": 1,
+            "review": 3,
+            "send": 1,
+            "task:lookup": 1,
+            "task:check": 1,
+            "task:lookup2": 1,
+        }
+    )
+
+
+async def test_parallel_interrupts_are_answered_together() -> None:
+    async def ask(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        answer = await ctx.interrupt(f"{ctx.node_id}?")
+        return NodePartial(extra={ctx.node_id: answer})
+
+    store = InMemoryCheckpointer()
+    builder = GraphBuilder().add_node("fan", ask).add_edge(START, "fan")
+    for name in ("a", "b"):
+        builder.add_node(name, ask).add_edge(START, name).add_edge(name, END)
+    builder.add_edge("fan", END)
+    app = builder.compile(RuntimeConfig(checkpointer=store))
+    await app.invoke(hi(), session_id="p")
+    async with open_runner(app, checkpointer=store) as runner:
+        state = await runner.get_state("p")
+        ids = {i.node: i.id for i in state.interrupts}
+        assert sorted(ids) == ["a", "b", "fan"]
+        with pytest.raises(ConfigError, match="values="):
+            await runner.resume("p", "x")
+        with pytest.raises(ConfigError, match="no pending interrupt"):
+            await runner.resume("p", values={"nope": 1})
+        final = await runner.resume(
+            "p", values={ids["a"]: 1, ids["b"]: 2, ids["fan"]: 3}
+        )
+    assert isinstance(final, VersionedState)
+    assert dict(final.extra) == {"a": 1, "b": 2, "fan": 3}
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_breakpoints_everywhere_and_resuming_moves_past(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    calls: Counter[str] = Counter()
+
+    async def node(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        calls[ctx.node_id] += 1
+        return NodePartial(messages=[Message.assistant(ctx.node_id)])
+
+    async with open_store(kind, tmp_path, request) as store:
+        app = (
+            GraphBuilder()
+            .add_node("a", node)
+            .add_node("b", node)
+            .add_node("c", node)
+            .add_edge(START, "a")
+            .add_edge("a", "b")
+            .add_edge("b", "c")
+            .add_edge("c", END)
+            .compile(RuntimeConfig(checkpointer=store, interrupt_before=("b",)))
+        )
+        state = await app.invoke(hi(), session_id="bp")
+        assert [m.content for m in state.messages] == ["hi", "a"]
+        # Calling again with the same options moves past the breakpoint.
+        state = await app.invoke(None, session_id="bp", interrupt_after=["c"])
+        assert [m.content for m in state.messages] == ["hi", "a", "b", "c"]
+        async with open_runner(app, checkpointer=store) as runner:
+            await runner.create_session("bp2", hi())
+            first = await runner.run_until_complete("bp2", interrupt_before=["*"])
+            assert isinstance(first, PausedReport) and first.node == "a"
+            second = await runner.run_until_complete("bp2", interrupt_before=["*"])
+            assert isinstance(second, PausedReport) and second.node == "b"
+            done = await runner.run_until_complete("bp2", interrupt_before=())
+        assert isinstance(done, VersionedState)
+    assert calls == Counter({"a": 2, "b": 2, "c": 2})
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_edit_history_and_fork(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    calls: Counter[str] = Counter()
+    async with open_store(kind, tmp_path, request) as store:
+        app = review_app(store, calls)
+        await app.invoke(hi(), session_id="e")
+        async with open_runner(app, checkpointer=store) as runner:
+            # Edit the paused draft; the pending interrupt stays.
+            edited = await runner.update_state(
+                "e", NodePartial(extra={"draft": "Hi, Bob!"})
+            )
+            assert edited.step == 2 and len(edited.interrupts) == 1
+            report = await runner.resume("e", "approve")
+            assert isinstance(report, PausedReport)
+            final = await runner.resume("e", "Ann")
+            assert isinstance(final, VersionedState)
+            assert final.extra["sent"] == "Hi, Bob!"
+            history = await runner.history("e")
+            steps = [h.step for h in history]
+            assert steps == sorted(steps, reverse=True) and steps[-1] == 0
+            assert history[0].parent_step == history[1].step
+            past = await runner.get_state("e", step=1)
+            assert past.state.extra == {"draft": "Hello, Bob"}
+            # Time travel: fork at step 1 and run from there.
+            fork = await runner.fork("e", 1, "e-fork")
+            assert fork.forked_from == ("e", 1) and fork.step == 1
+            again = await runner.run_until_complete("e-fork")
+            assert isinstance(again, PausedReport)  # review asks again
+            with pytest.raises(ConfigError, match="exists"):
+                await runner.fork("e", 1, "e-fork")
+        untouched = await store.load_latest("e")
+        assert untouched is not None and untouched.state.extra["sent"] == "Hi, Bob!"
+
+
+async def test_update_state_as_node_moves_the_frontier() -> None:
+    calls: Counter[str] = Counter()
+    store = InMemoryCheckpointer()
+    app = review_app(store, calls)
+    await app.invoke(hi(), session_id="n")
+    async with open_runner(app, checkpointer=store) as runner:
+        state = await runner.update_state(
+            "n", NodePartial(extra={"verdict": "by hand"}), as_node="review"
+        )
+        assert state.next == ("send",) and state.interrupts == ()
+        final = await runner.run_until_complete("n")
+        with pytest.raises(ConfigError, match="not a node"):
+            await runner.update_state("n", NodePartial(), as_node="ghost")
+    assert isinstance(final, VersionedState)
+    assert final.extra["sent"] == "Hello, Bob" and calls["review"] == 1
+
+
+async def test_streaming_a_resume(tmp_path: Path) -> None:
+    calls: Counter[str] = Counter()
+    async with SQLiteCheckpointer(tmp_path / "s.db") as store:
+        app = review_app(store, calls)
+        await app.invoke(hi(), session_id="st")
+        seen: list[Any] = []
+        async with app.invoke_streaming(Resume("yes"), session_id="st") as (run, ev):
+            seen = [e async for e in ev]
+            state = await run.join()
+    assert seen[-1].metadata["status"] == "interrupted"
+    assert state.extra.get("verdict") is None  # paused again at the signature
