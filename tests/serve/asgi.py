@@ -68,7 +68,7 @@ async def request(
 ) -> AsyncIterator[Client]:
     """Start ``method path`` against ``app``; the block can read or disconnect.
 
-    A POST says its body is JSON unless ``headers`` say otherwise.
+    A POST or PATCH says its body is JSON unless ``headers`` say otherwise.
     """
     raw = (
         b""
@@ -77,7 +77,7 @@ async def request(
     )
     path, _, query = path.partition("?")
     given = {k.lower(): v for k, v in (headers or {}).items()}
-    if method == "POST":
+    if method in ("POST", "PATCH"):
         given.setdefault("content-type", "application/json")
     scope = {
         "type": "http",

@@ -283,3 +283,60 @@ class RawClient:
                 return True
             if not data:
                 return True
+
+
+# ---------------------------------------------------------------- human review
+
+
+async def draft_node(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+    """Drafts a message to ``extra["to"]`` and asks whether to send it."""
+    to = snapshot.extra.get("to", "the team")
+    text = snapshot.extra.get("draft") or f"Dear {to}, the report is ready."
+    ctx.emit("draft", f"drafted for {to}")
+    answer = await ctx.interrupt({"draft": text, "question": "send it?"})
+    return NodePartial(extra={"draft": text, "verdict": answer})
+
+
+async def send_node(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+    verdict = snapshot.extra.get("verdict")
+    if verdict == "yes":
+        text = f"sent: {snapshot.extra['draft']}"
+    else:
+        text = f"not sent ({verdict!r})"
+    ctx.emit("send", text)
+    return NodePartial(messages=[Message.assistant(text)])
+
+
+def reviewer(config: RuntimeConfig | None = None) -> App:
+    """START -> draft (interrupts for approval) -> send -> END."""
+    return (
+        GraphBuilder()
+        .add_node("draft", draft_node)
+        .add_node("send", send_node)
+        .add_edge(START, "draft")
+        .add_edge("draft", "send")
+        .add_edge("send", END)
+        .compile(config)
+    )
+
+
+def asker(name: str) -> Any:
+    async def ask(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        answer = await ctx.interrupt(f"{name}?")
+        return NodePartial(extra={name: answer})
+
+    return ask
+
+
+def two_reviewers() -> App:
+    """START -> (legal, tone) in parallel, each interrupting -> END."""
+    return (
+        GraphBuilder()
+        .add_node("legal", asker("legal"))
+        .add_node("tone", asker("tone"))
+        .add_edge(START, "legal")
+        .add_edge(START, "tone")
+        .add_edge("legal", END)
+        .add_edge("tone", END)
+        .compile()
+    )

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+from live import reviewer
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from weavegraph import (
@@ -29,6 +30,7 @@ from weavegraph import (
     START,
     App,
     GraphBuilder,
+    InMemoryCheckpointer,
     Message,
     NodeContext,
     NodePartial,
@@ -540,5 +542,98 @@ async def test_viewer_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
                     "getComputedStyle(document.querySelector('header')).display"
                 )
                 assert styled == "flex"
+                assert page.errors() == []
+            nursery.cancel_scope.cancel()
+
+
+READ_REVIEW = """
+(() => ({
+  hidden: document.getElementById("review-panel").hidden,
+  items: [...document.querySelectorAll("#interrupts .interrupt")].map((d) => ({
+    id: d.dataset.id, node: d.dataset.node,
+    payload: d.querySelector("pre.payload").innerText,
+  })),
+  status: document.getElementById("status").textContent,
+}))()
+"""
+
+
+async def test_viewer_answers_an_interrupt_and_shows_past_steps(
+    tmp_path: Path,
+) -> None:
+    apps = {"review": reviewer()}
+    serve = partial(serve_sse, apps, port=0, checkpointer=InMemoryCheckpointer())
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(serve)
+            async with chromium() as devtools:
+                page = await open_page(devtools)
+                await page.call("Page.navigate", url=urls[0] + "/")
+                await page.wait_for("document.body.dataset.state === 'ready'")
+                assert await page.js("document.getElementById('review-panel').hidden")
+
+                # The run pauses: the page shows what the node asks.
+                await page.js(
+                    "document.getElementById('extra').value = '{\"to\": \"Ann\"}';"
+                    "document.getElementById('session-id').value = 'mail-1';"
+                    "document.getElementById('start').click()"
+                )
+                await page.wait_for("document.body.dataset.state === 'done'")
+                await page.wait_for("!document.getElementById('review-panel').hidden")
+                seen = await page.js(READ_REVIEW)
+                assert seen["status"] == "interrupted"
+                [item] = seen["items"]
+                assert item["node"] == "draft"
+                assert json.loads(item["payload"]) == {
+                    "draft": "Dear Ann, the report is ready.",
+                    "question": "send it?",
+                }
+                await screenshot(page, tmp_path / "viewer-interrupted.png")
+
+                # Answer it from the form: the continuation streams to the end.
+                await page.js(
+                    "document.getElementById('answer-0').value = 'yes';"
+                    "document.getElementById('answer').click()"
+                )
+                await page.wait_for(
+                    "document.body.dataset.state === 'done'"
+                    " && document.getElementById('status').textContent"
+                    " === 'completed'"
+                )
+                seen = await page.js(READ_PAGE)
+                assert seen["events"][-1]["scope"] == "stream end"
+                assert "status=completed" in seen["events"][-1]["text"]
+                sends = [e for e in seen["events"] if e["scope"] == "send"]
+                assert [e["text"] for e in sends] == [
+                    sends[0]["text"]
+                ] and "sent: Dear Ann, the report is ready." in sends[0]["text"]
+                assert "assistant: sent: Dear Ann" in seen["finalState"]
+                assert await page.js("document.getElementById('review-panel').hidden")
+
+                # The step slider reads past states from the server.
+                await page.wait_for("!document.getElementById('history-panel').hidden")
+                last = await page.js("document.body.dataset.step")
+                steps = await page.js(
+                    "Number(document.getElementById('step-slider').max) + 1"
+                )
+                assert steps >= 3
+                await page.js(
+                    "{ const s = document.getElementById('step-slider');"
+                    "s.value = '0'; s.dispatchEvent(new Event('input')); }"
+                )
+                await page.wait_for("document.body.dataset.step === '0'")
+                view = await page.js("document.getElementById('step-view').innerText")
+                assert re.search(r"Next\s+draft", view), view
+                assert '"to": "Ann"' in view
+                assert "sent:" not in view
+                await page.js(
+                    "{ const s = document.getElementById('step-slider');"
+                    "s.value = s.max; s.dispatchEvent(new Event('input')); }"
+                )
+                await page.wait_for(f"document.body.dataset.step === '{last}'")
+                view = await page.js("document.getElementById('step-view').innerText")
+                assert "sent: Dear Ann" in view
+                assert re.search(r"Status\s+completed", view), view
+                await screenshot(page, tmp_path / "viewer-steps.png")
                 assert page.errors() == []
             nursery.cancel_scope.cancel()

@@ -147,7 +147,7 @@ def host_allowed(scope: Scope, allowed: tuple[str, ...] | None) -> str | None:
 
 # ----------------------------------------------------------------------- CORS
 
-CORS_METHODS = b"GET, POST"
+CORS_METHODS = b"GET, POST, PATCH"
 CORS_HEADERS = ("content-type", "last-event-id", "authorization")
 CORS_MAX_AGE = b"600"
 
@@ -208,7 +208,7 @@ def preflight(scope: Scope, origins: frozenset[str]) -> Headers:
     if not allow:
         raise HTTPError(403, "cross-origin requests from this origin are not allowed")
     method = header(scope, b"access-control-request-method")
-    if method not in ("GET", "POST"):
+    if method not in ("GET", "POST", "PATCH"):
         raise HTTPError(403, f"cross-origin {method} requests are not allowed")
     asked = header(scope, b"access-control-request-headers") or ""
     names = [h.strip().lower() for h in asked.split(",") if h.strip()]

@@ -29,7 +29,15 @@ import math
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+)
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -37,25 +45,31 @@ from urllib.parse import parse_qsl, unquote
 import attrs
 import trio
 
-from .._codec import dumps_bytes, loads, state_to_json
+from .._codec import dumps_bytes, state_to_json
 from .._core.errors import (
+    CheckpointConflict,
+    CheckpointError,
     ConfigError,
     InvalidSessionIdError,
     RunCancelledError,
+    SessionNotFound,
     StateError,
+    WeavegraphError,
     WorkflowError,
     describe_exception,
 )
 from .._core.frontier import is_complete
 from .._core.graph import display
-from .._core.session import check_session_id
+from .._core.session import Resume, check_session_id
 from .._core.state import Message, VersionedState
 from .._runtime.app import App
 from .._runtime.invocation import Invocation
+from .._runtime.runner import AppRunner, SessionState, open_runner
 from ..checkpoint.record import Checkpointer
 from ..events.bus import EventBusConfig
 from ..events.stream import EventStream
 from ..events.types import DiagnosticEvent, Event, stream_end_event
+from . import _review as review
 from . import _security as security
 from ._log import RunLog
 from ._security import (
@@ -93,6 +107,14 @@ STATIC = {
     "viewer.js": b"text/javascript; charset=utf-8",
     "viewer.css": b"text/css; charset=utf-8",
 }
+SESSION_ROUTES: dict[str, tuple[str, ...]] = {
+    "events": ("GET",),
+    "state": ("GET", "PATCH"),
+    "history": ("GET",),
+    "resume": ("POST",),
+    "fork": ("POST",),
+}
+"""What ``/runs/{session_id}/<route>`` serves, and with which methods."""
 TRUNCATED_SCOPE = "serve.log_truncated"
 """Scope of the diagnostic frame that tells a client memory limits cost it events."""
 
@@ -126,6 +148,7 @@ class LiveRun:
     status: str = "running"
     step: int = 0
     outcome: tuple[str, str | None] | None = None
+    interrupts: list[dict[str, Any]] = attrs.field(factory=list)
 
 
 def _positive(name: str, value: object, *, whole: bool = False) -> None:
@@ -361,19 +384,55 @@ class SSEApp:
                 _allow(method, "GET", "POST")
                 await self._authorize(request, "list")
                 await _json(send, 200, {"runs": self._list_runs()})
-        elif len(parts) == 3 and parts[0] == "runs" and parts[2] in ("events", "state"):
-            _allow(method, "GET")
-            session_id = _session_id(parts[1])
-            request = attrs.evolve(request, session_id=session_id)
-            if parts[2] == "events":
-                last = _last_event_id(scope)
-                await self._authorize(request, "read")
-                await self._attach(receive, send, session_id, last)
-            else:
-                await self._authorize(request, "read")
-                await _json(send, 200, await self._final_state(session_id))
+        elif len(parts) == 3 and parts[0] == "runs" and parts[2] in SESSION_ROUTES:
+            await self._session_route(request, scope, receive, send, parts)
         else:
             raise HTTPError(404, f"no route for {method} {scope['path']}")
+
+    async def _session_route(
+        self,
+        request: Request,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        parts: list[str],
+    ) -> None:
+        """``/runs/{session_id}/...``: events, state, resume, fork, history."""
+        method = scope["method"]
+        route = parts[2]
+        _allow(method, *SESSION_ROUTES[route])
+        session_id = _session_id(parts[1])
+        request = attrs.evolve(request, session_id=session_id)
+        query = _query(scope)
+        if route == "events":
+            last = _last_event_id(scope)
+            await self._authorize(request, "read")
+            await self._attach(receive, send, session_id, last)
+        elif route == "state" and method == "GET":
+            step = review.step_from_query(query)
+            await self._authorize(request, "read")
+            await _json(send, 200, await self._session_state(session_id, step, query))
+        elif route == "history":
+            limit, offset, states = review.page_from_query(query)
+            await self._authorize(request, "read")
+            answer = await self._history(session_id, query, limit, offset, states)
+            await _json(send, 200, answer)
+        else:
+            what = f"{method} /runs/{{id}}/{route}"
+            if not security.is_json(scope):
+                raise HTTPError(
+                    415,
+                    f"{what} takes a JSON body: send Content-Type: application/json",
+                )
+            data = review.json_object(await self._read_body(scope, receive), what)
+            if route == "resume":
+                await self._post_resume(request, receive, send, session_id, data)
+            elif route == "fork":
+                status, view = await self._fork(request, session_id, data)
+                location = f"/runs/{view['session_id']}/state".encode()
+                await _json(send, status, view, [(b"location", location)])
+            else:
+                await _json(send, 200, await self._update(request, session_id, data))
 
     async def _authorize(self, request: Request, action: Action) -> None:
         if self.authorize is None:
@@ -445,7 +504,7 @@ class SSEApp:
                 415, "POST /runs takes a JSON body: send Content-Type: application/json"
             )
         body = await self._read_body(scope, receive)
-        graph_name, app, state, named = self._parse_run(body)
+        graph_name, app, state, named, stops = self._parse_run(body)
         session_id = named or f"run-{uuid.uuid4()}"
         if self.authorize is not None:
             action: Action = (
@@ -454,9 +513,24 @@ class SSEApp:
             await self._authorize(
                 attrs.evolve(request, session_id=named, graph=graph_name), action
             )
-        current = self.runs.get(session_id)
-        if current is not None and not current.done.is_set():
-            raise HTTPError(409, f"session {session_id!r} is already running")
+        await self._stream_run(receive, send, session_id, graph_name, app, state, stops)
+
+    async def _stream_run(
+        self,
+        receive: Receive,
+        send: Send,
+        session_id: str,
+        graph_name: str,
+        app: App,
+        run_input: VersionedState | Resume,
+        stops: Mapping[str, tuple[str, ...]],
+    ) -> None:
+        """Start a run of ``session_id`` and stream it to this client.
+
+        The run is held in `runs` (other clients attach with ``GET
+        /runs/{id}/events``) and lives as long as somebody watches it.
+        """
+        self._not_running(session_id)
         if self._live_runs() >= self.max_runs:
             raise HTTPError(
                 503,
@@ -466,12 +540,14 @@ class SSEApp:
         config = attrs.evolve(
             app.config,
             session_id=session_id,
-            checkpointer=self.checkpointer or app.config.checkpointer,
+            checkpointer=self._store(app),
             event_bus=EventBusConfig(
                 capacity=app.config.event_bus.capacity,
                 sinks=app.config.event_bus.sinks,
                 overflow="block",  # the log must see everything
             ),
+            interrupt_before=stops.get("interrupt_before", app.config.interrupt_before),
+            interrupt_after=stops.get("interrupt_after", app.config.interrupt_after),
         )
         run = LiveRun(
             session_id=session_id,
@@ -486,7 +562,7 @@ class SSEApp:
             async with trio.open_nursery() as nursery:
                 try:
                     invocation, events = await app.start_streaming(
-                        nursery, state, config=config
+                        nursery, run_input, config=config
                     )
                 except Exception as exc:
                     # The run could not start: its stream still ends with a
@@ -503,6 +579,138 @@ class SSEApp:
         finally:
             if not run.done.is_set():  # the run never got going
                 self._end(run)
+
+    def _not_running(self, session_id: str) -> None:
+        current = self.runs.get(session_id)
+        if current is not None and not current.done.is_set():
+            raise HTTPError(409, f"session {session_id!r} is already running")
+
+    def _store(self, app: App) -> Checkpointer | None:
+        return self.checkpointer or app.config.checkpointer
+
+    def _app_of(self, session_id: str, name: object) -> tuple[str, App]:
+        """The graph of ``session_id``: its run's here, else ``name`` or the default."""
+        run = self.runs.get(session_id)
+        if name is None and run is not None and run.graph in self.apps:
+            return run.graph, self.apps[run.graph]
+        return self._app(name)
+
+    @asynccontextmanager
+    async def _runner(self, app: App, session_id: str) -> AsyncIterator[AppRunner]:
+        """A runner over the store, for one request; runtime errors become 4xx.
+
+        Its event bus has no sinks: reading or editing a session is not a run.
+        """
+        store = self._store(app)
+        if store is None:
+            if session_id in self.runs:
+                raise HTTPError(
+                    409,
+                    f"session {session_id!r} was not stored: this server has no"
+                    " checkpointer (give sse_app one to resume, edit, fork or read"
+                    " past steps)",
+                )
+            raise HTTPError(404, f"unknown session {session_id!r}")
+        config = attrs.evolve(
+            app.config, checkpointer=store, event_bus=EventBusConfig()
+        )
+        try:
+            async with open_runner(app, checkpointer=store, config=config) as runner:
+                yield runner
+        except HTTPError:
+            raise
+        except SessionNotFound as exc:
+            raise HTTPError(404, _unknown(exc, session_id)) from None
+        except CheckpointConflict as exc:
+            raise HTTPError(
+                409, f"session {session_id!r} changed meanwhile: {exc}"
+            ) from None
+        except CheckpointError:
+            raise  # the store failed: a server fault, not the request's
+        except WeavegraphError as exc:
+            raise HTTPError(400, str(exc)) from None
+
+    async def _stored_view(self, app: App, session_id: str) -> SessionState:
+        async with self._runner(app, session_id) as runner:
+            return await runner.get_state(session_id)
+
+    async def _post_resume(
+        self,
+        request: Request,
+        receive: Receive,
+        send: Send,
+        session_id: str,
+        data: Mapping[str, Any],
+    ) -> None:
+        review.check_keys(
+            data,
+            ("value", "values", "graph", "interrupt_before", "interrupt_after"),
+            "a resume request",
+        )
+        graph_name, app = self._app_of(session_id, data.get("graph"))
+        resume = review.resume_from_json(data)
+        stops = review.breakpoints(data, app.graph.nodes)
+        await self._authorize(attrs.evolve(request, graph=graph_name), "resume")
+        self._not_running(session_id)
+        view = await self._stored_view(app, session_id)
+        review.check_resume(
+            resume, session_id, view.interrupts, completed=view.completed
+        )
+        await self._stream_run(
+            receive, send, session_id, graph_name, app, resume, stops
+        )
+
+    async def _update(
+        self, request: Request, session_id: str, data: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        graph_name, app = self._app_of(session_id, None)
+        partial, as_node = review.update_from_json(
+            data, app.graph.nodes, self.client_roles
+        )
+        await self._authorize(attrs.evolve(request, graph=graph_name), "resume")
+        self._not_running(session_id)
+        async with self._runner(app, session_id) as runner:
+            view = await runner.update_state(session_id, partial, as_node=as_node)
+        return review.session_to_json(view)
+
+    async def _fork(
+        self, request: Request, session_id: str, data: Mapping[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        step, new_id = review.fork_from_json(data)
+        graph_name, app = self._app_of(session_id, None)
+        await self._authorize(attrs.evolve(request, graph=graph_name), "resume")
+        if new_id in self.runs:
+            raise HTTPError(409, f"session {new_id!r} exists: fork to a new id")
+        async with self._runner(app, session_id) as runner:
+            store = runner.checkpointer
+            assert store is not None
+            if await store.load_latest(new_id) is not None:
+                raise HTTPError(409, f"session {new_id!r} exists: fork to a new id")
+            view = await runner.fork(session_id, step, new_id)
+        return 201, review.session_to_json(view)
+
+    async def _history(
+        self,
+        session_id: str,
+        query: Mapping[str, str],
+        limit: int,
+        offset: int,
+        states: bool,
+    ) -> dict[str, Any]:
+        _, app = self._app_of(session_id, query.get("graph"))
+        async with self._runner(app, session_id) as runner:
+            views = await runner.history(session_id)
+        if not views:
+            raise HTTPError(404, f"unknown session {session_id!r}")
+        page = views[offset : offset + limit]
+        return {
+            "session_id": session_id,
+            "total": len(views),
+            "offset": offset,
+            "limit": limit,
+            "has_next": offset + limit < len(views),
+            "steps": [review.history_entry(v, with_state=states) for v in page],
+        }
 
     async def _exists(self, session_id: str) -> bool:
         """Whether the session is held here or stored (for ``resume``)."""
@@ -530,25 +738,27 @@ class SSEApp:
             [CLOSE],
         )
 
-    def _parse_run(self, body: bytes) -> tuple[str, App, VersionedState, str | None]:
-        if body.strip():
-            try:
-                data = loads(body)
-            except ValueError as exc:
-                raise HTTPError(
-                    400, f"the request body is not valid JSON: {exc}"
-                ) from None
-        else:
-            data = {}
-        if not isinstance(data, dict):
-            raise HTTPError(400, "the request body must be a JSON object")
-        unknown = set(data) - {"messages", "extra", "session_id", "graph"}
-        if unknown:
-            raise HTTPError(400, f"unknown keys in the request: {sorted(unknown)}")
+    def _parse_run(
+        self, body: bytes
+    ) -> tuple[str, App, VersionedState, str | None, dict[str, tuple[str, ...]]]:
+        data = review.json_object(body, "POST /runs")
+        review.check_keys(
+            data,
+            (
+                "messages",
+                "extra",
+                "session_id",
+                "graph",
+                "interrupt_before",
+                "interrupt_after",
+            ),
+            "the request",
+        )
         named = data.get("session_id")
         if named is not None:
             named = _session_id(named)
         graph_name, app = self._app(data.get("graph"))
+        stops = review.breakpoints(data, app.graph.nodes)
         messages = data.get("messages", [])
         if not isinstance(messages, list):
             raise HTTPError(400, "'messages' must be a list of {role, content} objects")
@@ -560,16 +770,8 @@ class SSEApp:
             state = VersionedState(messages=parsed, extra=extra)
         except (StateError, TypeError, AttributeError) as exc:
             raise HTTPError(400, f"invalid run input: {exc}") from None
-        if self.client_roles is not None:
-            for message in parsed:
-                role = str(message.role)
-                if role not in self.client_roles:
-                    raise HTTPError(
-                        403,
-                        f"clients may not send {role!r} messages; this"
-                        f" server accepts the roles {sorted(self.client_roles)}",
-                    )
-        return graph_name, app, state, named
+        review.check_roles(parsed, self.client_roles)
+        return graph_name, app, state, named, stops
 
     def _remember(self, run: LiveRun) -> None:
         self.runs[run.session_id] = run
@@ -621,6 +823,9 @@ class SSEApp:
     def _log_event(self, run: LiveRun, event: Event) -> None:
         if event.is_stream_end:
             run.status = str(event.metadata.get("status", "error"))
+            pending = event.metadata.get("interrupts")
+            if isinstance(pending, list | tuple):
+                run.interrupts = [dict(i) for i in pending if isinstance(i, Mapping)]
         step = event.metadata.get("step")
         if isinstance(step, int) and not isinstance(step, bool):
             run.step = max(run.step, step)
@@ -670,10 +875,19 @@ class SSEApp:
         )
         await self._serve_client(run, receive, send, cursor=last + 1)
 
-    async def _final_state(self, session_id: str) -> dict[str, Any]:
-        """The state a run ended with (waiting briefly for one just ending)."""
+    async def _session_state(
+        self, session_id: str, step: int | None, query: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """The session at its latest step (or ``step``), pending interrupts included.
+
+        A run this server holds answers with the state it ended with (waiting
+        briefly for one whose sentinel is out); with a store, the stored facts
+        (step, next nodes, interrupts, parent, fork origin) come along.
+        """
         run = self.runs.get(session_id)
-        if run is not None and run.invocation is not None:
+        status: str | None = None
+        ended: VersionedState | None = None
+        if step is None and run is not None and run.invocation is not None:
             if run.status == "running":
                 raise HTTPError(409, f"session {session_id!r} is still running")
             # The sentinel is out; the run itself may still be finishing.
@@ -681,28 +895,45 @@ class SSEApp:
                 await _outcome(run.invocation)
             if not run.invocation.done:
                 raise HTTPError(409, f"session {session_id!r} is still finishing")
-            state: VersionedState | None = None
+            status = run.status
             try:
-                state = await run.invocation.join()
+                ended = await run.invocation.join()
             except WorkflowError as exc:
-                state = exc.state
+                ended = exc.state
             except RunCancelledError:
                 pass
-            if state is not None:
-                return {
-                    "session_id": session_id,
-                    "status": run.status,
-                    "state": state_to_json(state),
-                }
-        if self.checkpointer is not None:
-            stored = await self.checkpointer.load_latest(session_id)
-            if stored is not None:
-                return {
-                    "session_id": session_id,
-                    "status": "completed" if is_complete(stored.frontier) else "stored",
-                    "step": stored.step,
-                    "state": state_to_json(stored.state),
-                }
+        _, app = self._app_of(session_id, query.get("graph"))
+        if self._store(app) is not None:
+            try:
+                async with self._runner(app, session_id) as runner:
+                    view = await runner.get_state(session_id, step=step)
+            except HTTPError as exc:
+                if exc.status != 404:
+                    raise
+                if step is not None:
+                    raise HTTPError(
+                        404, f"session {session_id!r} has no stored step {step}"
+                    ) from None
+            else:
+                answer = review.session_to_json(view, status)
+                if ended is not None:
+                    answer["state"] = state_to_json(ended)
+                return answer
+        elif step is not None:
+            raise HTTPError(
+                404 if run is None else 409,
+                f"session {session_id!r} has no stored steps: this server has no"
+                " checkpointer",
+            )
+        if ended is not None:
+            assert run is not None
+            return {
+                "session_id": session_id,
+                "status": status,
+                "step": run.step,
+                "state": state_to_json(ended),
+                "interrupts": run.interrupts,
+            }
         if run is not None:
             raise HTTPError(404, f"session {session_id!r} ended before any state")
         raise HTTPError(404, f"unknown session {session_id!r}")
@@ -936,6 +1167,12 @@ def _message(item: Any) -> Message:
         raise StateError(f"a message is a {{role, content}} object, got {item!r}")
     content: Any = item.get("content")
     return Message(item.get("role", "user"), content)
+
+
+def _unknown(exc: SessionNotFound, session_id: str) -> str:
+    if exc.session_id != session_id:
+        return f"unknown session {exc.session_id!r}"
+    return f"unknown session {session_id!r}"
 
 
 def _session_id(value: object) -> str:

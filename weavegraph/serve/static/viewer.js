@@ -392,6 +392,8 @@ function applyNodeClasses() {
 // ======================================================================= run state
 
 let run = newRun();
+const review = { session: null, interrupts: [] };
+const past = { session: null, steps: [], asked: 0 };
 
 function newRun() {
   return {
@@ -416,6 +418,7 @@ function newRun() {
 function resetView() {
   if (run.close) run.close();
   run = newRun();
+  hideInterrupts();
   $("events").replaceChildren();
   $("llm-output").replaceChildren(el("p", { class: "muted" }, "No model output yet."));
   $("final-state").replaceChildren(el("p", { class: "muted" }, "Shown when the run ends."));
@@ -436,6 +439,7 @@ function setStatus(kind, text) {
 }
 
 function setBusy(busy) {
+  $("answer").disabled = busy || !review.interrupts.length;
   $("start").disabled = busy;
   $("attach").disabled = busy;
   $("stop").disabled = !busy;
@@ -501,7 +505,7 @@ function handleFrame(current, frame) {
 
   if (type === "diagnostic" && data.scope === STREAM_END_SCOPE) {
     const end = readEnd(data);
-    listEvent({ id: frame.id, type, scope: "stream end", message: data.message, end: true, ok: end.status === "completed" });
+    listEvent({ id: frame.id, type, scope: "stream end", message: data.message, end: true, ok: end.status === "completed" || end.status === "interrupted" });
     finish(end);
     return;
   }
@@ -652,6 +656,9 @@ async function loadFinalState(end) {
     return;
   }
   if (current !== run || !info.state) return;
+  if ((info.interrupts || []).length) showInterrupts(session, info.interrupts);
+  await loadHistory(session);
+  if (current !== run) return;
   const state = info.state;
   const messages = (state.messages || []).map((m) =>
     el("li", {}, el("strong", {}, m.role + ": "), m.content));
@@ -739,28 +746,36 @@ async function startRun() {
 
   const current = resetView();
   if (sessionId) learnSession(sessionId);
+  await streamRun(current, "/runs", body, "run");
+}
+
+/**
+ * POST `body` to `path` (a run or a resume) and read the streamed answer frame
+ * by frame into `current`.
+ */
+async function streamRun(current, path, body, what) {
   const controller = new AbortController();
   current.close = () => controller.abort();
 
   let response;
   try {
-    response = await fetch("/runs", {
+    response = await fetch(path, {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify(body),
       signal: controller.signal,
     });
   } catch (err) {
-    lost(current, controller.signal.aborted ? "stopped" : "could not start the run: " + err.message);
+    lost(current, controller.signal.aborted ? "stopped" : `could not start the ${what}: ` + err.message);
     return;
   }
   if (!response.ok) {
     const info = await response.json().catch(() => ({}));
-    lost(current, `the server refused the run (HTTP ${response.status}): ${info.error || response.statusText}`);
+    lost(current, `the server refused the ${what} (HTTP ${response.status}): ${info.error || response.statusText}`);
     setStatus("failed", `refused: ${info.error || response.status}`);
     return;
   }
-  if (current === run) setStatus("running", "running");
+  if (current === run) setStatus("running", what === "run" ? "running" : "resumed");
 
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
@@ -776,6 +791,137 @@ async function startRun() {
   } catch (err) {
     lost(current, controller.signal.aborted ? "stopped: this page closed the connection" : "connection lost: " + err.message);
   }
+}
+
+// ================================================================ human review
+
+/** Show the interrupts `session` is paused on, each with a field for its answer. */
+function showInterrupts(session, interrupts) {
+  review.session = session;
+  review.interrupts = interrupts;
+  $("review-session").textContent = session;
+  const items = interrupts.map((interrupt, i) => {
+    const answer = el("textarea", {
+      id: "answer-" + i, class: "answer", rows: 2, spellcheck: "false",
+      dataset: { interrupt: interrupt.id },
+      placeholder: "your answer (text, or JSON when ticked)",
+    });
+    const asJson = el("input", { type: "checkbox", class: "as-json", id: "as-json-" + i });
+    return el("div", { class: "interrupt", dataset: { id: interrupt.id, node: interrupt.node } },
+      el("div", { class: "interrupt-head" },
+        el("code", {}, interrupt.node), " asks ",
+        el("span", { class: "muted mono" }, "(" + interrupt.id + ")")),
+      el("pre", { class: "payload" }, showValue(interrupt.payload)),
+      el("label", { for: "answer-" + i }, "Answer"),
+      answer,
+      el("label", { class: "inline", for: "as-json-" + i }, asJson, "send as JSON"));
+  });
+  $("interrupts").replaceChildren(...items);
+  $("review-panel").hidden = interrupts.length === 0;
+  $("answer").disabled = interrupts.length === 0;
+}
+
+function hideInterrupts() {
+  review.session = null;
+  review.interrupts = [];
+  $("interrupts").replaceChildren();
+  $("review-panel").hidden = true;
+}
+
+/** A payload as text: strings as they are, anything else as indented JSON. */
+function showValue(value) {
+  return typeof value === "string" ? value : JSON.stringify(value, null, 2);
+}
+
+/** Answer the pending interrupts, then follow the continuation like a run. */
+async function answerInterrupts() {
+  const session = review.session;
+  if (!session || !review.interrupts.length) return;
+  const answers = {};
+  try {
+    review.interrupts.forEach((interrupt, i) => {
+      const text = $("answer-" + i).value;
+      answers[interrupt.id] = $("as-json-" + i).checked ? JSON.parse(text) : text;
+    });
+  } catch (err) {
+    setStatus("failed", "answer: not valid JSON (" + err.message + ")");
+    return;
+  }
+  const ids = Object.keys(answers);
+  const body = ids.length === 1 ? { value: answers[ids[0]] } : { values: answers };
+  if (view.graph) body.graph = view.graph.graph;
+  hideInterrupts();
+  const current = resetView();
+  learnSession(session);
+  await streamRun(current, "/runs/" + encodeURIComponent(session) + "/resume", body, "resume");
+}
+
+// =============================================================== stored steps
+
+/** Offer the session's stored steps on the slider (newest on the right). */
+async function loadHistory(session) {
+  let info;
+  try {
+    const response = await fetch(`/runs/${encodeURIComponent(session)}/history?limit=100`);
+    if (!response.ok) {
+      $("history-panel").hidden = true;
+      return;
+    }
+    info = await response.json();
+  } catch (err) {
+    return;
+  }
+  const steps = (info.steps || []).map((s) => s.step).reverse();
+  past.session = session;
+  past.steps = steps;
+  const slider = $("step-slider");
+  slider.min = "0";
+  slider.max = String(Math.max(0, steps.length - 1));
+  slider.value = slider.max;
+  slider.disabled = steps.length < 2;
+  $("history-label").textContent = `${info.total} stored`;
+  $("step-range").textContent = steps.length
+    ? `(${steps[0]} to ${steps[steps.length - 1]}${info.has_next ? ", newest 100" : ""})` : "";
+  $("history-panel").hidden = steps.length === 0;
+  if (steps.length) await showStep(steps[steps.length - 1]);
+}
+
+/** Read the session's state after `step` and show it under the slider. */
+async function showStep(step) {
+  const session = past.session;
+  const asked = ++past.asked;
+  $("step-number").textContent = String(step);
+  let info;
+  try {
+    const response = await fetch(`/runs/${encodeURIComponent(session)}/state?step=${step}`);
+    info = await response.json();
+    if (!response.ok) throw new Error(info.error || "HTTP " + response.status);
+  } catch (err) {
+    if (asked === past.asked) {
+      $("step-view").replaceChildren(el("p", { class: "muted" }, "Could not read the step: " + err.message));
+    }
+    return;
+  }
+  if (asked !== past.asked || session !== past.session) return;  // a newer choice won
+  const state = info.state || {};
+  const messages = (state.messages || []).map((m) =>
+    el("li", {}, el("strong", {}, m.role + ": "), m.content));
+  const rows = [
+    ["Step", el("strong", {}, String(info.step))],
+    ["Status", String(info.status)],
+    ["Next", (info.next || []).length ? info.next.join(", ") : el("span", { class: "muted" }, "nothing: complete")],
+    ["Messages", messages.length ? el("ol", { class: "step-messages" }, ...messages) : el("span", { class: "muted" }, "none")],
+    ["Extra", el("pre", { class: "step-extra" }, JSON.stringify(state.extra || {}, null, 2))],
+  ];
+  if ((info.interrupts || []).length) {
+    rows.push(["Waiting on", info.interrupts.map((i) => i.node).join(", ")]);
+  }
+  if (info.forked_from) {
+    rows.push(["Forked from", `${info.forked_from.session_id} at step ${info.forked_from.step}`]);
+  }
+  $("step-view").replaceChildren(el("dl", { dataset: { step: String(info.step) } },
+    ...rows.flatMap(([term, value]) => [el("dt", {}, term), el("dd", {}, value)])));
+  document.body.dataset.step = String(info.step);
 }
 
 /** Watch an existing session through EventSource (the browser resumes with Last-Event-ID). */
@@ -844,6 +990,14 @@ $("message").addEventListener("keydown", (event) => {
   }
 });
 $("attach").addEventListener("click", attach);
+$("review-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  answerInterrupts();
+});
+$("step-slider").addEventListener("input", (event) => {
+  const step = past.steps[Number(event.target.value)];
+  if (step !== undefined) showStep(step);
+});
 $("stop").addEventListener("click", stop);
 $("graph-select").addEventListener("change", (event) => {
   loadGraph(event.target.value).catch(showGraphError);
