@@ -14,11 +14,21 @@ from weavegraph import (
     STREAM_END_SCOPE,
     DiagnosticEvent,
     Event,
+    EventBus,
     LLMEvent,
+    NodeContext,
     NodeEvent,
     event_from_json,
 )
 from weavegraph.errors import EventDecodeError
+from weavegraph.events.types import (
+    format_timestamp,
+    make_llm_event,
+    make_node_event,
+    parse_timestamp,
+    quantize_timestamp,
+)
+from weavegraph.lowlevel import stream_end_event
 
 
 def test_scope_constants_are_exact() -> None:
@@ -103,18 +113,34 @@ def test_event_from_json_rejects_garbage() -> None:
         event_from_json("[1, 2]")
 
 
-_RESERVED = {"node_id", "step", "session_id", "stream_id", "is_final"}
+# Keys the JSON form of an event uses for its own fields (``step``, ``is_final``
+# …): a metadata entry under one of them is not an independent fact and cannot
+# come back as metadata. Every other key, and every JSON value, round-trips.
+_NODE_FIELDS = frozenset({"node_id", "step", "session_id"})
+_LLM_FIELDS = frozenset({"session_id", "node_id", "stream_id", "is_final"})
 names = st.text(min_size=1, max_size=12)
-json_scalars = (
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
 )
-metadata = st.dictionaries(
-    names.filter(lambda k: k not in _RESERVED and k != "severity"),
-    json_scalars,
-    max_size=4,
-)
-# Whole microseconds since 1970..2100: what RFC 3339 text can carry exactly.
-stamps = st.integers(0, 4_102_444_800_000_000).map(lambda us: us / 1_000_000)
+
+
+def metadata(reserved: frozenset[str] = frozenset()) -> st.SearchStrategy[dict]:
+    keys = st.text(max_size=12).filter(lambda k: k not in reserved)
+    return st.dictionaries(keys, json_values, max_size=4)
+
+
+# Any instant a datetime can show (years 1..9999), at any float precision: the
+# event keeps it in whole microseconds.
+stamps = st.floats(-62_135_596_800 + 86_400, 253_402_300_799 - 86_400)
 
 node_events = st.builds(
     NodeEvent,
@@ -122,12 +148,16 @@ node_events = st.builds(
     message=st.text(max_size=40),
     node_id=st.none() | names,
     step=st.none() | st.integers(0, 10**6),
-    metadata=metadata,
+    metadata=metadata(_NODE_FIELDS),
     timestamp=stamps,
     session_id=st.none() | names,
 )
 diagnostic_events = st.builds(
-    DiagnosticEvent, scope=names, message=st.text(max_size=40), timestamp=stamps
+    DiagnosticEvent,
+    scope=names,
+    message=st.text(max_size=40),
+    timestamp=stamps,
+    metadata=metadata(),
 )
 llm_events = st.builds(
     LLMEvent,
@@ -136,12 +166,105 @@ llm_events = st.builds(
     session_id=st.none() | names,
     node_id=st.none() | names,
     stream_id=st.none() | names,
-    metadata=metadata,
+    metadata=metadata(_LLM_FIELDS),
     timestamp=stamps,
 )
+fast_events = st.builds(
+    make_node_event,
+    names,
+    st.text(max_size=40),
+    names,
+    st.integers(0, 10**6),
+    metadata(_NODE_FIELDS),
+    stamps,
+    names,
+) | st.builds(
+    make_llm_event,
+    st.text(max_size=40),
+    st.booleans(),
+    names,
+    names,
+    st.none() | names,
+    metadata(_LLM_FIELDS),
+    stamps,
+)
+sentinels = st.builds(
+    stream_end_event,
+    names,
+    st.sampled_from(["completed", "error", "cancelled", "interrupted"]),
+    st.integers(0, 10**6),
+    st.none() | st.text(max_size=20),
+    st.sampled_from([STREAM_END_SCOPE, INVOCATION_END_SCOPE]),
+    stamps,
+)
+every_event = node_events | diagnostic_events | llm_events | fast_events | sentinels
 
 
-@given(node_events | diagnostic_events | llm_events)
-def test_json_round_trip_for_every_variant(event: Event) -> None:
+@given(every_event)
+def test_json_round_trip_is_exact_for_every_event(event: Event) -> None:
     assert event_from_json(event.to_json()) == event
     assert event_from_json(event.to_json_str()) == event
+    assert event_from_json(event.to_json_str(pretty=True)) == event
+    # The float and the text name the same instant.
+    assert parse_timestamp(event.to_json()["timestamp"]) == event.timestamp
+    assert quantize_timestamp(event.timestamp) == event.timestamp
+
+
+@given(st.data())
+async def test_round_trip_is_exact_for_what_nodes_emit(data: st.DataObject) -> None:
+    stamp = data.draw(stamps)
+    async with EventBus() as bus:
+        stream = bus.subscribe()
+        ctx = NodeContext("n", 3, "sess", bus, clock=lambda: stamp)
+        text = st.text(max_size=20)
+        # Keyword arguments become metadata: the parameters' own names cannot.
+        params = frozenset({"scope", "message", "stream_id", "chunk", "text"})
+        node_meta = data.draw(metadata(_NODE_FIELDS | params))
+        ctx.emit(data.draw(names), data.draw(text), **node_meta)
+        ctx.emit_diagnostic(
+            data.draw(names), data.draw(text), **data.draw(metadata(params))
+        )
+        extra = data.draw(metadata(_LLM_FIELDS | params | {"severity"}))
+        ctx.emit_llm_chunk(data.draw(st.none() | names), data.draw(text), **extra)
+        ctx.emit_llm_final(data.draw(st.none() | names), data.draw(text), **extra)
+    for event in [e async for e in stream]:
+        assert event_from_json(event.to_json_str()) == event
+
+
+@given(stamps)
+def test_quantized_timestamps_are_fixed_points(stamp: float) -> None:
+    q = quantize_timestamp(stamp)
+    assert quantize_timestamp(q) == q
+    assert abs(q - stamp) <= 0.5e-6 + abs(stamp) * 2**-52
+    assert parse_timestamp(format_timestamp(q)) == q
+
+
+def test_timestamp_text_always_has_six_fractional_digits() -> None:
+    assert NodeEvent(scope="s", timestamp=0.0).to_json()["timestamp"] == (
+        "1970-01-01T00:00:00.000000+00:00"
+    )
+    assert DiagnosticEvent(scope="s", timestamp=1.25).to_json()["timestamp"] == (
+        "1970-01-01T00:00:01.250000+00:00"
+    )
+    assert parse_timestamp("1970-01-01T00:00:01.25Z") == 1.25
+    assert parse_timestamp("1970-01-01T01:00:01.25+01:00") == 1.25
+
+
+def test_event_from_json_rejects_a_bad_timestamp() -> None:
+    with pytest.raises(EventDecodeError, match="bad timestamp 'yesterday'"):
+        event_from_json(
+            {"type": "node", "scope": "s", "message": "m", "timestamp": "yesterday"}
+        )
+
+
+def test_sentinels_are_recognised() -> None:
+    end = stream_end_event("s", "completed", 1)
+    invocation = stream_end_event("s", "completed", 1, scope=INVOCATION_END_SCOPE)
+    assert end.is_stream_end and end.is_sentinel
+    assert not invocation.is_stream_end and invocation.is_sentinel
+    for other in (
+        DiagnosticEvent(scope=DIAGNOSTIC_SCOPE),
+        NodeEvent(scope=STREAM_END_SCOPE),
+        LLMEvent(chunk="x", is_final=True),
+    ):
+        assert not other.is_sentinel

@@ -162,6 +162,24 @@ class NodeContext:
             raise reserved_scope_error(scope)
         self._scope_ok = scope
 
+    def _node_event(
+        self, scope: str, message: str, metadata: dict[str, Any]
+    ) -> NodeEvent:
+        # What emit builds inline (the hot path), for emit_async.
+        event = _new(NodeEvent)
+        _set_scope(event, scope)
+        _set_message(event, message)
+        _set_node_id(event, self.node_id)
+        _set_step(event, self.step)
+        _set_metadata(event, metadata or _EMPTY)
+        clock = self._clock
+        _set_timestamp(
+            event,
+            _time_ns() // 1000 / 1e6 if clock is None else quantize_timestamp(clock()),
+        )
+        _set_session_id(event, self.session_id)
+        return event
+
     def emit(self, scope: str, message: str, **metadata: Any) -> None:
         """Emit a `NodeEvent` carrying this node's id and step. Never waits.
 
@@ -205,8 +223,9 @@ class NodeContext:
             ReservedScopeError: ``scope`` starts with ``__weavegraph_``.
             EventBusClosed: the run already ended.
         """
-        self.emit(scope, message, **metadata)
-        await self._bus._backpressure()
+        if scope is not self._scope_ok:
+            self._check_scope(scope)
+        await self._bus.emit_async(self._node_event(scope, message, metadata))
 
     def emit_diagnostic(self, scope: str, message: str, **metadata: Any) -> None:
         """Emit a `DiagnosticEvent` with structured ``metadata``. Never waits.

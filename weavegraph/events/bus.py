@@ -15,6 +15,15 @@ Overflow policies, per subscriber:
 * ``"block"``: lossless. Events that do not fit wait in the subscriber's backlog;
   `EventBus.emit_async` waits until every blocking subscriber caught up, which
   gives end-to-end backpressure with bounded memory.
+
+On every policy the run sentinels (the stream-end and invocation-end diagnostics)
+are never dropped: a full buffer takes them beyond its capacity, and the oldest
+ordinary events are forgotten around them. A subscription may filter by event
+type and scope; filtered-out events are not drops, and the sentinels always pass.
+
+Closing: everything emitted is delivered, the sinks drain (a sink failure, even on
+the last event, reaches the other sinks and every stream as an
+``event_bus.sink_error`` diagnostic), then every stream ends.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import partial
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Literal, Self, get_args
 
 import attrs
@@ -32,7 +41,7 @@ import trio
 
 from .._core.errors import EventBusClosed, EventBusConfigError
 from .._trio import single_exception
-from .types import DiagnosticEvent, Event
+from .types import EVENT_TYPES, SENTINEL_SCOPES, DiagnosticEvent, Event, EventType
 
 if TYPE_CHECKING:
     from .sinks import EventSink
@@ -44,7 +53,9 @@ Overflow = Literal["drop_oldest", "drop_newest", "block"]
 OVERFLOW_POLICIES: tuple[str, ...] = get_args(Overflow)
 DEFAULT_CAPACITY = 1024
 SINK_ERROR_SCOPE = "event_bus.sink_error"
+"""Scope of the diagnostic that reports a failing sink (SPEC §6)."""
 _EMIT_ASYNC_YIELD_EVERY = 256
+_CATCH_UP_ROUNDS = 2
 CANCEL_DRAIN_TIMEOUT = 5.0
 """Seconds a cancelled ``async with bus:`` block waits for its sinks to drain."""
 
@@ -53,6 +64,17 @@ def _is_cancellation(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return any(_is_cancellation(e) for e in exc.exceptions)
     return isinstance(exc, trio.Cancelled | KeyboardInterrupt)
+
+
+def sink_name(sink: object) -> str:
+    """How reports name a sink: its ``name`` attribute, else its class name."""
+    name = getattr(sink, "name", None)
+    return name if isinstance(name, str) and name else type(sink).__name__
+
+
+def is_sink_error(event: Event) -> bool:
+    """Whether ``event`` reports a failing sink."""
+    return type(event) is DiagnosticEvent and event.scope == SINK_ERROR_SCOPE
 
 
 def check_capacity(capacity: object) -> int:
@@ -131,17 +153,94 @@ class BusMetrics:
     pending: int
 
 
+class EventFilter:
+    """Which events a subscription receives (``subscribe(types=..., scopes=...)``).
+
+    An event passes when its ``type`` is one of ``types`` (any type when ``None``)
+    and its ``scope_label`` is one of ``scopes`` (any scope when ``None``); a scope
+    ending in ``*`` is a prefix (``"llm.*"``, ``"tool_*"``, ``"*"``). The run
+    sentinels always pass, so a filtered stream still ends.
+    """
+
+    __slots__ = ("_exact", "_prefixes", "scopes", "types")
+
+    def __init__(self, types: frozenset[str] | None, scopes: tuple[str, ...] | None):
+        self.types = types
+        self.scopes = scopes
+        self._exact = frozenset(s for s in scopes or () if not s.endswith("*"))
+        self._prefixes = tuple(s[:-1] for s in scopes or () if s.endswith("*"))
+
+    def __call__(self, event: Event) -> bool:
+        if type(event) is DiagnosticEvent and event.scope in SENTINEL_SCOPES:
+            return True
+        if self.types is not None and event.type not in self.types:
+            return False
+        if self.scopes is None:
+            return True
+        label = event.scope_label
+        return label in self._exact or label.startswith(self._prefixes)
+
+    def __repr__(self) -> str:
+        return f"EventFilter(types={self.types!r}, scopes={self.scopes!r})"
+
+
+def make_filter(types: object, scopes: object) -> EventFilter | None:
+    """Validate ``subscribe``'s ``types`` and ``scopes``; ``None`` when both are.
+
+    Raises:
+        EventBusConfigError: a bare string instead of a collection, an unknown
+            event type, or a scope that is not a non-empty string with at most a
+            trailing ``*``.
+    """
+    if types is None and scopes is None:
+        return None
+    type_set: frozenset[str] | None = None
+    if types is not None:
+        if isinstance(types, str) or not isinstance(types, Iterable):
+            raise EventBusConfigError(
+                f"types must be a collection of event types, e.g. ('node', 'llm'),"
+                f" got {types!r}"
+            )
+        type_set = frozenset(t for t in types if isinstance(t, str))
+        unknown = sorted(repr(t) for t in types if t not in EVENT_TYPES)
+        if unknown:
+            raise EventBusConfigError(
+                f"unknown event type {', '.join(unknown)}; types are chosen from"
+                f" {', '.join(EVENT_TYPES)}"
+            )
+    scope_list: tuple[str, ...] | None = None
+    if scopes is not None:
+        if isinstance(scopes, str) or not isinstance(scopes, Iterable):
+            raise EventBusConfigError(
+                f"scopes must be a collection of scope labels, e.g. ('progress',"
+                f" 'llm.*'), got {scopes!r}"
+            )
+        scope_list = tuple(scopes)
+        for scope in scope_list:
+            if not isinstance(scope, str) or not scope or "*" in scope[:-1]:
+                raise EventBusConfigError(
+                    f"bad scope filter {scope!r}: use an exact scope label or a"
+                    " prefix followed by one '*' at the end (e.g. 'llm.*')"
+                )
+    return EventFilter(type_set, scope_list)
+
+
+def _kept(event: Event) -> bool:
+    """A run sentinel: never dropped by any overflow policy."""
+    return type(event) is DiagnosticEvent and event.scope in SENTINEL_SCOPES
+
+
 class Subscriber:
     """The bus side of one subscription: a bounded buffer and its counters."""
 
     __slots__ = (
         "backlog",
         "buffer",
+        "burst",
         "capacity",
         "closed",
         "dropped",
         "ended",
-        "lagging",
         "overflow",
         "ready",
         "room",
@@ -153,7 +252,7 @@ class Subscriber:
         self.buffer: deque[Event] = deque()
         self.backlog: deque[Event] = deque()
         self.dropped = 0
-        self.lagging = False
+        self.burst = 0  # dropped since the stream last caught up
         self.ended = False  # the bus will deliver nothing more
         self.closed = False  # the consumer went away
         self.ready = trio.lowlevel.ParkingLot()  # consumer waits for events
@@ -177,32 +276,60 @@ class Subscriber:
         elif count <= free:
             buffer.extend(batch)
         elif self.overflow == "drop_oldest":
-            dropped = count - free
-            if count >= self.capacity:
-                buffer.clear()
-                buffer.extend(batch[count - self.capacity :])
-            else:
-                for _ in range(count - free):
-                    buffer.popleft()
-                buffer.extend(batch)
-        else:  # drop_newest
-            dropped = count - free
-            if free > 0:
-                buffer.extend(batch[:free])
+            dropped = self._drop_oldest(batch)
+        else:
+            dropped = self._drop_newest(batch, free)
         if dropped:
             self.dropped += dropped
-            if not self.lagging:
-                self.lagging = True
-                logger.warning(
-                    "event stream lagged; dropped events (dropped=%d, total=%d,"
-                    " capacity=%d, policy=%s)",
-                    dropped,
-                    self.dropped,
-                    self.capacity,
-                    self.overflow,
-                )
+            self.burst += dropped
         if buffer and self.ready:
             self.ready.unpark_all()
+        return dropped
+
+    def _drop_oldest(self, batch: Sequence[Event]) -> int:
+        # Forget the oldest ordinary events until the rest fits; sentinels among
+        # them are kept, in order, in front of what remains.
+        buffer = self.buffer
+        excess = len(buffer) + len(batch) - self.capacity
+        kept: list[Event] = []
+        dropped = 0
+        while excess > 0 and buffer:
+            if excess >= len(buffer):
+                gone = list(buffer)
+                buffer.clear()
+            else:
+                gone = [buffer.popleft() for _ in range(excess)]
+            saved = [e for e in gone if _kept(e)]
+            kept += saved
+            dropped += len(gone) - len(saved)
+            excess -= len(gone) - len(saved)
+        start = 0
+        while excess > 0 and start < len(batch):
+            gone = list(batch[start : start + excess])
+            start += len(gone)
+            saved = [e for e in gone if _kept(e)]
+            kept += saved
+            dropped += len(gone) - len(saved)
+            excess -= len(gone) - len(saved)
+        if kept:
+            if buffer:  # only old events were forgotten: the kept ones were first
+                buffer.extendleft(reversed(kept))
+            else:
+                buffer.extend(kept)
+        buffer.extend(batch[start:] if start else batch)
+        return dropped
+
+    def _drop_newest(self, batch: Sequence[Event], free: int) -> int:
+        # Refuse what does not fit, except sentinels: they go in anyway.
+        buffer = self.buffer
+        free = max(free, 0)
+        buffer.extend(batch[:free])
+        dropped = 0
+        for event in batch[free:]:
+            if _kept(event):
+                buffer.append(event)
+            else:
+                dropped += 1
         return dropped
 
     def offer_one(self, event: Event) -> int:
@@ -222,9 +349,56 @@ class Subscriber:
             self.buffer.append(self.backlog.popleft())
             if not self.backlog and self.room:
                 self.room.unpark_all()
-        elif not self.buffer:
-            self.lagging = False
+        elif not self.buffer and self.burst:
+            self.end_burst()
         return event
+
+    def end_burst(self) -> None:
+        """Log the lag burst that just ended, with its real counts.
+
+        A burst starts with the first drop and ends when the stream caught up
+        (its buffer is empty), was closed, or its bus ended (no more drops can
+        come); one warning per burst says how many it dropped and how many the
+        stream dropped in all.
+        """
+        burst, self.burst = self.burst, 0
+        if burst:
+            logger.warning(
+                "event stream lagged; dropped events (dropped=%d, total=%d,"
+                " capacity=%d, policy=%s)",
+                burst,
+                self.dropped,
+                self.capacity,
+                self.overflow,
+            )
+
+    def end(self) -> None:
+        """The bus delivers nothing more: wake the consumer and any producer."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.burst:
+            self.end_burst()
+        self.ready.unpark_all()
+        self.room.unpark_all()
+
+
+class _FilteredSubscriber(Subscriber):
+    """A `Subscriber` that only takes what its `EventFilter` accepts."""
+
+    __slots__ = ("accepts",)
+
+    def __init__(self, capacity: int, overflow: Overflow, accepts: EventFilter):
+        super().__init__(capacity, overflow)
+        self.accepts = accepts
+
+    def offer(self, batch: Sequence[Event]) -> int:
+        accepts = self.accepts
+        wanted = [event for event in batch if accepts(event)]
+        return super().offer(wanted) if wanted else 0
+
+    def offer_one(self, event: Event) -> int:
+        return super().offer_one(event) if self.accepts(event) else 0
 
 
 class EventBus:
@@ -232,8 +406,8 @@ class EventBus:
 
     A bus is started by the runner that uses it, or by hand with ``async with
     bus:``; its broadcaster and sink tasks live in that block. Leaving the block
-    closes the bus: everything already emitted is delivered, every stream ends, and
-    every sink is drained and closed.
+    closes the bus: everything already emitted is delivered, every sink is
+    drained and closed, then every stream ends.
 
     Args:
         sinks: Sinks to attach; each runs as its own task with a lossless
@@ -263,6 +437,14 @@ class EventBus:
         self._started = False
         self._inline = False
         self._async_calls = 0
+        # Closing, in order: the last batch is handed over (_flushed), the sinks
+        # handled every event (_sinks_settled), they were closed (_sinks_done),
+        # then every stream ends and the service stops (_finished).
+        self._flushed = False
+        self._sinks_settled = False
+        self._busy_sinks = 0
+        self._sinks_running = 0
+        self._sinks_done = trio.Event()
         self._finished = trio.Event()
         send, recv = trio.open_memory_channel[None](1)
         self._inbox_send: trio.MemorySendChannel[None] = send
@@ -300,7 +482,7 @@ class EventBus:
         self._prune()
         return BusMetrics(
             capacity=self._capacity,
-            published=self._published,
+            published=self._published + len(self._batch),
             dropped=self._dropped_total,
             subscribers=len(self._subscribers),
             pending=len(self._batch),
@@ -314,6 +496,8 @@ class EventBus:
         overflow: Overflow | None = None,
         *,
         stop_at_stream_end: bool = False,
+        types: Iterable[EventType] | None = None,
+        scopes: Iterable[str] | None = None,
     ) -> EventStream:
         """A new `EventStream` that sees every event emitted from now on.
 
@@ -322,14 +506,28 @@ class EventBus:
             overflow: Its overflow policy (default: the bus policy).
             stop_at_stream_end: End the stream right after the first stream-end
                 sentinel instead of when the bus closes.
+            types: Receive only events of these types (``"node"``,
+                ``"diagnostic"``, ``"llm"``); ``None``: every type.
+            scopes: Receive only events whose ``scope_label`` is one of these;
+                a label ending in ``*`` is a prefix (``"llm.*"``). ``None``: every
+                scope. With ``types`` too, an event must match both.
 
-        A subscription made on a closed bus is already at its end.
+        The run sentinels (`STREAM_END_SCOPE`, `INVOCATION_END_SCOPE`) always pass
+        the filter, so a filtered stream still ends; filtered-out events are not
+        drops. A subscription made on a closed bus is already at its end.
+
+        Raises:
+            EventBusConfigError: invalid capacity, policy, types or scopes.
         """
         from .stream import EventStream
 
-        sub = Subscriber(
-            check_capacity(capacity if capacity is not None else self._capacity),
-            check_overflow(overflow if overflow is not None else self._overflow),
+        size = check_capacity(capacity if capacity is not None else self._capacity)
+        policy = check_overflow(overflow if overflow is not None else self._overflow)
+        accepts = make_filter(types, scopes)
+        sub = (
+            Subscriber(size, policy)
+            if accepts is None
+            else _FilteredSubscriber(size, policy, accepts)
         )
         if self._closed and not self._batch:
             sub.ended = True
@@ -372,18 +570,18 @@ class EventBus:
                 "the event bus is closed; events can only be emitted while its run"
                 " (or its 'async with bus:' block) is active"
             )
-        self._published += 1
         if self._inline:
+            self._published += 1
             if self._subscribers:
                 self._deliver_one(event)
             return
-        batch = self._batch
+        batch = self._batch  # counted as published when handed over (_flush)
         batch.append(event)
         if not self._notified:
             self._notified = True
             self._inbox_send.send_nowait(None)
-        elif len(batch) >= self._capacity and self._started:
-            self._flush()
+        elif len(batch) >= self._capacity:
+            self._flush()  # bounded memory, started or not
 
     def _deliver_one(self, event: Event) -> None:
         pruned = False
@@ -396,12 +594,20 @@ class EventBus:
             self._prune()
 
     async def emit_async(self, event: Event) -> None:
-        """Publish ``event``; wait while a ``"block"`` subscriber has no room for it.
+        """Publish ``event``, then let readers that are behind catch up.
 
-        This is end-to-end backpressure with bounded memory: a producer using it
-        is never more than one buffer ahead of its slowest lossless consumer.
+        When no subscriber's buffer is full this costs little more than `emit`.
+        When one is full (or the pending events would overflow it), the events
+        are handed over at once and the caller waits: for ``"block"``
+        subscribers until their backlog is delivered (end-to-end backpressure
+        with bounded memory), for every policy until each reader that is ready
+        to run had its turn (up to two scheduling rounds). A reader that keeps
+        up with the scheduler therefore loses nothing on a lossy policy,
+        whatever its capacity; one that is busy elsewhere is not waited for.
+
         A checkpoint: always a cancellation point; it yields to the scheduler
-        whenever it waits for room, and at least every 256 calls otherwise.
+        whenever a buffer is full, and at least every 256 calls otherwise.
+        Cancellation while it waits leaves the event published.
 
         Raises:
             EventBusClosed: the bus was closed.
@@ -409,27 +615,50 @@ class EventBus:
         self.emit(event)
         await trio.lowlevel.checkpoint_if_cancelled()
         pending = len(self._batch)
-        for sub in self._subscribers:
+        for sub in self._subscribers:  # _someone_behind, inlined: the common path
             if (
-                sub.overflow == "block"
+                len(sub.buffer) + len(sub.backlog) + pending >= sub.capacity
                 and not sub.closed
-                and len(sub.buffer) + len(sub.backlog) + pending > sub.capacity
+                and not sub.ended
             ):
-                self._flush()  # hand the batch over so that the backlog is exact
-                pending = 0
-                while sub.backlog and not sub.closed and not sub.ended:
-                    await sub.room.park()
                 self._async_calls = 0
+                await self._let_readers_catch_up()
+                return
         self._async_calls += 1
         if self._async_calls >= _EMIT_ASYNC_YIELD_EVERY:
             self._async_calls = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _someone_behind(self) -> bool:
+        """Whether a subscriber's buffer is full or the pending batch would fill it."""
+        pending = len(self._batch)
+        for sub in self._subscribers:
+            if (
+                len(sub.buffer) + len(sub.backlog) + pending >= sub.capacity
+                and not sub.closed
+                and not sub.ended
+            ):
+                return True
+        return False
+
+    async def _let_readers_catch_up(self) -> None:
+        self._flush()  # readers see the events now, and the backlogs are exact
+        for sub in tuple(self._subscribers):
+            while sub.backlog and not sub.closed and not sub.ended:
+                await sub.room.park()
+        # A reader woken by the flush runs in the next scheduling round; this task
+        # may run first in that round, hence up to two yields.
+        for _ in range(_CATCH_UP_ROUNDS):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not self._someone_behind():
+                return
 
     def _flush(self) -> None:
         batch = self._batch
         if not batch:
             return
         self._batch = []
+        self._published += len(batch)
         self._fan_out(batch)
 
     def _fan_out(self, batch: list[Event]) -> None:
@@ -444,6 +673,89 @@ class EventBus:
         if pruned:
             self._prune()
 
+    # ----------------------------------------------------------------------- sinks
+
+    async def _run_sink(self, index: int, sink: EventSink, stream: EventStream) -> None:
+        try:
+            with stream:
+                async for event in stream:
+                    self._busy_sinks += 1
+                    try:
+                        await sink.handle(event)
+                    except Exception as exc:  # a failing sink never stops the run
+                        self._report_sink_error(index, sink, exc, event)
+                    finally:
+                        self._busy_sinks -= 1
+                    if self._flushed:
+                        self._check_sinks_settled()
+                close = getattr(sink, "aclose", None)
+                if close is not None:
+                    try:
+                        await close()
+                    except Exception as exc:
+                        self._report_sink_error(index, sink, exc, None)
+        finally:
+            self._sinks_running -= 1
+            if not self._sinks_running:
+                self._sinks_done.set()
+
+    def _check_sinks_settled(self) -> None:
+        """After the last flush: end the sinks' streams once no sink has work left.
+
+        A sink failure is delivered to the other sinks, so a sink's stream may end
+        only when every sink handled every event; failures while handling a
+        sink-error report are not reported again, so this always settles.
+        """
+        if self._sinks_settled or not self._flushed or self._busy_sinks:
+            return
+        subs = [stream._sub for _, stream in self._sink_streams]
+        if any(sub.buffer or sub.backlog for sub in subs if not sub.closed):
+            return
+        self._sinks_settled = True
+        for sub in subs:
+            sub.end()
+
+    def _report_sink_error(
+        self, index: int, sink: EventSink, exc: Exception, event: Event | None
+    ) -> None:
+        """Deliver a failure of ``sink`` as an ``event_bus.sink_error`` diagnostic.
+
+        Every stream and every other sink sees it, even while the bus closes;
+        ``event`` is the event being handled (``None``: the sink's ``aclose``).
+        """
+        name = sink_name(sink)
+        error = f"{type(exc).__name__}: {exc}"
+        during = "handle" if event is not None else "aclose"
+        logger.error("event sink %s failed in %s: %s", name, during, error)
+        if event is not None and is_sink_error(event):
+            return  # reporting failures to handle reports could go on forever
+        report = DiagnosticEvent(
+            scope=SINK_ERROR_SCOPE,
+            message=f"{name}: {error}",
+            metadata=MappingProxyType(
+                {
+                    "sink": name,
+                    "sink_index": index,
+                    "during": during,
+                    "error": error,
+                    "error_type": type(exc).__name__,
+                    "event_scope": None if event is None else event.scope_label,
+                }
+            ),
+        )
+        own = self._sink_streams[index][1]._sub
+        sink_subs = {id(stream._sub) for _, stream in self._sink_streams}
+        self._flush()  # what was emitted before the failure is delivered first
+        self._published += 1
+        for sub in tuple(self._subscribers):
+            if sub is own or sub.closed or sub.ended:
+                continue
+            if event is None and id(sub) in sink_subs:
+                continue  # the sinks are closing; the streams still see it
+            dropped = sub.offer((report,))
+            if dropped:
+                self._dropped_total += dropped
+
     # ------------------------------------------------------------------- lifecycle
 
     async def _broadcast(self) -> None:
@@ -452,34 +764,14 @@ class EventBus:
                 self._notified = False
                 self._flush()
         self._flush()
+        self._flushed = True
+        self._check_sinks_settled()
+        await self._sinks_done.wait()
+        self._end_all()
+
+    def _end_all(self) -> None:
         for sub in self._subscribers:
-            sub.ended = True
-            sub.ready.unpark_all()
-
-    async def _run_sink(self, sink: EventSink, stream: EventStream) -> None:
-        with stream:
-            async for event in stream:
-                try:
-                    await sink.handle(event)
-                except Exception as exc:  # a failing sink never stops the run
-                    self._report_sink_error(sink, exc)
-            try:
-                close = getattr(sink, "aclose", None)
-                if close is not None:
-                    await close()
-            except Exception as exc:
-                self._report_sink_error(sink, exc)
-
-    def _report_sink_error(self, sink: EventSink, exc: Exception) -> None:
-        name = getattr(sink, "name", None) or type(sink).__name__
-        logger.error("event sink %s failed: %r", name, exc)
-        if self._closed:
-            return
-        self.emit(
-            DiagnosticEvent(
-                scope=SINK_ERROR_SCOPE, message=f"{name}: {type(exc).__name__}: {exc}"
-            )
-        )
+            sub.end()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -487,7 +779,8 @@ class EventBus:
         """Run the broadcaster and the sink tasks until the bus is closed and drained.
 
         For ``nursery.start(bus.serve)``; ``async with bus:`` does this for you.
-        Cancelling it stops the tasks at once (sinks may then miss the last events).
+        Cancelling it stops the tasks at once (sinks may then miss the last events)
+        and ends every stream.
         """
         await self._serve(shielded=False, task_status=task_status)
 
@@ -500,6 +793,9 @@ class EventBus:
         if self._started:
             raise RuntimeError("this EventBus was already started; a bus runs once")
         self._started = True
+        self._sinks_running = len(self._sink_streams)
+        if not self._sinks_running:
+            self._sinks_done.set()
         try:
             # Shielded when owned by ``async with bus:``: its __aexit__ decides
             # how long the sinks may drain, even when the block was cancelled.
@@ -507,11 +803,12 @@ class EventBus:
                 self._service_scope = scope
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._broadcast)
-                    for sink, stream in self._sink_streams:
-                        nursery.start_soon(self._run_sink, sink, stream)
+                    for index, (sink, stream) in enumerate(self._sink_streams):
+                        nursery.start_soon(self._run_sink, index, sink, stream)
                     task_status.started()
         finally:
             self.close()
+            self._end_all()  # normally done already; not when cancelled
             self._finished.set()
 
     def close(self) -> None:
@@ -526,9 +823,7 @@ class EventBus:
         if not self._started:
             # Nobody will broadcast: deliver what is pending and end the streams.
             self._flush()
-            for sub in self._subscribers:
-                sub.ended = True
-                sub.ready.unpark_all()
+            self._end_all()
 
     async def aclose(self) -> None:
         """`close`, then wait until every sink was drained and closed (if started)."""

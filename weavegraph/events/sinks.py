@@ -2,8 +2,12 @@
 
 A sink is any object with ``async def handle(self, event)``; an optional
 ``async def aclose(self)`` is awaited when the bus closes, after the sink saw every
-event. A sink that raises is reported as an ``event_bus.sink_error`` diagnostic and
-keeps receiving events; it never stops the run or the other sinks.
+event. A sink that raises keeps receiving events and never stops the run or the
+other sinks: each failure is an ``event_bus.sink_error`` diagnostic that every
+stream and every other sink of the bus sees, even on the bus's last event, with
+metadata naming the sink (``sink``, its ``name`` attribute or class name, and
+``sink_index``), ``during`` (``"handle"`` or ``"aclose"``), ``error``,
+``error_type`` and ``event_scope``.
 """
 
 from __future__ import annotations

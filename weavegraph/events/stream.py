@@ -137,8 +137,8 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
                 await _checkpoint_if_cancelled()
             if buffer and not sub.backlog:
                 event = buffer.popleft()
-                if not buffer:
-                    sub.lagging = False
+                if not buffer and sub.burst:
+                    sub.end_burst()  # caught up: the lag burst is over
                 if (
                     self._stop_at_end
                     and type(event) is DiagnosticEvent
@@ -171,6 +171,8 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
         if sub.closed:
             return
         sub.closed = True
+        if sub.burst:
+            sub.end_burst()
         sub.buffer.clear()
         sub.backlog.clear()
         sub.ready.unpark_all()

@@ -1,18 +1,21 @@
 """Event records: `NodeEvent`, `DiagnosticEvent`, `LLMEvent`, and their JSON form.
 
 Events are frozen attrs classes. ``timestamp`` is POSIX seconds (UTC) taken when
-the event is created, i.e. when it is emitted; `BaseEvent.datetime` gives it as an
-aware ``datetime``. The normalized JSON form has exactly five keys: ``type``,
-``scope``, ``message``, ``timestamp`` (RFC 3339) and ``metadata``.
+the event is created, i.e. when it is emitted, in whole microseconds: every way of
+building an event rounds it (`quantize_timestamp`), so the float and its RFC 3339
+text name the same instant and ``event_from_json(e.to_json()) == e`` holds
+exactly. `BaseEvent.datetime` gives it as an aware ``datetime``. The normalized
+JSON form has exactly five keys: ``type``, ``scope``, ``message``, ``timestamp``
+(RFC 3339, always six fractional digits) and ``metadata``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from time import time_ns as _time_ns
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
 import attrs
 
@@ -24,19 +27,54 @@ INVOCATION_END_SCOPE = "__weavegraph_invocation_end__"
 """Scope of the diagnostic that ends one invocation of an iterative session."""
 DIAGNOSTIC_SCOPE = "__weavegraph_diagnostic__"
 """Default scope of framework diagnostics."""
+RESERVED_SCOPE_PREFIX = "__weavegraph_"
+"""Scopes starting with this belong to the framework; node code cannot emit them."""
+SENTINEL_SCOPES = frozenset({STREAM_END_SCOPE, INVOCATION_END_SCOPE})
+"""Scopes of the run sentinels: never dropped, never filtered out."""
 
 EventType = Literal["node", "diagnostic", "llm"]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
+"""Every value of ``event.type``."""
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def quantize_timestamp(ts: float) -> float:
+    """``ts`` (POSIX seconds) rounded to the nearest whole microsecond.
+
+    The result is what RFC 3339 text with microseconds holds exactly: it survives
+    `format_timestamp` then `parse_timestamp` unchanged, and rounding it again is
+    a no-op, for every instant a ``datetime`` can show. Every event timestamp
+    goes through this (or, for the default clock, `now_timestamp`).
+    """
+    # Whole seconds and the fraction apart, as datetime.fromtimestamp does: the
+    # fraction keeps its precision, and the microsecond count is an exact
+    # integer, so the result is the float nearest to it (what parsing gives).
+    # Rounding ``ts * 1e6`` directly would be off by one microsecond for some
+    # instants from 2041 on, where the product's precision runs out.
+    seconds = ts // 1.0
+    return (seconds * 1e6 + ((ts - seconds) * 1e6 + 0.5) // 1.0) / 1e6
+
+
+def now_timestamp() -> float:
+    """The current POSIX time in whole microseconds (the default event clock).
+
+    The same value `quantize_timestamp` would give, computed from exact integer
+    nanoseconds: cheaper than rounding ``time.time()``.
+    """
+    return _time_ns() // 1000 / 1e6
+
+
 def format_timestamp(ts: float) -> str:
-    """RFC 3339 text (microseconds, ``+00:00``) for POSIX seconds ``ts``."""
-    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat()
+    """RFC 3339 text (six fractional digits, ``+00:00``) for POSIX seconds ``ts``."""
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat(timespec="microseconds")
 
 
 def parse_timestamp(text: str) -> float:
-    """POSIX seconds from RFC 3339 text (a trailing ``Z`` is accepted)."""
+    """POSIX seconds from RFC 3339 text (a trailing ``Z`` is accepted).
+
+    Text without an offset is read as UTC. Digits beyond microseconds are cut.
+    """
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     parsed = _dt.datetime.fromisoformat(text)
@@ -71,6 +109,14 @@ class _EventMixin:
     @property
     def is_stream_end(self) -> bool:
         """True only for the stream-end `DiagnosticEvent` that closes a run."""
+        return False
+
+    @property
+    def is_sentinel(self) -> bool:
+        """True for the run sentinels: the stream-end and invocation-end diagnostics.
+
+        The bus never drops them and subscription filters always let them through.
+        """
         return False
 
     def json_metadata(self) -> dict[str, Any]:
@@ -115,7 +161,7 @@ class NodeEvent(_EventMixin):
     node_id: str | None = None
     step: int | None = None
     metadata: Mapping[str, Any] = _EMPTY
-    timestamp: float = attrs.field(factory=time.time)
+    timestamp: float = attrs.field(factory=now_timestamp, converter=quantize_timestamp)
     session_id: str | None = None
 
     @property
@@ -159,7 +205,7 @@ class DiagnosticEvent(_EventMixin):
 
     scope: str
     message: str = ""
-    timestamp: float = attrs.field(factory=time.time)
+    timestamp: float = attrs.field(factory=now_timestamp, converter=quantize_timestamp)
     metadata: Mapping[str, Any] = _EMPTY
 
     @property
@@ -169,6 +215,10 @@ class DiagnosticEvent(_EventMixin):
     @property
     def is_stream_end(self) -> bool:
         return self.scope == STREAM_END_SCOPE
+
+    @property
+    def is_sentinel(self) -> bool:
+        return self.scope in SENTINEL_SCOPES
 
     def json_metadata(self) -> dict[str, Any]:
         return dict(self.metadata)
@@ -207,7 +257,7 @@ class LLMEvent(_EventMixin):
     node_id: str | None = None
     stream_id: str | None = None
     metadata: Mapping[str, Any] = _EMPTY
-    timestamp: float = attrs.field(factory=time.time)
+    timestamp: float = attrs.field(factory=now_timestamp, converter=quantize_timestamp)
 
     @property
     def is_error(self) -> bool:
@@ -273,7 +323,7 @@ def stream_end_event(
         metadata=MappingProxyType(
             {"status": status, "session_id": session_id, "step": step, "error": error}
         ),
-        timestamp=time.time() if timestamp is None else timestamp,
+        timestamp=now_timestamp() if timestamp is None else timestamp,
     )
 
 
@@ -302,7 +352,12 @@ def event_from_json(obj: Mapping[str, Any] | str | bytes) -> Event:
         raise EventDecodeError(f"not a normalized event: {data!r} ({exc})") from exc
     if not isinstance(scope, str) or not isinstance(message, str):
         raise EventDecodeError(f"scope and message must be strings in {data!r}")
-    timestamp = parse_timestamp(stamp) if isinstance(stamp, str) else time.time()
+    try:
+        timestamp = parse_timestamp(stamp) if isinstance(stamp, str) else None
+    except ValueError as exc:
+        raise EventDecodeError(f"bad timestamp {stamp!r} in {data!r}: {exc}") from exc
+    if timestamp is None:
+        timestamp = now_timestamp()
     if kind == "node":
         fields = {k: metadata.pop(k) for k in _NODE_KEYS if k in metadata}
         return NodeEvent(
@@ -332,46 +387,86 @@ def event_from_json(obj: Mapping[str, Any] | str | bytes) -> Event:
     )
 
 
-def _fast_constructor(cls: type[Any], names: tuple[str, ...]) -> Callable[..., Any]:
-    """A positional constructor that skips the attrs ``__init__``.
-
-    Emitting is the hot path of a run: this builds a frozen event through its
-    slot descriptors, about three times faster, for callers that pass values of
-    the right types (the `NodeContext` methods).
-    """
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    for index, name in enumerate(names):
-        namespace[f"_set{index}"] = cls.__dict__[name].__set__
-    # Helpers bound as defaults: local lookups, the cheapest there are.
-    bound = ", ".join(f"{key}={key}" for key in namespace)
-    lines = [f"def make({', '.join(names)}, *, {bound}):", "    event = _new(_cls)"]
-    lines += [f"    _set{index}(event, {name})" for index, name in enumerate(names)]
-    lines.append("    return event")
-    exec("\n".join(lines), namespace)  # unrolled: a loop would cost most of the gain
-    maker: Callable[..., Any] = namespace["make"]
-    return maker
+# The fast constructors. Emitting is the hot path of a run: these build a frozen
+# event through its slot descriptors, skipping the attrs ``__init__`` (about three
+# times faster), for callers that pass values of the right types (the
+# `NodeContext` methods). The setters are module globals rather than default
+# arguments: a keyword-only default costs a dict lookup on every call.
 
 
-make_node_event: Callable[
-    [str, str, str | None, int | None, Mapping[str, Any], float, str | None], NodeEvent
-] = _fast_constructor(
-    NodeEvent,
-    ("scope", "message", "node_id", "step", "metadata", "timestamp", "session_id"),
+def _setters(cls: type[Any], names: str) -> tuple[Any, ...]:
+    return tuple(cls.__dict__[name].__set__ for name in names.split())
+
+
+NODE_EVENT_SETTERS = _setters(
+    NodeEvent, "scope message node_id step metadata timestamp session_id"
 )
-"""``make_node_event(scope, message, node_id, step, metadata, ts, session_id)``."""
+"""`NodeEvent`'s slot setters in that order, for code that builds events inline.
 
-make_llm_event: Callable[
-    [str, bool, str | None, str | None, str | None, Mapping[str, Any], float], LLMEvent
-] = _fast_constructor(
-    LLMEvent,
-    (
-        "chunk",
-        "is_final",
-        "session_id",
-        "node_id",
-        "stream_id",
-        "metadata",
-        "timestamp",
-    ),
+Whoever sets ``timestamp`` through them rounds it as `quantize_timestamp` does.
+"""
+(
+    _node_scope,
+    _node_message,
+    _node_node_id,
+    _node_step,
+    _node_metadata,
+    _node_timestamp,
+    _node_session_id,
+) = NODE_EVENT_SETTERS
+LLM_EVENT_SETTERS = _setters(
+    LLMEvent, "chunk is_final session_id node_id stream_id metadata timestamp"
 )
-"""``make_llm_event(chunk, is_final, session_id, node_id, stream_id, metadata, ts)``."""
+"""`LLMEvent`'s slot setters in that order (see `NODE_EVENT_SETTERS`)."""
+(
+    _llm_chunk,
+    _llm_is_final,
+    _llm_session_id,
+    _llm_node_id,
+    _llm_stream_id,
+    _llm_metadata,
+    _llm_timestamp,
+) = LLM_EVENT_SETTERS
+_new = object.__new__
+
+
+def make_node_event(
+    scope: str,
+    message: str,
+    node_id: str | None,
+    step: int | None,
+    metadata: Mapping[str, Any],
+    timestamp: float,
+    session_id: str | None,
+) -> NodeEvent:
+    """A `NodeEvent`, built fast; ``timestamp`` is rounded like `quantize_timestamp`."""
+    event: NodeEvent = _new(NodeEvent)
+    _node_scope(event, scope)
+    _node_message(event, message)
+    _node_node_id(event, node_id)
+    _node_step(event, step)
+    _node_metadata(event, metadata)
+    _node_timestamp(event, quantize_timestamp(timestamp))
+    _node_session_id(event, session_id)
+    return event
+
+
+def make_llm_event(
+    chunk: str,
+    is_final: bool,
+    session_id: str | None,
+    node_id: str | None,
+    stream_id: str | None,
+    metadata: Mapping[str, Any],
+    timestamp: float,
+) -> LLMEvent:
+    """An `LLMEvent`, built fast; ``timestamp`` is rounded like `quantize_timestamp`."""
+    event: LLMEvent = _new(LLMEvent)
+    _llm_chunk(event, chunk)
+    _llm_is_final(event, is_final)
+    _llm_session_id(event, session_id)
+    _llm_node_id(event, node_id)
+    _llm_stream_id(event, stream_id)
+    _llm_metadata(event, metadata)
+    _llm_timestamp(event, quantize_timestamp(timestamp))
+    return event
