@@ -19,12 +19,27 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from helpers import chain_app, hi
 
-from weavegraph import App, PostgresCheckpointer, RuntimeConfig, SQLiteCheckpointer
+from weavegraph import (
+    END,
+    START,
+    App,
+    GraphBuilder,
+    Message,
+    NodeContext,
+    NodePartial,
+    PostgresCheckpointer,
+    Resume,
+    RuntimeConfig,
+    SQLiteCheckpointer,
+    StateSnapshot,
+    VersionedState,
+)
 from weavegraph._cli import main, resolve_target
 from weavegraph.serve import SSEApp
 
@@ -277,6 +292,186 @@ def test_invalid_postgres_dsn(fails: Failing, dsn: str) -> None:
     ],
 )
 def test_usage_errors_are_one_line(
+    fails: Failing, args: list[str], expected: str
+) -> None:
+    line = fails(*args)
+    assert expected in line
+    assert line.endswith("--help`)")
+
+
+# ------------------------------------------------------ review and time travel
+
+
+async def draft(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+    answer = await ctx.interrupt({"draft": "Dear Ann", "question": "send it?"})
+    return NodePartial(extra={"verdict": answer})
+
+
+async def send(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+    return NodePartial(
+        messages=[Message.assistant(f"verdict {snapshot.extra['verdict']}")]
+    )
+
+
+def review_app(store: Any) -> App:
+    return (
+        GraphBuilder()
+        .add_node("draft", draft)
+        .add_node("send", send)
+        .add_edge(START, "draft")
+        .add_edge("draft", "send")
+        .add_edge("send", END)
+        .compile(RuntimeConfig(checkpointer=store))
+    )
+
+
+def open_store(db: str) -> Any:
+    if db.startswith("postgresql://"):
+        return PostgresCheckpointer(db)
+    return SQLiteCheckpointer(db)
+
+
+def invoke(db: str, value: Any, session_id: str) -> VersionedState:
+    async def run() -> VersionedState:
+        async with open_store(db) as store:
+            return await review_app(store).invoke(value, session_id=session_id)
+
+    return trio.run(run)
+
+
+def test_show_history_and_fork_a_reviewed_session(db: str) -> None:
+    invoke(db, VersionedState(messages=[Message.user("write")]), "mail")
+    code, text = cli("runs", "show", "mail", "--db", db)
+    assert code == 0
+    assert "step      0 (interrupted)" in text
+    assert (
+        'waiting   draft@1#0 (draft): {"draft":"Dear Ann","question":"send it?"}'
+        in (text)
+    )
+    shown = json.loads(cli("runs", "show", "mail", "--db", db, "--json")[1])
+    assert shown["interrupts"] == [
+        {
+            "id": "draft@1#0",
+            "node": "draft",
+            "payload": {"draft": "Dear Ann", "question": "send it?"},
+        }
+    ]
+
+    invoke(db, Resume("yes"), "mail")
+    code, text = cli("runs", "history", "mail", "--db", db)
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "STEP",
+        "PARENT",
+        "RAN",
+        "NEXT",
+        "MESSAGES",
+        "WAITING",
+        "CREATED",
+    ]
+    assert [line.split()[:5] for line in lines[2:5]] == [
+        ["2", "1", "send", "-", "2"],
+        ["1", "0", "draft", "send", "1"],
+        ["0", "-", "-", "draft", "1"],
+    ]
+    assert lines[-1] == "3 of 3 steps, newest first"
+    code, text = cli(
+        "runs", "history", "mail", "--db", db, "--limit", "1", "--offset", "1"
+    )
+    assert text.splitlines()[2].split()[0] == "1"
+    assert text.splitlines()[-1] == "1 of 3 steps, newest first (more: raise --offset)"
+
+    code, text = cli("runs", "show", "mail", "--db", db, "--step", "1")
+    assert code == 0
+    assert "step      1 (open)" in text and "frontier  send" in text
+    assert 'extra     {"verdict":"yes"}' in text
+    code, text = cli("runs", "show", "mail", "--db", db, "--step", "0", "--json")
+    assert json.loads(text)["step"] == 0 and json.loads(text)["extra"] == {}
+
+    # Time travel: back to step 0, and this time the answer is no.
+    code, text = cli(
+        "runs", "fork", "mail", "--db", db, "--step", "0", "--to", "mail-2"
+    )
+    assert (code, text) == (0, "forked mail at step 0 into mail-2 (next: draft)\n")
+    paused = invoke(db, None, "mail-2")
+    assert "verdict" not in paused.extra
+    final = invoke(db, Resume("no"), "mail-2")
+    assert final.messages[-1].content == "verdict no"
+    code, text = cli("runs", "show", "mail", "--db", db)
+    assert "step      2 (complete)" in text and "assistant: verdict yes" in text
+    code, text = cli("runs", "list", "--db", db)
+    assert sorted(line.split()[0] for line in text.splitlines()[2:]) == [
+        "mail",
+        "mail-2",
+    ]
+
+
+def test_review_commands_report_one_line_errors(db: str, fails: Failing) -> None:
+    invoke(db, VersionedState(messages=[Message.user("write")]), "mail")
+    invoke(db, Resume("yes"), "mail")
+    assert fails("runs", "show", "mail", "--db", db, "--step", "9") == (
+        "error: session 'mail' has no step 9: its stored steps go from 0 to 2; see"
+        " them with `python -m weavegraph runs history`"
+    )
+    line = fails("runs", "history", "nope", "--db", db)
+    assert line.startswith("error: no session 'nope' in ")
+    assert "no step 7" in fails(
+        "runs", "fork", "mail", "--db", db, "--step", "7", "--to", "m2"
+    )
+    assert "no session 'nope'" in fails(
+        "runs", "fork", "nope", "--db", db, "--step", "0", "--to", "m2"
+    )
+    assert fails("runs", "fork", "mail", "--db", db, "--step", "0", "--to", "mail") == (
+        "error: cannot fork into 'mail': that session exists in "
+        + ("the PostgreSQL store" if db.startswith("postgresql://") else repr(db))
+        + "; pick a new id with --to"
+    )
+    assert "invalid session id 'a b'" in fails(
+        "runs", "fork", "mail", "--db", db, "--step", "0", "--to", "a b"
+    )
+    # Nothing of that wrote a session.
+    _, text = cli("runs", "list", "--db", db)
+    assert [line.split()[0] for line in text.splitlines()[2:]] == ["mail"]
+    assert cli("runs", "history", "mail", "--db", db, "--offset", "5") == (
+        0,
+        "no steps at offset 5 (3 stored)\n",
+    )
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        ["history", "s1"],
+        ["show", "s1", "--step", "0"],
+        ["fork", "s1", "--step", "0", "--to", "s2"],
+    ],
+)
+def test_review_commands_never_create_a_store(
+    fails: Failing, tmp_path: Path, action: list[str]
+) -> None:
+    line = fails("runs", *action, "--db", "typo.db")
+    assert line.startswith("error: no SQLite file 'typo.db': check the path")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["runs", "fork", "s1", "--db", "x.db", "--to", "s2"], "required: --step"),
+        (["runs", "fork", "s1", "--db", "x.db", "--step", "0"], "required: --to"),
+        (
+            ["runs", "fork", "s1", "--db", "x.db", "--step", "-1", "--to", "b"],
+            "expected a number >= 0",
+        ),
+        (["runs", "show", "s1", "--db", "x.db", "--step", "x"], "whole number"),
+        (
+            ["runs", "history", "s1", "--db", "x.db", "--limit", "0"],
+            "expected a number",
+        ),
+    ],
+)
+def test_review_usage_errors_are_one_line(
     fails: Failing, args: list[str], expected: str
 ) -> None:
     line = fails(*args)

@@ -1,13 +1,15 @@
 """The command line: ``python -m weavegraph serve|runs ...``.
 
 Every error the user can fix is reported as one line on stderr, ``error: ...``,
-saying what to do, with exit status 2. Reading commands (``runs list|show|steps``)
-never create a file: a SQLite path that does not exist is such an error.
+saying what to do, with exit status 2. Reading commands (``runs
+list|show|steps|history``) never create a file: a SQLite path that does not
+exist is such an error; ``runs fork`` writes only into an existing store.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import errno
 import inspect
 import socket
@@ -17,12 +19,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+import attrs
 import trio
 
-from ._codec import converter, dumps
+from ._codec import converter, dumps, encode_value
 from ._core.errors import WeavegraphError
 from ._core.frontier import is_complete
+from ._core.graph import END, START
+from ._core.session import Interrupt, check_session_id
 from ._runtime.app import App
+from ._runtime.pending import restore_pending
 from .checkpoint.postgres import PostgresCheckpointer
 from .checkpoint.record import Checkpoint
 from .checkpoint.sqlite import SQLiteCheckpointer
@@ -119,13 +125,27 @@ def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
             out.write("  ".join("-" * w for w in widths) + "\n")
 
 
+def _interrupts(cp: Checkpoint) -> tuple[Interrupt, ...]:
+    """The interrupts a stored step is paused on (only the newest step has any)."""
+    if not cp.pending:
+        return ()
+    session = cp.to_session()
+    restore_pending(session, cp.pending)
+    return session.interrupts
+
+
 def _summary(cp: Checkpoint) -> dict[str, Any]:
     state = cp.state
     return {
         "session_id": cp.session_id,
         "step": cp.step,
+        "parent_step": cp.parent_step,
         "frontier": list(cp.frontier),
         "ran_nodes": list(cp.ran_nodes),
+        "interrupts": [
+            {"id": i.id, "node": i.node, "payload": encode_value(i.payload)}
+            for i in _interrupts(cp)
+        ],
         "versions": converter.unstructure(state.versions),
         "messages": [converter.unstructure(m) for m in state.messages],
         "extra": converter.unstructure(dict(state.extra)),
@@ -160,17 +180,45 @@ async def _list(store: Any, args: argparse.Namespace, out: TextIO) -> None:
     _table(rows, out)
 
 
-async def _show(store: Any, args: argparse.Namespace, out: TextIO) -> None:
-    cp = await store.load_latest(args.session)
-    if cp is None:
+async def _at_step(store: Any, args: argparse.Namespace, step: int | None) -> Any:
+    """The session's stored checkpoint at ``step`` (``None``: the newest)."""
+    if step is None:
+        cp = await store.load_latest(args.session)
+        if cp is None:
+            raise _unknown_session(args)
+        return cp
+    page = await store.query_steps(args.session, min_step=step, max_step=step, limit=1)
+    if page.checkpoints:
+        return page.checkpoints[0]
+    newest = await store.query_steps(args.session, limit=1)
+    if not newest.checkpoints:
         raise _unknown_session(args)
+    oldest = await store.query_steps(
+        args.session, limit=1, offset=max(newest.total - 1, 0)
+    )
+    first = oldest.checkpoints[0].step if oldest.checkpoints else 0
+    raise CommandError(
+        f"session {args.session!r} has no step {step}: its stored steps go from"
+        f" {first} to {newest.checkpoints[0].step}; see them with `python -m"
+        " weavegraph runs history`"
+    )
+
+
+async def _show(store: Any, args: argparse.Namespace, out: TextIO) -> None:
+    cp = await _at_step(store, args, args.step)
     if args.json:
         out.write(dumps(_summary(cp), pretty=True) + "\n")
         return
-    status = "complete" if is_complete(cp.frontier) else "open"
+    waiting = _interrupts(cp)
+    status = (
+        "interrupted" if waiting else "complete" if is_complete(cp.frontier) else "open"
+    )
     out.write(f"session   {cp.session_id}\n")
     out.write(f"step      {cp.step} ({status})\n")
     out.write(f"frontier  {', '.join(cp.frontier) or '-'}\n")
+    for interrupt in waiting:
+        payload = dumps(encode_value(interrupt.payload))
+        out.write(f"waiting   {interrupt.id} ({interrupt.node}): {payload}\n")
     v = cp.state.versions
     out.write(f"versions  messages={v.messages} extra={v.extra} errors={v.errors}\n")
     messages = cp.state.messages
@@ -180,6 +228,63 @@ async def _show(store: Any, args: argparse.Namespace, out: TextIO) -> None:
     out.write(f"extra     {dumps(converter.unstructure(dict(cp.state.extra)))}\n")
     for error in cp.state.errors:
         out.write(f"error     {error}\n")
+
+
+async def _history(store: Any, args: argparse.Namespace, out: TextIO) -> None:
+    page = await store.query_steps(args.session, limit=args.limit, offset=args.offset)
+    if not page.checkpoints:
+        if page.total == 0:
+            raise _unknown_session(args)
+        out.write(f"no steps at offset {args.offset} ({page.total} stored)\n")
+        return
+    rows: list[tuple[str, ...]] = [
+        ("STEP", "PARENT", "RAN", "NEXT", "MESSAGES", "WAITING", "CREATED")
+    ]
+    for cp in page.checkpoints:
+        waiting = ",".join(i.node for i in _interrupts(cp)) or "-"
+        parent = "-" if cp.parent_step is None else str(cp.parent_step)
+        rows.append(
+            (
+                str(cp.step),
+                parent,
+                ",".join(cp.ran_nodes) or "-",
+                ",".join(n for n in cp.frontier if n not in (START, END)) or "-",
+                str(len(cp.state.messages)),
+                waiting,
+                cp.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        )
+    _table(rows, out)
+    more = " (more: raise --offset)" if page.has_next else ""
+    out.write(f"{len(page.checkpoints)} of {page.total} steps, newest first{more}\n")
+
+
+async def _fork(store: Any, args: argparse.Namespace, out: TextIO) -> None:
+    target = check_session_id(args.to)
+    source = await _at_step(store, args, args.step)
+    if await store.load_latest(target) is not None:
+        raise CommandError(
+            f"cannot fork into {target!r}: that session exists in"
+            f" {_where(args.db)}; pick a new id with --to"
+        )
+    # The fork starts at the chosen step with its state, frontier and gating,
+    # as a new session's first checkpoint; nothing pending comes along.
+    fork = attrs.evolve(
+        source,
+        session_id=target,
+        parent_step=None,
+        pending=None,
+        ran_nodes=(),
+        skipped_nodes=(),
+        updated_channels=(),
+        created_at=datetime.datetime.now(datetime.UTC),
+    )
+    await store.append([fork])
+    upcoming = ", ".join(n for n in fork.frontier if n not in (START, END)) or "-"
+    out.write(
+        f"forked {args.session} at step {source.step} into {target}"
+        f" (next: {upcoming})\n"
+    )
 
 
 async def _steps(store: Any, args: argparse.Namespace, out: TextIO) -> None:
@@ -219,6 +324,8 @@ _ACTIONS: dict[str, Callable[[Any, argparse.Namespace, TextIO], Awaitable[None]]
     "list": _list,
     "show": _show,
     "steps": _steps,
+    "history": _history,
+    "fork": _fork,
 }
 
 
@@ -484,15 +591,23 @@ def build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser(
         "runs",
         help="inspect stored sessions",
-        description="Inspect stored sessions. Reads only: never creates a store.",
+        description=(
+            "Inspect stored sessions, and fork one. Never creates a store: every"
+            " command but fork only reads."
+        ),
     )
     actions = runs.add_subparsers(dest="action", required=True)
     db_help = "an existing SQLite file, or a PostgreSQL URL (postgresql://...)"
     listing = actions.add_parser("list", help="list stored sessions")
     listing.add_argument("--db", required=True, help=db_help)
-    show = actions.add_parser("show", help="show a session's latest state")
+    show = actions.add_parser(
+        "show", help="show a session's latest state (or a past step's)"
+    )
     show.add_argument("session")
     show.add_argument("--db", required=True, help=db_help)
+    show.add_argument(
+        "--step", type=_count(0), help="the stored step to show (default: newest)"
+    )
     show.add_argument("--json", action="store_true", help="print JSON")
     show.add_argument("--last", type=_count(0), default=10, help="messages to show")
     steps = actions.add_parser("steps", help="list a session's stored steps")
@@ -501,6 +616,27 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--limit", type=_count(1), default=20)
     steps.add_argument("--offset", type=_count(0), default=0)
     steps.add_argument("--node", help="only steps in which this node ran")
+    history = actions.add_parser(
+        "history",
+        help="list a session's stored steps, newest first, with their parents",
+    )
+    history.add_argument("session")
+    history.add_argument("--db", required=True, help=db_help)
+    history.add_argument("--limit", type=_count(1), default=20)
+    history.add_argument("--offset", type=_count(0), default=0)
+    fork = actions.add_parser(
+        "fork",
+        help="start a new session from a stored step (time travel)",
+        description=(
+            "Start session NEW from step N of SESSION: its state, next nodes and"
+            " gating at that step. Resuming NEW re-runs from there; SESSION is"
+            " untouched. Writes into the existing store only."
+        ),
+    )
+    fork.add_argument("session")
+    fork.add_argument("--db", required=True, help=db_help)
+    fork.add_argument("--step", type=_count(0), required=True, metavar="N")
+    fork.add_argument("--to", required=True, metavar="NEW", help="the new session id")
     return parser
 
 
