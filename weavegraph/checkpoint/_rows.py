@@ -922,6 +922,9 @@ class _Fold:
 class RowSource:
     """Where a fold reads the rows it needs (the SQL side implements it)."""
 
+    def prefetch(self, wanted: Sequence[StepRow]) -> None:
+        """Read ahead what the fold of ``wanted`` will ask for (optional)."""
+
     def chain(self, snap_step: int, upto: int) -> Sequence[StepRow]:
         """Rows whose ``snap_step`` is ``snap_step``, steps ``snap_step..upto``,
         ascending."""
@@ -955,5 +958,6 @@ def decode_steps(
         CheckpointError: a row is malformed, was edited outside weavegraph, or
             its chain is broken; the message names the session and the step.
     """
+    source.prefetch(wanted)
     fold = _Fold(session_id, source, concurrency_limit, graph_hash, config_hash)
     return fold.run(wanted)

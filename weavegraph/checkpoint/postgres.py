@@ -115,7 +115,7 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
                     self._pool = await trio.to_thread.run_sync(self._make_pool)
         return self._pool
 
-    async def _write(self, fn: Callable[[Any], T]) -> T:
+    async def _run(self, fn: Callable[[Any], T], *, read: bool) -> T:
         pool = await self._ensure_pool()
 
         def call() -> T:
@@ -123,15 +123,31 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
 
             try:
                 with pool.connection() as conn:
-                    return fn(conn)
+                    if not read:
+                        return fn(conn)
+                    # One snapshot for the read's statements, set before BEGIN.
+                    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                    conn.read_only = True
+                    try:
+                        return fn(conn)
+                    finally:
+                        conn.rollback()
+                        conn.isolation_level = None
+                        conn.read_only = None
             except psycopg.Error as exc:
                 raise CheckpointError(f"PostgreSQL error: {exc}") from exc
 
         return await trio.to_thread.run_sync(call, limiter=self._limiter)
 
+    async def _write(self, fn: Callable[[Any], T]) -> T:
+        return await self._run(fn, read=False)
+
     async def _read(self, fn: Callable[[Any], T]) -> T:
         async with self._read_limiter:
-            return await self._write(fn)
+            return await self._run(fn, read=True)
+
+    async def _read_latest(self, fn: Callable[[Any], T]) -> T:
+        return await self._run(fn, read=True)
 
     async def open(self) -> None:
         """Connect (and create or upgrade the schema) now rather than at first use."""

@@ -23,7 +23,9 @@ IMMEDIATE``, which takes the database's write lock; PostgreSQL: ``SELECT … FOR
 UPDATE`` at READ COMMITTED, sessions locked in id order), so checking the
 latest step and writing after it cannot be split by another writer, in this
 process or another. Reads of several statements run in one snapshot (SQLite: a
-read transaction; PostgreSQL: REPEATABLE READ, READ ONLY).
+read transaction; PostgreSQL: REPEATABLE READ, READ ONLY). Loading a step is
+two statements whatever its chain: the session row with its latest row and
+pending record, then one ``UNION ALL`` of every range the fold needs.
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ POSTGRES = Dialect(
         " WHERE table_schema = current_schema()"
     ),
     begin_write=(),
-    begin_read=("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",),
+    # `PostgresCheckpointer` opens its reads REPEATABLE READ, READ ONLY (set on
+    # the connection, so BEGIN carries it: no extra round trip).
+    begin_read=(),
 )
 
 
@@ -686,6 +690,10 @@ def _session_meta(cur: Cursor, d: Dialect, session_id: str) -> SessionMeta | Non
     found = cur.fetchone()
     if found is None:
         return None
+    return _check_meta(session_id, found)
+
+
+def _check_meta(session_id: str, found: Sequence[Any]) -> SessionMeta:
     last, limit, graph_hash, config_hash = found
     last = _check_step(session_id, last)
     if limit is not None and (type(limit) is not int or limit < 1):
@@ -715,47 +723,68 @@ def _fetch_row(cur: Cursor, d: Dialect, session_id: str, step: int) -> StepRow:
     return row_from(record, session_id)
 
 
+_CHAIN, _MESSAGES, _ERRORS = 0, 1, 2
+
+
 class _Source(RowSource):
+    """The rows a fold asks for, read in one statement before it starts.
+
+    The wanted rows name their snapshot and history roots, so every chain and
+    history range they need is known up front: one ``UNION ALL`` reads them all
+    (one round trip to PostgreSQL however many ranges a page needs).
+    """
+
     def __init__(
         self, cur: Cursor, d: Dialect, session_id: str, known: Sequence[StepRow]
     ) -> None:
         self.cur, self.d, self.session_id = cur, d, session_id
         # Rows already read in this snapshot, by step: not built twice.
         self.known = {row.step: row for row in known}
-        self._chain_sql = d.q(
-            f"SELECT {_SELECT_ROW} FROM steps WHERE session_id = ? AND snap_step = ?"
-            " AND step BETWEEN ? AND ? ORDER BY step"
-        )
+        self.ranges: dict[tuple[int, int], list[StepRow]] = {}
 
-    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[StepRow]:
-        self.cur.execute(sql, params)
-        known, out = self.known, []
+    def prefetch(self, wanted: Sequence[StepRow]) -> None:
+        uptos: dict[tuple[int, int], int] = {}
+        for row in wanted:
+            for part, root in (
+                (_CHAIN, row.snap_step),
+                (_MESSAGES, row.mroot),
+                (_ERRORS, row.eroot),
+            ):
+                key = (part, root)
+                uptos[key] = max(uptos.get(key, row.step), row.step)
+        branches = []
+        for (part, root), upto in sorted(uptos.items()):
+            # Validated ints (`row_from`), so written into the text directly.
+            where = {
+                _CHAIN: f"snap_step = {root}",
+                _MESSAGES: f"mroot = {root} AND messages_json <> ''",
+                _ERRORS: f"eroot = {root} AND errors_json <> ''",
+            }[part]
+            branches.append(
+                f"SELECT {part}, {root}, {_SELECT_ROW} FROM steps"
+                f" WHERE session_id = ? AND {where} AND step BETWEEN {root} AND {upto}"
+            )
+            self.ranges[(part, root)] = []
+        if not branches:
+            return
+        sql = self.d.q(" UNION ALL ".join(branches) + " ORDER BY 1, 2, 4")
+        self.cur.execute(sql, (self.session_id,) * len(branches))
+        known = self.known
         for record in self.cur.fetchall():
-            row = known.get(record[1])
-            if row is None:
-                row = known[record[1]] = row_from(record, self.session_id)
-            out.append(row)
-        return out
+            fields = record[2:]
+            step_row = known.get(fields[1])
+            if step_row is None:
+                step_row = known[fields[1]] = row_from(fields, self.session_id)
+            self.ranges[(record[0], record[1])].append(step_row)
 
     def chain(self, snap_step: int, upto: int) -> Sequence[StepRow]:
-        return self._rows(
-            self._chain_sql, (self.session_id, snap_step, snap_step, upto)
-        )
+        return [r for r in self.ranges[(_CHAIN, snap_step)] if r.step <= upto]
 
     def history(
         self, channel: Literal["messages", "errors"], root: int, upto: int
     ) -> Sequence[StepRow]:
-        column, root_column = (
-            ("messages_json", "mroot")
-            if channel == "messages"
-            else ("errors_json", "eroot")
-        )
-        sql = self.d.q(
-            f"SELECT {_SELECT_ROW} FROM steps WHERE session_id = ? AND"
-            f" {root_column} = ? AND step BETWEEN ? AND ? AND {column} <> ''"
-            " ORDER BY step"
-        )
-        return self._rows(sql, (self.session_id, root, root, upto))
+        part = _MESSAGES if channel == "messages" else _ERRORS
+        return [r for r in self.ranges[(part, root)] if r.step <= upto]
 
 
 def _decode(
@@ -805,17 +834,43 @@ def _begin_read(cur: Cursor, d: Dialect) -> None:
         cur.execute(statement)
 
 
+_LATEST = (
+    "SELECT sessions.last_step, sessions.concurrency_limit, sessions.graph_hash,"
+    " sessions.config_hash, pending_writes.base_step, pending_writes.created_at,"
+    " pending_writes.value_json, pending_writes.digest, "
+    + ", ".join(f"steps.{c}" for c in COLUMNS)
+    + " FROM sessions LEFT JOIN steps ON steps.session_id = sessions.id"
+    " AND steps.step = sessions.last_step"
+    " LEFT JOIN pending_writes ON pending_writes.session_id = sessions.id"
+    " WHERE sessions.id = ?"
+)
+
+
 def load_latest(conn: Connection, d: Dialect, session_id: str) -> Stored | None:
-    """The newest checkpoint of ``session_id`` (and its row facts), or ``None``."""
+    """The newest checkpoint of ``session_id`` (and its row facts), or ``None``.
+
+    Two statements: the session's row with its latest row and pending record,
+    then every row the fold needs.
+    """
     cur = conn.cursor()
     try:
         _begin_read(cur, d)
-        meta = _session_meta(cur, d, session_id)
-        if meta is None:
+        cur.execute(d.q(_LATEST), (session_id,))
+        found = cur.fetchone()
+        if found is None:
             return None
-        row = _fetch_row(cur, d, session_id, meta.last_step)
+        meta = _check_meta(session_id, found[:4])
+        if found[9] is None:
+            raise CheckpointError(
+                f"corrupt checkpoint store: session {session_id!r} says its last"
+                f" step is {meta.last_step}, but that step is not stored"
+            )
+        row = row_from(found[8:], session_id)
         (stored,) = _decode(cur, d, session_id, [row], meta)
-        return _with_pending(stored, _pending(cur, d, session_id, meta.last_step))
+        pending = None
+        if found[4] is not None:
+            pending = decode_pending(found[4:8], session_id, meta.last_step)
+        return _with_pending(stored, pending)
     finally:
         conn.rollback()
 
@@ -934,7 +989,13 @@ class SQLCheckpointer(Checkpointer):
         raise NotImplementedError
 
     async def _read(self, fn: Callable[[Connection], T]) -> T:
-        """Run a read-only ``fn`` (default: where writes run)."""
+        """Run a read-only ``fn`` that may be long (a replay; default: where
+        writes run)."""
+        return await self._write(fn)
+
+    async def _read_latest(self, fn: Callable[[Connection], T]) -> T:
+        """Run `load_latest`'s ``fn``: short and bounded (default: where writes
+        run, so a run resuming never waits behind replays)."""
         return await self._write(fn)
 
     def _remember(self, written: Mapping[str, Stored]) -> None:
@@ -992,7 +1053,7 @@ class SQLCheckpointer(Checkpointer):
 
         Reads a bounded number of rows however long the session is.
         """
-        found = await self._write(
+        found = await self._read_latest(
             lambda conn: load_latest(conn, self.dialect, session_id)
         )
         if found is None:
