@@ -458,7 +458,11 @@ async def test_a_forged_timestamp_is_reported(backend: Any) -> None:
 async def test_a_malformed_session_row_is_reported(backend: Any) -> None:
     open_store, db = backend
     await stored_session(open_store)
-    db.execute("UPDATE sessions SET updated_at = 'garbage' WHERE id = 's1'")
+    db.execute("UPDATE sessions SET created_at = 'garbage' WHERE id = 's1'")
+    await expect_corrupt(open_store, r"session 's1' .*timestamp", listing=True)
+    db.execute(
+        "UPDATE sessions SET created_at = updated_at, updated_at = '' WHERE id = 's1'"
+    )
     await expect_corrupt(open_store, r"session 's1' .*timestamp", listing=True)
     db.execute("UPDATE sessions SET last_step = 9 WHERE id = 's1'")
     await expect_corrupt(open_store, r"session 's1' says its last step is 9")

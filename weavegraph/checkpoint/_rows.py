@@ -44,8 +44,9 @@ from typing import Any, Literal, NamedTuple
 import attrs
 from cattrs.errors import BaseValidationError
 
-from .. import _codec
-from .._codec import converter, dumps, loads
+from .._codec import converter, dumps, encode_extra, loads
+from .._codec import decode_value as _decode_value
+from .._codec import encode_value as _encode_value
 from .._core.errors import CheckpointError, ErrorEvent, StateError
 from .._core.state import History, Message, VersionedState, Versions
 from .record import Checkpoint
@@ -72,7 +73,7 @@ def encode_value(value: Any, path: str = "value") -> Any:
         StateError: ``value`` is outside the storable domain; the message names
             ``path``.
     """
-    return _codec.encode_value(value, path)
+    return _encode_value(value, path)
 
 
 def decode_value(doc: Any) -> Any:
@@ -82,7 +83,7 @@ def decode_value(doc: Any) -> Any:
         ValueError: ``doc`` is a malformed encoding.
     """
     try:
-        return _codec.decode_value(doc)
+        return _decode_value(doc)
     except StateError as exc:
         raise ValueError(str(exc)) from exc
 
@@ -347,9 +348,7 @@ def _state_json(state: VersionedState, extra: dict[str, Any]) -> str:
 
 def _whole_parts(checkpoint: Checkpoint) -> tuple[str, str]:
     return (
-        _state_json(
-            checkpoint.state, {"reset": _codec.encode_extra(checkpoint.state.extra)}
-        ),
+        _state_json(checkpoint.state, {"reset": encode_extra(checkpoint.state.extra)}),
         _json({"reset": dict(checkpoint.versions_seen)}),
     )
 

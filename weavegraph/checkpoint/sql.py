@@ -875,6 +875,15 @@ def load_latest(conn: Connection, d: Dialect, session_id: str) -> Stored | None:
         conn.rollback()
 
 
+def _text_hash(session_id: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise CheckpointError(
+            f"corrupt checkpoint store: session {session_id!r} has a hash that is"
+            " not text"
+        )
+    return value
+
+
 def list_sessions(conn: Connection, d: Dialect) -> list[SessionSummary]:
     """Every session, most recently updated first."""
     cur = conn.cursor()
@@ -896,7 +905,7 @@ def list_sessions(conn: Connection, d: Dialect) -> list[SessionSummary]:
                     last_step=_check_step(sid, last),
                     created_at=parse_time(created),
                     updated_at=parse_time(updated),
-                    graph_hash=graph_hash if isinstance(graph_hash, str) else "",
+                    graph_hash=_text_hash(sid, graph_hash),
                 )
             )
         except ValueError as exc:
