@@ -506,6 +506,18 @@ async def test_disabled_tracing_creates_no_spans_and_allocates_nothing(
     assert exporter.get_finished_spans() == ()
 
 
+def test_global_tracing_is_made_once_per_process() -> None:
+    # Engines are made per run: the global-provider object is shared.
+    assert Tracing.create(True) is Tracing.create(True)
+    assert Tracing.create(True).enabled
+    assert Tracing.create(True, pauses=(KeyError,)) is not Tracing.create(True)
+    provider = TracerProvider()
+    assert Tracing.create(True, tracer_provider=provider) is not Tracing.create(
+        True, tracer_provider=provider
+    )
+    provider.shutdown()
+
+
 def run_python(code: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],

@@ -245,6 +245,12 @@ class Tracing:
         """
         if not enabled:
             return _DISABLED
+        if tracer_provider is None:
+            # One per process and kind of pause: engines are made per run, and
+            # reading the package version costs milliseconds.
+            shared = _GLOBAL.get(pauses)
+            if shared is not None:
+                return shared
         try:
             from opentelemetry import context, trace
         except ImportError:
@@ -255,7 +261,10 @@ class Tracing:
             version = None
         tracer = trace.get_tracer("weavegraph", version, tracer_provider)
         api = _Api(tracer, trace, context, (InterruptSignal, *pauses))
-        return _LiveTracing(api, provider_given=tracer_provider is not None)
+        made = _LiveTracing(api, provider_given=tracer_provider is not None)
+        if tracer_provider is None:
+            _GLOBAL[pauses] = made
+        return made
 
     def run(self, session_id: str, graph_hash: str) -> RunSpan:
         """The span of a run of ``session_id`` (child of the current span)."""
@@ -286,6 +295,8 @@ class Tracing:
 
 
 _DISABLED: Final = Tracing()
+_GLOBAL: dict[tuple[type[BaseException], ...], Tracing] = {}
+"""The live `Tracing` objects that use the global provider, by their pauses."""
 
 
 # --------------------------------------------------------------- live spans
