@@ -257,8 +257,8 @@ class NodeContext:
         stream_id: str | None,
         metadata: Mapping[str, Any],
     ) -> None:
-        # Built through the slots here, like emit's events (token streams are
-        # chatty too); what make_llm_event does, without the call.
+        # Built through the slots, like emit's events: what make_llm_event
+        # does, without the call.
         event = _new(LLMEvent)
         _set_chunk(event, chunk)
         _set_is_final(event, final)
@@ -287,7 +287,20 @@ class NodeContext:
             chunk: The new text only (a token or a few), never the text so far.
             **metadata: JSON-like extra data (model name, token counts ...).
         """
-        self._llm(chunk, False, stream_id, metadata or _EMPTY)
+        # A token stream is as chatty as emit: built inline too (as _llm does).
+        event = _new(LLMEvent)
+        _set_chunk(event, chunk)
+        _set_is_final(event, False)
+        _set_llm_session_id(event, self.session_id)
+        _set_llm_node_id(event, self.node_id)
+        _set_stream_id(event, stream_id)
+        _set_llm_metadata(event, metadata or _EMPTY)
+        clock = self._clock
+        _set_llm_timestamp(
+            event,
+            _time_ns() // 1000 / 1e6 if clock is None else quantize_timestamp(clock()),
+        )
+        self._emit(event)
 
     def emit_llm_final(
         self, stream_id: str | None, text: str = "", **metadata: Any
