@@ -635,5 +635,41 @@ async def test_viewer_answers_an_interrupt_and_shows_past_steps(
                 assert "sent: Dear Ann" in view
                 assert re.search(r"Status\s+completed", view), view
                 await screenshot(page, tmp_path / "viewer-steps.png")
+
+                # A breakpoint: the page offers to resume past it.
+                await page.js(
+                    """(async () => {
+                      const post = (path, body) => fetch(path, {
+                        method: "POST", body: JSON.stringify(body),
+                        headers: {"Content-Type": "application/json"},
+                      }).then((r) => r.text());
+                      await post("/runs", {session_id: "mail-2"});
+                      await post("/runs/mail-2/resume",
+                                 {value: "yes", interrupt_before: ["send"]});
+                    })()"""
+                )
+                await page.js(
+                    "document.getElementById('session-id').value = 'mail-2';"
+                    "document.getElementById('attach').click()"
+                )
+                await page.wait_for(
+                    "document.body.dataset.state === 'done'"
+                    " && !document.getElementById('review-panel').hidden"
+                )
+                assert (
+                    await page.js("document.getElementById('answer').textContent")
+                    == "Resume"
+                )
+                assert "next: send" in await page.js(
+                    "document.getElementById('interrupts').innerText"
+                )
+                await page.js("document.getElementById('answer').click()")
+                await page.wait_for(
+                    "document.body.dataset.state === 'done'"
+                    " && document.getElementById('status').textContent"
+                    " === 'completed'"
+                )
+                seen = await page.js(READ_PAGE)
+                assert "assistant: sent: Dear the team" in seen["finalState"]
                 assert page.errors() == []
             nursery.cancel_scope.cancel()

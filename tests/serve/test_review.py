@@ -13,14 +13,16 @@ from typing import Any
 
 import pytest
 from asgi import Client, fetch, request
-from live import STREAM_END, reviewer, ticker, two_reviewers
+from live import STREAM_END, looping, reviewer, store_session, ticker, two_reviewers
 
 from weavegraph import (
     Checkpointer,
     InMemoryCheckpointer,
     PostgresCheckpointer,
     SQLiteCheckpointer,
+    open_runner,
 )
+from weavegraph._codec import state_to_json
 from weavegraph.serve import Request, SSEApp, sse_app
 
 
@@ -217,7 +219,13 @@ async def test_re_attaching_to_a_resumed_run() -> None:
 
 BAD: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/runs/nope/resume", {"value": 1}, 404, "unknown session 'nope'"),
-    ("PATCH", "/runs/nope/state", {"update": {}}, 404, "unknown session 'nope'"),
+    (
+        "PATCH",
+        "/runs/nope/state",
+        {"update": {"extra": {"a": 1}}},
+        404,
+        "unknown session 'nope'",
+    ),
     ("POST", "/runs/nope/fork", {"step": 0, "session_id": "x"}, 404, "unknown"),
     ("GET", "/runs/nope/history", None, 404, "unknown session 'nope'"),
     ("GET", "/runs/p/state?step=99", None, 404, "no stored step 99"),
@@ -240,6 +248,7 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/runs/done/resume", {"value": "yes"}, 409, "nothing to resume"),
     ("POST", "/runs/done/resume", {}, 409, "nothing to resume"),
     ("PATCH", "/runs/p/state", {}, 400, "'update' must be an object"),
+    ("PATCH", "/runs/p/state", {"update": {"extra": {}}}, 400, "update is empty"),
     ("PATCH", "/runs/p/state", {"update": {"x": 1}}, 400, "unknown keys"),
     ("PATCH", "/runs/p/state", {"update": {}, "zz": 1}, 400, "unknown keys"),
     ("PATCH", "/runs/p/state", {"update": {"messages": 3}}, 400, "list of"),
@@ -407,3 +416,43 @@ async def test_every_refusal_leaves_the_store_as_it_was(
     after = await store.query_steps("s", limit=100)
     assert [c.step for c in after.checkpoints] == [c.step for c in before.checkpoints]
     assert after.checkpoints[0].pending == before.checkpoints[0].pending
+
+
+async def test_history_pages_read_what_the_runner_reads(store: Checkpointer) -> None:
+    await store_session(store, "long", 45)
+    app = sse_app(looping(45), checkpointer=store)
+    seen: list[dict[str, Any]] = []
+    for offset in range(0, 100, 20):
+        page = (
+            await fetch(
+                app, "GET", f"/runs/long/history?limit=20&offset={offset}&states=1"
+            )
+        ).json()
+        assert page["total"] == 46
+        seen += page["steps"]
+        if not page["has_next"]:
+            break
+    async with open_runner(looping(45), checkpointer=store) as runner:
+        expected = await runner.history("long")
+    assert [s["step"] for s in seen] == [v.step for v in expected]
+    assert [s["parent_step"] for s in seen] == [v.parent_step for v in expected]
+    assert [s["next"] for s in seen] == [list(v.next) for v in expected]
+    assert [s["state"] for s in seen] == [state_to_json(v.state) for v in expected]
+    summary = (await fetch(app, "GET", "/runs/long/history?limit=2")).json()
+    assert summary["steps"][1] == {
+        "step": 44,
+        "parent_step": 43,
+        "status": "stored",
+        "next": ["loop"],
+        "interrupts": [],
+        "messages": 45,
+        "last_message": {"role": "assistant", "content": "x" * 100},
+        "extra_keys": ["n"],
+    }
+
+    # The newest step of a paused session carries its interrupts.
+    paused = sse_app(two_reviewers(), checkpointer=store)
+    end = await start(paused, {"session_id": "asks"})
+    newest = (await fetch(paused, "GET", "/runs/asks/history")).json()["steps"][0]
+    assert newest["status"] == "interrupted"
+    assert newest["interrupts"] == end["metadata"]["interrupts"]

@@ -17,6 +17,7 @@ from .._codec import converter, decode_value, encode_value, loads, state_to_json
 from .._core.errors import HTTPError, InvalidSessionIdError, StateError
 from .._core.session import Interrupt, Resume, check_session_id
 from .._core.state import Message, NodePartial
+from .._runtime.runner import SessionState
 
 MAX_HISTORY_PAGE = 100
 """The most steps ``GET /runs/{id}/history`` answers at once."""
@@ -209,6 +210,12 @@ def update_from_json(
             f"'as_node' must name a node of the graph, got {as_node!r}; its nodes"
             f" are {sorted(nodes)}",
         )
+    if not parsed and not decoded and as_node is None:
+        raise HTTPError(
+            400,
+            "the update is empty: give 'messages' or 'extra' (or 'as_node', to"
+            " go on as if that node had run)",
+        )
     try:
         partial = NodePartial(messages=parsed or None, extra=decoded)
     except (StateError, TypeError, ValueError) as exc:
@@ -273,7 +280,7 @@ def interrupt_to_json(interrupt: Interrupt) -> dict[str, Any]:
     }
 
 
-def status_of(view: Any) -> str:
+def status_of(view: SessionState) -> str:
     """What a stored session is waiting for, in one word."""
     if view.interrupts:
         return "interrupted"
@@ -284,7 +291,7 @@ def status_of(view: Any) -> str:
     return "stored"
 
 
-def session_to_json(view: Any, status: str | None = None) -> dict[str, Any]:
+def session_to_json(view: SessionState, status: str | None = None) -> dict[str, Any]:
     """The JSON form of a `SessionState` (``status`` defaults to `status_of`)."""
     forked = view.forked_from
     return {
@@ -303,7 +310,7 @@ def session_to_json(view: Any, status: str | None = None) -> dict[str, Any]:
     }
 
 
-def history_entry(view: Any, *, with_state: bool) -> dict[str, Any]:
+def history_entry(view: SessionState, *, with_state: bool) -> dict[str, Any]:
     """One step of ``GET /runs/{id}/history``: a summary, or all of it."""
     if with_state:
         return session_to_json(view)

@@ -59,13 +59,13 @@ from .._core.errors import (
     describe_exception,
 )
 from .._core.frontier import is_complete
-from .._core.graph import display
+from .._core.graph import END, START, display
 from .._core.session import Resume, check_session_id
 from .._core.state import Message, VersionedState
 from .._runtime.app import App
 from .._runtime.invocation import Invocation
 from .._runtime.runner import AppRunner, SessionState, open_runner
-from ..checkpoint.record import Checkpointer
+from ..checkpoint.record import Checkpoint, Checkpointer
 from ..events.bus import EventBusConfig
 from ..events.stream import EventStream
 from ..events.types import DiagnosticEvent, Event, stream_end_event
@@ -697,19 +697,34 @@ class SSEApp:
         offset: int,
         states: bool,
     ) -> dict[str, Any]:
+        """One page of the session's stored steps, newest first.
+
+        Only the page is read from the store (one query, under the replay
+        bound), not the whole history: a session may hold many steps.
+        """
         _, app = self._app_of(session_id, query.get("graph"))
         async with self._runner(app, session_id) as runner:
-            views = await runner.history(session_id)
-        if not views:
-            raise HTTPError(404, f"unknown session {session_id!r}")
-        page = views[offset : offset + limit]
+            store = runner.checkpointer
+            assert store is not None
+            async with self._replay_reads:
+                page = await store.query_steps(session_id, limit=limit, offset=offset)
+            if page.total == 0:
+                raise HTTPError(404, f"unknown session {session_id!r}")
+            views: list[SessionState] = []
+            for cp in page.checkpoints:
+                if cp.pending is not None:
+                    # Only the newest step carries what is pending: the runner
+                    # reads it (interrupts, finished partials, the error).
+                    views.append(await runner.get_state(session_id, step=cp.step))
+                else:
+                    views.append(_stored_view(cp))
         return {
             "session_id": session_id,
-            "total": len(views),
+            "total": page.total,
             "offset": offset,
             "limit": limit,
-            "has_next": offset + limit < len(views),
-            "steps": [review.history_entry(v, with_state=states) for v in page],
+            "has_next": page.has_next,
+            "steps": [review.history_entry(v, with_state=states) for v in views],
         }
 
     async def _exists(self, session_id: str) -> bool:
@@ -1075,6 +1090,17 @@ async def _outcome(invocation: Invocation) -> tuple[str, str | None]:
     except Exception as exc:
         return "error", describe_exception(exc)
     return "completed", None
+
+
+def _stored_view(cp: Checkpoint) -> SessionState:
+    """A stored step with nothing pending, as `AppRunner.get_state` shows one."""
+    return SessionState(
+        session_id=cp.session_id,
+        state=cp.state,
+        step=cp.step,
+        next=tuple(node for node in cp.frontier if node not in (START, END)),
+        parent_step=cp.parent_step,
+    )
 
 
 def _replay_event(cp: Any) -> DiagnosticEvent:

@@ -392,7 +392,7 @@ function applyNodeClasses() {
 // ======================================================================= run state
 
 let run = newRun();
-const review = { session: null, interrupts: [] };
+const review = { session: null, interrupts: [], paused: false };
 const past = { session: null, steps: [], asked: 0 };
 
 function newRun() {
@@ -439,7 +439,7 @@ function setStatus(kind, text) {
 }
 
 function setBusy(busy) {
-  $("answer").disabled = busy || !review.interrupts.length;
+  $("answer").disabled = busy || !review.paused;
   $("start").disabled = busy;
   $("attach").disabled = busy;
   $("stop").disabled = !busy;
@@ -656,7 +656,9 @@ async function loadFinalState(end) {
     return;
   }
   if (current !== run || !info.state) return;
-  if ((info.interrupts || []).length) showInterrupts(session, info.interrupts);
+  if ((info.interrupts || []).length || info.status === "interrupted") {
+    showInterrupts(session, info.interrupts || [], info.next || []);
+  }
   await loadHistory(session);
   if (current !== run) return;
   const state = info.state;
@@ -795,11 +797,16 @@ async function streamRun(current, path, body, what) {
 
 // ================================================================ human review
 
-/** Show the interrupts `session` is paused on, each with a field for its answer. */
-function showInterrupts(session, interrupts) {
+/**
+ * Show the interrupts `session` is paused on, each with a field for its answer;
+ * with none (a breakpoint), say which nodes run next and offer to resume.
+ */
+function showInterrupts(session, interrupts, next = []) {
   review.session = session;
   review.interrupts = interrupts;
+  review.paused = true;
   $("review-session").textContent = session;
+  $("answer").textContent = interrupts.length ? "Answer and resume" : "Resume";
   const items = interrupts.map((interrupt, i) => {
     const answer = el("textarea", {
       id: "answer-" + i, class: "answer", rows: 2, spellcheck: "false",
@@ -816,14 +823,19 @@ function showInterrupts(session, interrupts) {
       answer,
       el("label", { class: "inline", for: "as-json-" + i }, asJson, "send as JSON"));
   });
+  if (!items.length) {
+    items.push(el("p", { class: "breakpoint" }, "Paused at a breakpoint; next: ",
+      el("code", {}, next.join(", ") || "nothing")));
+  }
   $("interrupts").replaceChildren(...items);
-  $("review-panel").hidden = interrupts.length === 0;
-  $("answer").disabled = interrupts.length === 0;
+  $("review-panel").hidden = false;
+  $("answer").disabled = false;
 }
 
 function hideInterrupts() {
   review.session = null;
   review.interrupts = [];
+  review.paused = false;
   $("interrupts").replaceChildren();
   $("review-panel").hidden = true;
 }
@@ -836,7 +848,7 @@ function showValue(value) {
 /** Answer the pending interrupts, then follow the continuation like a run. */
 async function answerInterrupts() {
   const session = review.session;
-  if (!session || !review.interrupts.length) return;
+  if (!session || !review.paused) return;
   const answers = {};
   try {
     review.interrupts.forEach((interrupt, i) => {
@@ -848,7 +860,7 @@ async function answerInterrupts() {
     return;
   }
   const ids = Object.keys(answers);
-  const body = ids.length === 1 ? { value: answers[ids[0]] } : { values: answers };
+  const body = ids.length === 0 ? {} : ids.length === 1 ? { value: answers[ids[0]] } : { values: answers };
   if (view.graph) body.graph = view.graph.graph;
   hideInterrupts();
   const current = resetView();
