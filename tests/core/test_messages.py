@@ -3,8 +3,10 @@ OpenAI chat format and the JSON form that checkpoints and events use."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
+import pickle
 from typing import Any
 
 import attrs
@@ -244,6 +246,19 @@ class TestMessageFields:
         assert m.metadata["a"] == 1
         with pytest.raises(TypeError):
             m.metadata["a"] = 3  # type: ignore[index]
+
+    def test_pickle_and_deepcopy_keep_every_field(self) -> None:
+        m = Message(
+            "assistant",
+            "",
+            tool_calls=[call(q=[1])],
+            name="bot",
+            metadata={"k": {"n": 1}},
+        )
+        for copied in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+            assert copied == m
+            assert dict(copied.metadata) == {"k": {"n": 1}}
+            assert dict(copied.tool_calls[0].arguments) == {"q": [1]}
 
     def test_evolve_takes_the_public_names(self) -> None:
         m = attrs.evolve(Message.user("hi"), metadata={"x": 1}, name="ann")
