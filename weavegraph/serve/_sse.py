@@ -5,7 +5,13 @@ Routes:
 * ``POST /runs`` — start a run from a JSON body and stream its events;
 * ``GET /runs/{session_id}/events`` — attach to a run (live, recently finished, or
   stored), resuming after ``Last-Event-ID``;
-* ``GET /runs/{session_id}/state`` — the state a run ended with;
+* ``GET /runs/{session_id}/state`` — the session's state and pending interrupts
+  (``?step=N``: a stored step);
+* ``POST /runs/{session_id}/resume`` — answer its interrupts (or pass a
+  breakpoint) and stream the continuation, a run like any other;
+* ``PATCH /runs/{session_id}/state`` — edit the state (stored as a new step);
+* ``POST /runs/{session_id}/fork`` — a new session from a stored step;
+* ``GET /runs/{session_id}/history`` — its stored steps, newest first, paged;
 * ``GET /runs`` — the runs this server knows;
 * ``GET /graph`` — nodes, edges and a Mermaid diagram;
 * ``GET /`` — the live run viewer page (and its files under ``/static/``).
@@ -1289,7 +1295,8 @@ def sse_app(
     Args:
         app_or_apps: One `App`, or several by name (clients pick with ``graph``).
         checkpointer: Saves every run's steps, and lets ``GET /runs/{id}/events``
-            replay runs this process no longer holds.
+            replay runs this process no longer holds. Resuming, editing,
+            forking and reading past steps need one (this or each app's own).
         max_body: Largest accepted request body, in bytes (413 beyond).
         body_timeout: Seconds a client has to send its whole request body (408
             after; the server's keep-alive timeout bounds the headers).
@@ -1313,7 +1320,8 @@ def sse_app(
         authorize: ``authorize(request, action)``, sync or async, called before
             every action (``"start"``, ``"resume"``, ``"read"``, ``"list"``) with a
             `Request`; ``True`` allows, ``False`` (or anything else) answers 403,
-            raising `AuthorizationError` answers its 401 or 403.
+            raising `AuthorizationError` answers its 401 or 403. Resuming,
+            editing (``PATCH``) and forking a session are ``"resume"``.
         allowed_hosts: Host names the ``Host`` header may carry (421 otherwise);
             ``None``: loopback names on connections to a loopback address, any
             host on others; ``"*"`` in the list allows any host.
