@@ -582,6 +582,11 @@ async def test_viewer_answers_an_interrupt_and_shows_past_steps(
                 await page.wait_for("!document.getElementById('review-panel').hidden")
                 seen = await page.js(READ_REVIEW)
                 assert seen["status"] == "interrupted"
+                waiting = await page.js(
+                    "[...document.querySelectorAll('#graph g.node.waiting')]"
+                    ".map((g) => g.dataset.node)"
+                )
+                assert waiting == ["draft"]
                 [item] = seen["items"]
                 assert item["node"] == "draft"
                 assert json.loads(item["payload"]) == {

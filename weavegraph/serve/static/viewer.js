@@ -3,6 +3,8 @@
 "use strict";
 
 const STREAM_END_SCOPE = "__weavegraph_stream_end__";
+const INTERRUPT_SCOPE = "session.interrupt";
+const NODE_START_SCOPE = "node.start";
 const MAX_LISTED_EVENTS = 2000;
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -386,6 +388,7 @@ function applyNodeClasses() {
   for (const [name, g] of view.nodeElements) {
     g.classList.toggle("done", run.done.has(name));
     g.classList.toggle("running", run.running === name);
+    g.classList.toggle("waiting", run.waiting.has(name));
   }
 }
 
@@ -407,6 +410,7 @@ function newRun() {
     lastStep: null,
     running: null,
     done: new Set(),
+    waiting: new Set(),   // nodes paused on an interrupt
     ran: new Map(),       // node -> {steps: Set, events: n}, in order of first sight
     streams: new Map(),   // node + stream id -> {node, streamId, text, final, error, element}
     end: null,
@@ -510,8 +514,17 @@ function handleFrame(current, frame) {
     return;
   }
 
-  const node = meta.node_id || null;
+  // Runtime events name their node in `node`; a node's own events in `node_id`.
+  const node = meta.node_id || (type === "diagnostic" && typeof meta.node === "string" ? meta.node : null);
   listEvent({ id: frame.id, type, scope: data.scope, node, message: data.message });
+  if (type === "diagnostic" && data.scope === INTERRUPT_SCOPE && node) {
+    noteNode(node, meta.step);
+    setRunning(node);
+    markWaiting(node);
+  } else if (type === "diagnostic" && data.scope === NODE_START_SCOPE && node) {
+    noteNode(node, meta.step);
+    setRunning(node);
+  }
   if (type === "node" && Number.isInteger(meta.step)) {
     run.lastStep = Math.max(run.lastStep ?? 0, meta.step);
   }
@@ -547,6 +560,13 @@ function setRunning(node) {
   run.running = node;
   const g = view.nodeElements.get(node);
   if (g) g.classList.add("running");
+}
+
+/** `node` asked a question (an interrupt): it waits for an answer. */
+function markWaiting(node) {
+  run.waiting.add(node);
+  const g = view.nodeElements.get(node);
+  if (g) g.classList.add("waiting");
 }
 
 function markDone(node) {
@@ -623,7 +643,8 @@ function finish(end) {
   run.end = end;
   if (end.session && !run.sessionId) learnSession(end.session);
   if (Number.isFinite(end.step)) run.lastStep = end.step;
-  if (run.running) markDone(run.running);
+  if (run.running && !run.waiting.has(run.running)) markDone(run.running);
+  else if (run.running) view.nodeElements.get(run.running)?.classList.remove("running");
   run.running = null;
   if (end.status === "completed") markDone("END");
   for (const stream of run.streams.values()) {
