@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Mapping
+from time import time as _time
 from time import time_ns as _time_ns
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, TypeAlias, get_args
@@ -47,11 +48,15 @@ def quantize_timestamp(ts: float) -> float:
     a no-op, for every instant a ``datetime`` can show. Every event timestamp
     goes through this (or, for the default clock, `now_timestamp`).
     """
-    # Whole seconds and the fraction apart, as datetime.fromtimestamp does: the
-    # fraction keeps its precision, and the microsecond count is an exact
-    # integer, so the result is the float nearest to it (what parsing gives).
-    # Rounding ``ts * 1e6`` directly would be off by one microsecond for some
-    # instants from 2041 on, where the product's precision runs out.
+    us = ts * 1e6
+    if -2251799813685248.0 < us < 2251799813685248.0:  # 2**51 µs: 1898 to 2041
+        # The product is then within a quarter microsecond of the truth, so
+        # rounding it is exact, and a rounded value rounds to itself.
+        return (us + 0.5) // 1.0 / 1e6
+    # Later (and before 1898) whole seconds and the fraction are rounded apart,
+    # as datetime.fromtimestamp does: the fraction keeps its precision and the
+    # microsecond count is an exact integer, so the result is the float nearest
+    # to it, which is what parsing the text gives.
     seconds = ts // 1.0
     return (seconds * 1e6 + ((ts - seconds) * 1e6 + 0.5) // 1.0) / 1e6
 
@@ -161,7 +166,7 @@ class NodeEvent(_EventMixin):
     node_id: str | None = None
     step: int | None = None
     metadata: Mapping[str, Any] = _EMPTY
-    timestamp: float = attrs.field(factory=now_timestamp, converter=quantize_timestamp)
+    timestamp: float = attrs.field(factory=_time, converter=quantize_timestamp)
     session_id: str | None = None
 
     @property
@@ -205,7 +210,7 @@ class DiagnosticEvent(_EventMixin):
 
     scope: str
     message: str = ""
-    timestamp: float = attrs.field(factory=now_timestamp, converter=quantize_timestamp)
+    timestamp: float = attrs.field(factory=_time, converter=quantize_timestamp)
     metadata: Mapping[str, Any] = _EMPTY
 
     @property
@@ -257,7 +262,7 @@ class LLMEvent(_EventMixin):
     node_id: str | None = None
     stream_id: str | None = None
     metadata: Mapping[str, Any] = _EMPTY
-    timestamp: float = attrs.field(factory=now_timestamp, converter=quantize_timestamp)
+    timestamp: float = attrs.field(factory=_time, converter=quantize_timestamp)
 
     @property
     def is_error(self) -> bool:
