@@ -60,7 +60,9 @@ def weave_bodies(n: int, calls: Counter) -> tuple[Any, Any, Any]:
     return noop, tick, route
 
 
-def build_weavegraph(shape: str, n: int, calls: Counter) -> Built:
+def build_weavegraph(
+    shape: str, n: int, calls: Counter, lifecycle: bool = False
+) -> Built:
     noop, tick, route = weave_bodies(n, calls)
     b = wg.GraphBuilder()
     if shape == "chain":
@@ -78,7 +80,7 @@ def build_weavegraph(shape: str, n: int, calls: Counter) -> Built:
     else:
         b.add_node("tick", tick).add_edge(wg.START, "tick")
         b.add_conditional_edge("tick", route)
-    app = b.compile(wg.RuntimeConfig(max_steps=4 * n + 10))
+    app = b.compile(wg.RuntimeConfig(max_steps=4 * n + 10, lifecycle_events=lifecycle))
     return (
         "trio",
         lambda: wg.VersionedState.with_user_message("go"),
@@ -238,6 +240,7 @@ def main() -> None:
     header("bench/engine.py", args, ["weavegraph", "langgraph", "pydantic-graph"])
     builders: dict[str, Callable[..., Built]] = {
         "weavegraph": build_weavegraph,
+        "wg, lifecycle on": lambda *a: build_weavegraph(*a, lifecycle=True),
         "raw trio": build_raw_trio,
     }
     lg = peer("langgraph.graph", args.quick)
@@ -273,6 +276,19 @@ def main() -> None:
         "Per-unit cost, µs (ratios > 1: the numerator is slower)",
         ["workload", "size", *ENGINES, "wg / raw", "lg / wg", "pg / wg"],
         rows,
+    )
+    table(
+        "Lifecycle events (node.start/end, step.end), µs per unit",
+        ["workload", "on", "off", "on / off"],
+        [
+            [
+                f"{shape} (µs/{unit})",
+                us(get("wg, lifecycle on", shape)),
+                us(get("weavegraph", shape)),
+                ratio(get("wg, lifecycle on", shape), get("weavegraph", shape)),
+            ]
+            for shape, unit in SHAPES.items()
+        ],
     )
 
 

@@ -48,7 +48,12 @@ def ticker(
     size: int = 0,
     config: RuntimeConfig | None = None,
 ) -> App:
-    """START -> tick -> END; ``tick`` emits ``count`` events, ``delay`` apart."""
+    """START -> tick -> END; ``tick`` emits ``count`` events, ``delay`` apart.
+
+    The runtime's lifecycle events are off: the server's tests count frames,
+    and each frame is then one of ``tick``'s events (or the stream's end).
+    """
+    config = attrs.evolve(config or RuntimeConfig(), lifecycle_events=False)
 
     async def tick(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
         for i in range(count):

@@ -34,6 +34,7 @@ from weavegraph import (
     Message,
     NodeContext,
     NodePartial,
+    RuntimeConfig,
     StateSnapshot,
 )
 from weavegraph.serve import serve_sse
@@ -97,7 +98,8 @@ def assistant() -> App:
         .add_edge("plan", "write")
         .add_conditional_edge("write", lambda snapshot: "review", ["review", END])
         .add_edge("review", END)
-        .compile()
+        # Events are counted and numbered below: the nodes' own ones only.
+        .compile(RuntimeConfig(lifecycle_events=False))
     )
 
 

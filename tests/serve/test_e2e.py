@@ -11,7 +11,15 @@ import httpx2
 import pytest
 import trio
 
-from weavegraph import END, START, GraphBuilder, NodeContext, NodePartial, StateSnapshot
+from weavegraph import (
+    END,
+    START,
+    GraphBuilder,
+    NodeContext,
+    NodePartial,
+    RuntimeConfig,
+    StateSnapshot,
+)
 from weavegraph.serve import serve_sse, sse_app
 
 # These tests stop reading streams early on purpose (that is what a leaving
@@ -51,7 +59,7 @@ def emitter(
         .add_node("emit", emit)
         .add_edge(START, "emit")
         .add_edge("emit", END)
-        .compile()
+        .compile(RuntimeConfig(lifecycle_events=False))  # frames are counted
     )
 
 

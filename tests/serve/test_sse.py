@@ -17,9 +17,13 @@ from weavegraph import (
     NodeContext,
     NodeEvent,
     NodePartial,
+    RuntimeConfig,
     StateSnapshot,
 )
 from weavegraph.serve import encode_sse, sse_app
+
+QUIET = RuntimeConfig(lifecycle_events=False)
+"""Frames are counted here: only the nodes' own events and the stream's end."""
 
 
 def ticker(count: int = 3, delay: float = 0.0, log: list[str] | None = None):
@@ -39,7 +43,7 @@ def ticker(count: int = 3, delay: float = 0.0, log: list[str] | None = None):
         .add_node("tick", tick)
         .add_edge(START, "tick")
         .add_edge("tick", END)
-        .compile()
+        .compile(QUIET)
     )
 
 

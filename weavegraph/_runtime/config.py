@@ -94,6 +94,9 @@ class RuntimeConfig:
         interrupt_after: Pause after a step that ran one of these nodes.
         tracing: Produce OpenTelemetry spans when the ``otel`` extra is
             installed (through the application's tracer provider).
+        lifecycle_events: Emit ``node.start``/``node.end``/``node.retry``/
+            ``node.error``/``step.end`` events through the run's bus (off by
+            default for now; see docs/streaming.md).
     """
 
     session_id: str | None = attrs.field(default=None, validator=_check_session)
@@ -115,6 +118,7 @@ class RuntimeConfig:
         default=(), converter=_to_breakpoints
     )
     tracing: bool = attrs.field(default=True, validator=_check_flag)
+    lifecycle_events: bool = attrs.field(default=False, validator=_check_flag)
 
     @property
     def clock_mode(self) -> str:
@@ -138,4 +142,6 @@ class RuntimeConfig:
             parts.append(f"interrupt_before:{','.join(self.interrupt_before)}")
         if self.interrupt_after:
             parts.append(f"interrupt_after:{','.join(self.interrupt_after)}")
+        if self.lifecycle_events:
+            parts.append("lifecycle_events:on")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]

@@ -18,6 +18,7 @@ from ..events.types import (
     NodeEvent,
     quantize_timestamp,
 )
+from .lifecycle import LIFECYCLE_SCOPES
 
 if TYPE_CHECKING:
     from .activation import Activation
@@ -47,6 +48,12 @@ _new = object.__new__
 
 def reserved_scope_error(scope: str) -> ReservedScopeError:
     """The error for node code that emits under a framework scope."""
+    if scope in LIFECYCLE_SCOPES:
+        return ReservedScopeError(
+            f"scope {scope!r} is reserved for weavegraph's lifecycle events"
+            f" ({', '.join(sorted(LIFECYCLE_SCOPES))}); pick another scope, e.g."
+            " 'progress'"
+        )
     return ReservedScopeError(
         f"scope {scope!r} is reserved: scopes starting with"
         f" {RESERVED_SCOPE_PREFIX!r} (STREAM_END_SCOPE, INVOCATION_END_SCOPE,"
@@ -158,7 +165,7 @@ class NodeContext:
         return quantize_timestamp(clock())
 
     def _check_scope(self, scope: str) -> None:
-        if scope.startswith(RESERVED_SCOPE_PREFIX):
+        if scope.startswith(RESERVED_SCOPE_PREFIX) or scope in LIFECYCLE_SCOPES:
             raise reserved_scope_error(scope)
         self._scope_ok = scope
 

@@ -50,9 +50,11 @@ from .._core.session import Interrupt, Session
 from .._core.state import FrontierCommand, NodePartial, StateSnapshot, VersionedState
 from ..events.bus import EventBus
 from ..events.types import STREAM_END_SCOPE, DiagnosticEvent, stream_end_event
+from . import lifecycle
 from .activation import Activation, InterruptSignal, Persist
 from .config import RuntimeConfig
 from .context import NodeContext
+from .tracing import Tracing
 
 logger = logging.getLogger("weavegraph.runtime")
 
@@ -240,6 +242,9 @@ class Engine:
         self.config = config
         self.persist: Persist | None = None
         """Awaited after a durable task recorded its result (stores it)."""
+        self.lifecycle = config.lifecycle_events
+        self._now = config.clock if config.clock is not None else time.time
+        self.tracing = Tracing.create(config.tracing, pauses=(Paused,))
 
     # ---------------------------------------------------------------- sessions
 
@@ -365,6 +370,24 @@ class Engine:
             session.pending_step = step
         kept = session.pending
         missing_nodes = [name for name in to_run if name not in kept]
+        with self.tracing.step(session.session_id, step):
+            return await self._finish_step(
+                session, bus, step, state, gate, to_run, skipped, kept, missing_nodes
+            )
+
+    async def _finish_step(
+        self,
+        session: Session,
+        bus: EventBus,
+        step: int,
+        state: VersionedState,
+        gate: tuple[int, int],
+        to_run: list[str],
+        skipped: list[str],
+        kept: dict[str, NodePartial | None],
+        missing_nodes: list[str],
+    ) -> StepOutcome:
+        frontier = session.frontier
         try:
             await self._run_nodes(
                 missing_nodes, state.snapshot(), step, session, bus, kept
@@ -432,6 +455,17 @@ class Engine:
         session.tasks = {}
         if outcome.conflicts:
             self._report_conflicts(session, step, outcome, bus)
+        if self.lifecycle and bus.listening and not bus.closed:
+            bus.emit(
+                lifecycle.step_end(
+                    self._now(),
+                    session.session_id,
+                    step,
+                    to_run,
+                    outcome.updated_channels,
+                    frontier_outcome.frontier,
+                )
+            )
         return StepOutcome(step, to_run, skipped, outcome, frontier_outcome)
 
     def _report_gated(
@@ -614,45 +648,91 @@ class Engine:
         retry = spec.retry
         attempt = 1
         activation = Activation(session, spec.name, step, self.persist)
+        sid = session.session_id
+        # Lifecycle events nobody could see are not built at all.
+        emit = bus.emit if self.lifecycle and bus.listening and not bus.closed else None
         while True:
             ctx = NodeContext(
-                spec.name,
-                step,
-                session.session_id,
-                bus,
-                self.config.clock,
-                attempt,
-                activation,
+                spec.name, step, sid, bus, self.config.clock, attempt, activation
             )
-            try:
-                if spec.timeout is None:
-                    result = await spec.body(snapshot, ctx)
-                else:
-                    try:
-                        with trio.fail_after(spec.timeout):
-                            result = await spec.body(snapshot, ctx)
-                    except trio.TooSlowError:
-                        raise NodeTimeoutError(spec.name, spec.timeout) from None
-                return _check_output(spec.name, result)
-            except NodeOutputError:
-                raise
-            except Exception as exc:
-                if (
-                    retry is None
-                    or attempt >= retry.max_attempts
-                    or not isinstance(exc, retry.retry_on)
-                ):
-                    raise
-                delay = retry.delay(attempt)
-                logger.info(
-                    "node %r attempt %d failed (%s); retrying in %.3gs",
-                    spec.name,
-                    attempt,
-                    describe_exception(exc),
-                    delay,
-                )
-                attempt += 1
-                await trio.sleep(delay)
+            with self.tracing.node(sid, step, spec.name, attempt) as span:
+                if emit is not None:
+                    emit(
+                        lifecycle.node_start(
+                            self._now(), sid, spec.name, step, attempt, None
+                        )
+                    )
+                    started = time.perf_counter()
+                try:
+                    if spec.timeout is None:
+                        result = await spec.body(snapshot, ctx)
+                    else:
+                        try:
+                            with trio.fail_after(spec.timeout):
+                                result = await spec.body(snapshot, ctx)
+                        except trio.TooSlowError:
+                            error = NodeTimeoutError(spec.name, spec.timeout)
+                            span.mark_timeout(spec.timeout, error)
+                            raise error from None
+                    partial = _check_output(spec.name, result)
+                    if emit is not None:
+                        emit(
+                            lifecycle.node_end(
+                                self._now(),
+                                sid,
+                                spec.name,
+                                step,
+                                attempt,
+                                None,
+                                time.perf_counter() - started,
+                                partial,
+                            )
+                        )
+                    return partial
+                except Exception as exc:
+                    if (
+                        isinstance(exc, NodeOutputError)
+                        or retry is None
+                        or attempt >= retry.max_attempts
+                        or not isinstance(exc, retry.retry_on)
+                    ):
+                        if emit is not None:
+                            emit(
+                                lifecycle.node_error(
+                                    self._now(),
+                                    sid,
+                                    spec.name,
+                                    step,
+                                    attempt,
+                                    None,
+                                    describe_exception(exc),
+                                )
+                            )
+                        raise
+                    delay = retry.delay(attempt)
+                    span.retry(exc, delay)
+                    if emit is not None:
+                        emit(
+                            lifecycle.node_retry(
+                                self._now(),
+                                sid,
+                                spec.name,
+                                step,
+                                attempt,
+                                None,
+                                describe_exception(exc),
+                                delay,
+                            )
+                        )
+                    logger.info(
+                        "node %r attempt %d failed (%s); retrying in %.3gs",
+                        spec.name,
+                        attempt,
+                        describe_exception(exc),
+                        delay,
+                    )
+            attempt += 1
+            await trio.sleep(delay)
 
     # ---------------------------------------------------------------- whole runs
 

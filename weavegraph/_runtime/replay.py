@@ -19,14 +19,24 @@ from .._codec import converter, dumps
 from .._core.errors import ReplayMismatchError
 from .._core.state import VersionedState
 from ..events.types import Event
+from .lifecycle import NODE_END
 
 EventNormalizer = Callable[[Event], Any]
 
 
 def normalize_event(event: Event) -> dict[str, Any]:
-    """The event's normalized JSON without its ``timestamp``."""
+    """The event's normalized JSON without what differs between equal runs.
+
+    That is its ``timestamp``, and for ``node.end`` lifecycle events the
+    measured ``duration`` (also in the message).
+    """
     data = event.to_json()
     del data["timestamp"]
+    if data["scope"] == NODE_END and "duration" in data["metadata"]:
+        data["metadata"] = {
+            k: v for k, v in data["metadata"].items() if k != "duration"
+        }
+        data["message"] = data["message"].split(" finished in ", 1)[0] + " finished"
     return data
 
 

@@ -785,6 +785,34 @@ class AppRunner:
         interrupt_after: Collection[str] | None = None,
         on_completed: Callable[[VersionedState], None] | None = None,
     ) -> VersionedState | PausedReport:
+        """`_run`, inside the run's tracing span (when tracing is on)."""
+        with self._engine.tracing.run(session_id, self.app.graph.graph_hash) as span:
+            result = await self._run(
+                session_id,
+                end_scope,
+                create=create,
+                state=state,
+                resume=resume,
+                interrupt_before=interrupt_before,
+                interrupt_after=interrupt_after,
+                on_completed=on_completed,
+            )
+            paused = isinstance(result, PausedReport)
+            span.set_status("interrupted" if paused else "completed")
+            return result
+
+    async def _run(
+        self,
+        session_id: str,
+        end_scope: str,
+        *,
+        create: bool = False,
+        state: VersionedState | None = None,
+        resume: Resume | None = None,
+        interrupt_before: Collection[str] | None = None,
+        interrupt_after: Collection[str] | None = None,
+        on_completed: Callable[[VersionedState], None] | None = None,
+    ) -> VersionedState | PausedReport:
         """Run a session to completion (or a pause) under one lifecycle.
 
         Exactly one sentinel: ``completed``, ``interrupted``, ``error`` or

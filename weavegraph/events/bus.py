@@ -473,6 +473,21 @@ class EventBus:
         return self._closed
 
     @property
+    def listening(self) -> bool:
+        """Whether any stream or sink is subscribed (open) right now.
+
+        Producers of events nobody could see may skip building them; an event
+        emitted with nobody listening is counted and goes nowhere either way.
+        """
+        if self._sink_streams:
+            return True
+        # A plain loop: cheaper than any() over a generator (called per node).
+        for sub in self._subscribers:  # noqa: SIM110
+            if not sub.closed:
+                return True
+        return False
+
+    @property
     def sinks(self) -> tuple[EventSink, ...]:
         """The attached sinks."""
         return tuple(self._sinks)
