@@ -48,11 +48,13 @@ from ._core.errors import StateError as StateError
 from ._core.errors import StepLimitExceeded as StepLimitExceeded
 from ._core.errors import UnknownNodeError as UnknownNodeError
 from ._core.errors import UnreachableNodesError as UnreachableNodesError
+from ._core.errors import UsageError as UsageError
 from ._core.errors import ValidationFailed as ValidationFailed
 from ._core.errors import WeavegraphError as WeavegraphError
 from ._core.errors import WorkflowError as WorkflowError
 
 __all__ = (
+    "UsageError",
     "AuthorizationError",
     "HTTPError",
     "ErrorDetail",

@@ -893,7 +893,7 @@ class TestKeyReducersAtTheBarrier:
         text = str(info.value)
         assert 'extra["count"]' in text
         assert "'tally'" in text
-        assert "TypeError" in text
+        assert "StateError" in text
         assert isinstance(info.value.__cause__, TypeError)
 
     def test_a_custom_key_reducer_must_return_storable_values(self) -> None:

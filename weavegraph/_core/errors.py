@@ -27,7 +27,7 @@ def _to_tags(value: Iterable[str]) -> tuple[str, ...]:
 
 def _aware(value: _dt.datetime) -> _dt.datetime:
     if not isinstance(value, _dt.datetime):
-        raise TypeError(f"ErrorEvent.when must be a datetime, got {value!r}")
+        raise StateError(f"ErrorEvent.when must be a datetime, got {value!r}")
     return value if value.tzinfo is not None else value.replace(tzinfo=_dt.UTC)
 
 
@@ -217,6 +217,10 @@ class ConfigError(WeavegraphError, ValueError):
 
 class EventBusConfigError(ConfigError):
     """An event bus was configured with an invalid capacity or overflow policy."""
+
+
+class UsageError(WeavegraphError, RuntimeError):
+    """An API was used in a way it does not support (a bus started twice …)."""
 
 
 class StateError(WeavegraphError, TypeError):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, cast, runtime_checkable
 import attrs
 
 from .errors import (
+    ConfigError,
     CycleError,
     DuplicateEdgeError,
     DuplicateNodeError,
@@ -72,12 +73,14 @@ def display(name: str) -> str:
 
 def _positive_attempts(_: object, __: object, value: int) -> None:
     if not isinstance(value, int) or value < 1:
-        raise ValueError(f"RetryPolicy.max_attempts must be an int >= 1, got {value!r}")
+        raise ConfigError(
+            f"RetryPolicy.max_attempts must be an int >= 1, got {value!r}"
+        )
 
 
 def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not isinstance(value, int | float) or value < 0:
-        raise ValueError(
+        raise ConfigError(
             f"RetryPolicy.{attribute.name} must be a number >= 0, got {value!r}"
         )
 

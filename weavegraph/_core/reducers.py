@@ -94,11 +94,11 @@ def append(current: Any, value: Any) -> Any:
     tuple.
 
     Raises:
-        TypeError: either side is not a list or tuple (write ``[item]`` to add
+        StateError: either side is not a list or tuple (write ``[item]`` to add
             one item).
     """
     if not isinstance(current, list | tuple) or not isinstance(value, list | tuple):
-        raise TypeError(
+        raise StateError(
             f"append joins lists, got {type(current).__name__} and"
             f" {type(value).__name__}; write a list (wrap one item as [item])"
         )
@@ -111,11 +111,11 @@ def add(current: Any, value: Any) -> Any:
     """Key reducer: add the written number to the stored one (a counter).
 
     Raises:
-        TypeError: either side is not a number (``bool`` does not count).
+        StateError: either side is not a number (``bool`` does not count).
     """
     for side in (current, value):
         if isinstance(side, bool) or not isinstance(side, numbers.Number):
-            raise TypeError(
+            raise StateError(
                 f"add sums numbers, got {type(current).__name__} and"
                 f" {type(value).__name__}"
             )
@@ -129,10 +129,10 @@ def merge(current: Any, value: Any) -> Any:
     ``extra`` keys are deleted by ``None``).
 
     Raises:
-        TypeError: either side is not a mapping.
+        StateError: either side is not a mapping.
     """
     if not isinstance(current, Mapping) or not isinstance(value, Mapping):
-        raise TypeError(
+        raise StateError(
             f"merge combines dicts, got {type(current).__name__} and"
             f" {type(value).__name__}"
         )

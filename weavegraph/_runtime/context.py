@@ -7,7 +7,7 @@ from time import time_ns as _time_ns
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, final
 
-from .._core.errors import ReservedScopeError
+from .._core.errors import ReservedScopeError, UsageError
 from ..events.bus import EventBus
 from ..events.types import (
     LLM_EVENT_SETTERS,
@@ -132,7 +132,7 @@ class NodeContext:
             StateError: ``payload`` is outside the storable domain.
         """
         if self._activation is None:
-            raise RuntimeError("interrupt() needs a node run by weavegraph")
+            raise UsageError("interrupt() needs a node run by weavegraph")
         return await self._activation.interrupt(payload)
 
     async def task(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -151,7 +151,7 @@ class NodeContext:
             StateError: the result is outside the storable domain.
         """
         if self._activation is None:
-            raise RuntimeError("task() needs a node run by weavegraph")
+            raise UsageError("task() needs a node run by weavegraph")
         return await self._activation.task(name, fn, *args)
 
     def now(self) -> float:

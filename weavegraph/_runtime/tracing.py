@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 
 import trio
 
-from .._core.errors import NodeTimeoutError, describe_exception
+from .._core.errors import ConfigError, NodeTimeoutError, describe_exception
 from .activation import InterruptSignal
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class RunSpan:
             ValueError: ``status`` is not one of `STATUSES`.
         """
         if status not in STATUSES:
-            raise ValueError(f"unknown run status {status!r}")
+            raise ConfigError(f"unknown run status {status!r}")
 
 
 class StepSpan:
@@ -452,7 +452,7 @@ class _LiveRun(_Live, RunSpan):
 
     def set_status(self, status: str, error: str | None = None) -> None:
         if status not in STATUSES:
-            raise ValueError(f"unknown run status {status!r}")
+            raise ConfigError(f"unknown run status {status!r}")
         self._status = status
         span = self._span
         if status == "error" and span is not None:

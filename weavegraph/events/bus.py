@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Literal, Self, get_args
 import attrs
 import trio
 
-from .._core.errors import EventBusClosed, EventBusConfigError
+from .._core.errors import EventBusClosed, EventBusConfigError, UsageError
 from .._trio import single_exception
 from .types import EVENT_TYPES, SENTINEL_SCOPES, DiagnosticEvent, Event, EventType
 
@@ -560,7 +560,7 @@ class EventBus:
         if self._closed:
             raise EventBusClosed("cannot add a sink to a closed event bus")
         if self._started:
-            raise RuntimeError(
+            raise UsageError(
                 "add sinks before the bus starts, or pass them to EventBus(sinks=...)"
             )
         self._sinks.append(sink)
@@ -806,7 +806,7 @@ class EventBus:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         if self._started:
-            raise RuntimeError("this EventBus was already started; a bus runs once")
+            raise UsageError("this EventBus was already started; a bus runs once")
         self._started = True
         self._sinks_running = len(self._sink_streams)
         if not self._sinks_running:

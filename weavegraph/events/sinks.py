@@ -20,6 +20,7 @@ from typing import IO, Protocol, runtime_checkable
 
 import trio
 
+from .._core.errors import StateError
 from .types import Event
 
 
@@ -129,7 +130,7 @@ class JsonLinesSink:
         elif hasattr(target, "write"):
             self._stream = target
         else:
-            raise TypeError(
+            raise StateError(
                 f"JsonLinesSink takes a file path or a text stream, got {target!r}"
             )
 

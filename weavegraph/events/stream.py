@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Self, final
 
 import trio
 
+from .._core.errors import ConfigError, StateError
 from .types import STREAM_END_SCOPE, DiagnosticEvent, Event
 
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
@@ -45,7 +46,7 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
     _since_yield: int
 
     def __init__(self) -> None:
-        raise TypeError("EventStream objects come from EventBus.subscribe()")
+        raise StateError("EventStream objects come from EventBus.subscribe()")
 
     @classmethod
     def _create(cls, sub: Subscriber, *, stop_at_stream_end: bool) -> EventStream:
@@ -157,7 +158,7 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
         Also ``None`` once the stream ended. A checkpoint.
         """
         if seconds < 0 or math.isnan(seconds):
-            raise ValueError(f"timeout must be >= 0 seconds, got {seconds!r}")
+            raise ConfigError(f"timeout must be >= 0 seconds, got {seconds!r}")
         with trio.move_on_after(seconds):
             try:
                 return await self.receive()

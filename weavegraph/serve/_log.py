@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import trio
 
+from .._core.errors import ConfigError
 from ..events.types import Event
 
 LogItem = tuple[int, bytes]
@@ -128,7 +129,7 @@ class RunLog:
         fully read. ``cursor`` must be at most `next`. A checkpoint.
         """
         if cursor > self._next:
-            raise ValueError(f"cursor {cursor} is beyond the log's next event")
+            raise ConfigError(f"cursor {cursor} is beyond the log's next event")
         while cursor >= self._next and not self._closed:
             await self._changed.park()
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from .._core.errors import ConfigError
+from .._core.errors import ConfigError, UsageError
 from .._runtime.app import App
 from ..checkpoint.record import Checkpointer
 from ._sse import SSEApp, sse_app
@@ -60,7 +60,7 @@ async def serve_sse(
         from hypercorn.config import Config
         from hypercorn.trio import serve
     except ImportError as exc:  # pragma: no cover - depends on the extra
-        raise RuntimeError(
+        raise UsageError(
             "serving needs hypercorn: install 'weavegraph[serve]'"
         ) from exc
     if isinstance(app_or_apps, SSEApp):

@@ -60,6 +60,7 @@ from .._core.errors import (
     RunCancelledError,
     SessionNotFound,
     StateError,
+    UsageError,
     WeavegraphError,
     WorkflowError,
     describe_exception,
@@ -283,7 +284,7 @@ class SSEApp:
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
-            raise RuntimeError(f"weavegraph's SSE app does not serve {scope['type']}")
+            raise UsageError(f"weavegraph's SSE app does not serve {scope['type']}")
         if self._active >= self.max_connections:
             await _json(
                 send,
