@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -65,3 +68,33 @@ def hi() -> VersionedState:
 async def drain(channel: trio.abc.ReceiveChannel[Event]) -> list[Event]:
     """Every event left in ``channel``."""
     return [event async for event in channel]
+
+
+STORES = ["memory", "sqlite", "postgres"]
+"""The three checkpointers every persistence behaviour is tested on."""
+
+
+@asynccontextmanager
+async def open_store(kind: str, tmp_path: Path, request: Any) -> AsyncIterator[Any]:
+    """A fresh store of ``kind`` (``"none"`` gives ``None``), closed afterwards.
+
+    ``request`` is pytest's fixture request: PostgreSQL gets a schema of its own.
+    """
+    from weavegraph import (
+        InMemoryCheckpointer,
+        PostgresCheckpointer,
+        SQLiteCheckpointer,
+    )
+
+    if kind == "none":
+        yield None
+    elif kind == "memory":
+        yield InMemoryCheckpointer()
+    elif kind == "sqlite":
+        async with SQLiteCheckpointer(tmp_path / "runs.db") as store:
+            yield store
+    else:
+        async with PostgresCheckpointer(
+            request.getfixturevalue("postgres_dsn")
+        ) as store:
+            yield store

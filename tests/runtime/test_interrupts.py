@@ -4,15 +4,13 @@ breakpoints everywhere, state edits, history and forks."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.lowlevel
-from helpers import hi
+from helpers import STORES, hi, open_store
 
 from weavegraph import (
     END,
@@ -26,7 +24,6 @@ from weavegraph import (
     NodeContext,
     NodePartial,
     PausedReport,
-    PostgresCheckpointer,
     Resume,
     RuntimeConfig,
     SQLiteCheckpointer,
@@ -35,24 +32,6 @@ from weavegraph import (
     open_runner,
 )
 from weavegraph.testing import collect_events
-
-STORES = ["memory", "sqlite", "postgres"]
-
-
-@asynccontextmanager
-async def open_store(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Checkpointer]:
-    if kind == "memory":
-        yield InMemoryCheckpointer()
-        return
-    store: Checkpointer
-    if kind == "sqlite":
-        store = SQLiteCheckpointer(tmp_path / "runs.db")
-    else:
-        store = PostgresCheckpointer(request.getfixturevalue("postgres_dsn"))
-    async with store:
-        yield store
 
 
 def review_app(store: Checkpointer | None, calls: Counter[str]) -> App:

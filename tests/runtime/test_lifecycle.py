@@ -5,13 +5,11 @@ completed is completed."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
-from helpers import chain_app, hi
+from helpers import STORES, chain_app, hi, open_store
 
 from weavegraph import (
     END,
@@ -19,40 +17,12 @@ from weavegraph import (
     STREAM_END_SCOPE,
     Checkpointer,
     GraphBuilder,
-    InMemoryCheckpointer,
     Message,
     NodeContext,
     NodePartial,
-    PostgresCheckpointer,
     RuntimeConfig,
-    SQLiteCheckpointer,
     StateSnapshot,
 )
-
-STORES = ["none", "memory", "sqlite", "postgres"]
-
-
-@asynccontextmanager
-async def open_store(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Checkpointer | None]:
-    if kind == "none":
-        yield None
-    elif kind == "memory":
-        yield InMemoryCheckpointer()
-    elif kind == "sqlite":
-        store = SQLiteCheckpointer(tmp_path / "runs.db")
-        try:
-            yield store
-        finally:
-            await store.aclose()
-    else:
-        dsn = request.getfixturevalue("postgres_dsn")
-        store = PostgresCheckpointer(dsn)
-        try:
-            yield store
-        finally:
-            await store.aclose()
 
 
 async def slow(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
@@ -71,7 +41,7 @@ def slow_app(store: Checkpointer | None) -> object:
     return builder.compile(RuntimeConfig(checkpointer=store))
 
 
-@pytest.mark.parametrize("kind", STORES)
+@pytest.mark.parametrize("kind", ["none", *STORES])
 async def test_cancelled_at_any_instant_ends_with_one_sentinel(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -4,25 +4,19 @@ every store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from helpers import hi
+from helpers import hi, open_store
 
 from weavegraph import (
     END,
     START,
-    Checkpointer,
     GraphBuilder,
-    InMemoryCheckpointer,
     Message,
     NodeContext,
     NodePartial,
-    PostgresCheckpointer,
     RuntimeConfig,
-    SQLiteCheckpointer,
     StateSnapshot,
     VersionedState,
 )
@@ -99,22 +93,6 @@ async def test_lost_same_key_writes_are_a_diagnostic_naming_key_and_nodes() -> N
     assert conflict.metadata["key"] == "answer"
     assert conflict.metadata["nodes"] == ["left", "right"]
     assert "with_key_reducer" in conflict.message
-
-
-@asynccontextmanager
-async def open_store(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Checkpointer]:
-    if kind == "memory":
-        yield InMemoryCheckpointer()
-        return
-    store: Checkpointer
-    if kind == "sqlite":
-        store = SQLiteCheckpointer(tmp_path / "runs.db")
-    else:
-        store = PostgresCheckpointer(request.getfixturevalue("postgres_dsn"))
-    async with store:
-        yield store
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])

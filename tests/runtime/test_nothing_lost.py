@@ -5,13 +5,11 @@ run; of two writers of one session exactly one wins."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
-from helpers import hi
+from helpers import STORES, hi, open_store
 
 from weavegraph import (
     END,
@@ -20,7 +18,6 @@ from weavegraph import (
     CheckpointConflict,
     Checkpointer,
     GraphBuilder,
-    InMemoryCheckpointer,
     Message,
     NodeContext,
     NodePartial,
@@ -32,24 +29,6 @@ from weavegraph import (
     open_runner,
 )
 from weavegraph.testing import normalize_state
-
-STORES = ["memory", "sqlite", "postgres"]
-
-
-@asynccontextmanager
-async def open_store(
-    kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Checkpointer]:
-    if kind == "memory":
-        yield InMemoryCheckpointer()
-        return
-    store: Checkpointer
-    if kind == "sqlite":
-        store = SQLiteCheckpointer(tmp_path / "runs.db")
-    else:
-        store = PostgresCheckpointer(request.getfixturevalue("postgres_dsn"))
-    async with store:
-        yield store
 
 
 class FanOut:
