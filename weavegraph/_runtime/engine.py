@@ -244,7 +244,10 @@ class Engine:
         """Awaited after a durable task recorded its result (stores it)."""
         self.lifecycle = config.lifecycle_events
         self._now = config.clock if config.clock is not None else time.time
-        self.tracing = Tracing.create(config.tracing, pauses=(Paused,))
+        self.traced = Tracing.create(config.tracing, pauses=(Paused,))
+        """Tracing as configured; a run uses it only when its span records."""
+        self.tracing = self.traced
+        """The tracing of the current run (the no-op when nothing records)."""
 
     # ---------------------------------------------------------------- sessions
 
@@ -347,8 +350,9 @@ class Engine:
         to_run, skipped = partition(
             frontier, session.versions_seen, gate, self.graph.ungated
         )
-        gated = tuple(n for n in skipped if n != START and n != END)
-        if gated:
+        gated: tuple[str, ...] = ()
+        if skipped and (len(skipped) > 1 or skipped[0] not in (START, END)):
+            gated = tuple(n for n in skipped if n != START and n != END)
             self._report_gated(session, gated, step, bus)
         session.gated_out = () if to_run else gated
         nodes = self.graph.nodes
@@ -369,103 +373,96 @@ class Engine:
             session.pending = {}
             session.pending_step = step
         kept = session.pending
-        missing_nodes = [name for name in to_run if name not in kept]
-        with self.tracing.step(session.session_id, step):
-            return await self._finish_step(
-                session, bus, step, state, gate, to_run, skipped, kept, missing_nodes
-            )
-
-    async def _finish_step(
-        self,
-        session: Session,
-        bus: EventBus,
-        step: int,
-        state: VersionedState,
-        gate: tuple[int, int],
-        to_run: list[str],
-        skipped: list[str],
-        kept: dict[str, NodePartial | None],
-        missing_nodes: list[str],
-    ) -> StepOutcome:
-        frontier = session.frontier
+        missing_nodes = [n for n in to_run if n not in kept] if kept else to_run
+        span = self.tracing.step(session.session_id, step)
+        span.__enter__()
         try:
-            await self._run_nodes(
-                missing_nodes, state.snapshot(), step, session, bus, kept
-            )
-        except _StepInterrupted as paused:
-            session.interrupts = paused.interrupts
-            raise Paused("interrupt", interrupts=paused.interrupts) from None
-        except _NodeFailed as failed:
-            exc = failed.exc
-            tags = (
-                ["node", "timeout"] if isinstance(exc, NodeTimeoutError) else ["node"]
-            )
-            event = ErrorEvent.node(
-                failed.node,
-                step,
-                ErrorDetail.from_exception(exc),
-                tags=tags,
-                context={},
-            )
-            self._fail(session, event, exc, bus, step)
+            try:
+                await self._run_nodes(
+                    missing_nodes, state.snapshot(), step, session, bus, kept
+                )
+            except _StepInterrupted as paused:
+                session.interrupts = paused.interrupts
+                raise Paused("interrupt", interrupts=paused.interrupts) from None
+            except _NodeFailed as failed:
+                exc = failed.exc
+                tags = (
+                    ["node", "timeout"]
+                    if isinstance(exc, NodeTimeoutError)
+                    else ["node"]
+                )
+                event = ErrorEvent.node(
+                    failed.node,
+                    step,
+                    ErrorDetail.from_exception(exc),
+                    tags=tags,
+                    context={},
+                )
+                self._fail(session, event, exc, bus, step)
 
-        partials = [kept[name] for name in to_run]
-        try:
-            if _has_update(partials):
-                outcome = apply_barrier(state, to_run, partials, self.graph.reducers)
-            else:
-                outcome = BarrierOutcome(state)
-            new_state = outcome.state
-            frontier_outcome = next_frontier(
-                self.graph,
-                to_run,
-                outcome.frontier_commands,
-                new_state.snapshot(),
-                session.join_progress,
-            )
-        except (ReducerError, RouterError, StateError) as exc:
-            tag = (
-                "reducer"
-                if isinstance(exc, ReducerError)
-                else "router"
-                if isinstance(exc, RouterError)
-                else "state"
-            )
-            event = ErrorEvent.runner(
-                session.session_id,
-                step,
-                describe_exception(exc),
-                tags=["runner", tag],
-                context={"frontier": list(frontier)},
-            )
-            self._fail(session, event, exc, bus, step)
-
-        seen = session.versions_seen
-        for name in to_run:
-            seen[name] = gate
-        session.step = step
-        session.state = new_state
-        session.frontier = frontier_outcome.frontier
-        session.join_progress = frontier_outcome.join_progress
-        session.pending = {}
-        session.pending_step = None
-        session.error = None
-        session.interrupts = ()
-        session.answers = {}
-        session.tasks = {}
-        if outcome.conflicts:
-            self._report_conflicts(session, step, outcome, bus)
-        if self.lifecycle and bus.listening and not bus.closed:
-            bus.emit(
-                lifecycle.step_end(
-                    self._now(),
+            partials = [kept[name] for name in to_run]
+            try:
+                if _has_update(partials):
+                    outcome = apply_barrier(
+                        state, to_run, partials, self.graph.reducers
+                    )
+                else:
+                    outcome = BarrierOutcome(state)
+                new_state = outcome.state
+                frontier_outcome = next_frontier(
+                    self.graph,
+                    to_run,
+                    outcome.frontier_commands,
+                    new_state.snapshot(),
+                    session.join_progress,
+                )
+            except (ReducerError, RouterError, StateError) as exc:
+                tag = (
+                    "reducer"
+                    if isinstance(exc, ReducerError)
+                    else "router"
+                    if isinstance(exc, RouterError)
+                    else "state"
+                )
+                event = ErrorEvent.runner(
                     session.session_id,
                     step,
-                    to_run,
-                    outcome.updated_channels,
-                    frontier_outcome.frontier,
+                    describe_exception(exc),
+                    tags=["runner", tag],
+                    context={"frontier": list(frontier)},
                 )
-            )
+                self._fail(session, event, exc, bus, step)
+
+            seen = session.versions_seen
+            for name in to_run:
+                seen[name] = gate
+            session.step = step
+            session.state = new_state
+            session.frontier = frontier_outcome.frontier
+            session.join_progress = frontier_outcome.join_progress
+            session.pending = {}
+            session.pending_step = None
+            session.error = None
+            session.interrupts = ()
+            session.answers = {}
+            session.tasks = {}
+            if outcome.conflicts:
+                self._report_conflicts(session, step, outcome, bus)
+            if self.lifecycle and bus.listening and not bus.closed:
+                bus.emit(
+                    lifecycle.step_end(
+                        self._now(),
+                        session.session_id,
+                        step,
+                        to_run,
+                        outcome.updated_channels,
+                        frontier_outcome.frontier,
+                    )
+                )
+        except BaseException as exc:
+            span.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        span.__exit__(None, None, None)
         return StepOutcome(step, to_run, skipped, outcome, frontier_outcome)
 
     def _report_gated(

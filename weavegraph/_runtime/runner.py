@@ -49,6 +49,7 @@ from .app import App
 from .config import RuntimeConfig
 from .engine import Engine, Paused, StepOutcome, StepReport
 from .pending import encode_pending, restore_pending
+from .tracing import NO_TRACING
 from .writer import CheckpointWriter, PendingRecord
 
 logger = logging.getLogger("weavegraph.runner")
@@ -786,7 +787,10 @@ class AppRunner:
         on_completed: Callable[[VersionedState], None] | None = None,
     ) -> VersionedState | PausedReport:
         """`_run`, inside the run's tracing span (when tracing is on)."""
-        with self._engine.tracing.run(session_id, self.app.graph.graph_hash) as span:
+        engine = self._engine
+        with engine.traced.run(session_id, self.app.graph.graph_hash) as span:
+            # Steps and nodes of a run nothing records cost nothing.
+            engine.tracing = engine.traced if span.recording else NO_TRACING
             result = await self._run(
                 session_id,
                 end_scope,

@@ -295,6 +295,8 @@ class Tracing:
 
 
 _DISABLED: Final = Tracing()
+NO_TRACING: Final = _DISABLED
+"""The no-op `Tracing` (what `Tracing.create(False)` returns)."""
 _GLOBAL: dict[tuple[type[BaseException], ...], Tracing] = {}
 """The live `Tracing` objects that use the global provider, by their pauses."""
 
