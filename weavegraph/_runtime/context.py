@@ -21,7 +21,8 @@ from ..events.types import (
 from .lifecycle import LIFECYCLE_SCOPES
 
 if TYPE_CHECKING:
-    from .activation import Activation
+    from .._core.session import Session
+    from .activation import Activation, Persist
 
 _EMPTY: MappingProxyType[str, Any] = MappingProxyType({})
 _ERROR: MappingProxyType[str, Any] = MappingProxyType({"severity": "error"})
@@ -83,7 +84,9 @@ class NodeContext:
         "_bus",
         "_clock",
         "_emit",
+        "_persist",
         "_scope_ok",
+        "_session",
         "attempt",
         "node_id",
         "session_id",
@@ -98,9 +101,14 @@ class NodeContext:
         bus: EventBus,
         clock: Callable[[], float] | None = None,
         attempt: int = 1,
-        activation: Activation | None = None,
+        session: Session | None = None,
+        persist: Persist | None = None,
     ) -> None:
-        self._activation = activation
+        # The activation (interrupt answers, task results) is made on first use:
+        # most nodes never ask.
+        self._activation: Activation | None = None
+        self._session = session
+        self._persist = persist
         self.node_id = node_id
         self.step = step
         self.session_id = session_id
@@ -131,9 +139,7 @@ class NodeContext:
         Raises:
             StateError: ``payload`` is outside the storable domain.
         """
-        if self._activation is None:
-            raise UsageError("interrupt() needs a node run by weavegraph")
-        return await self._activation.interrupt(payload)
+        return await self._activate("interrupt()").interrupt(payload)
 
     async def task(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` once per node activation and record its result.
@@ -150,9 +156,18 @@ class NodeContext:
         Raises:
             StateError: the result is outside the storable domain.
         """
+        return await self._activate("task()").task(name, fn, *args)
+
+    def _activate(self, what: str) -> Activation:
         if self._activation is None:
-            raise UsageError("task() needs a node run by weavegraph")
-        return await self._activation.task(name, fn, *args)
+            if self._session is None:
+                raise UsageError(f"{what} needs a node run by weavegraph")
+            from .activation import Activation
+
+            self._activation = Activation(
+                self._session, self.node_id, self.step, self._persist
+            )
+        return self._activation
 
     def now(self) -> float:
         """POSIX seconds from the run's clock (``RuntimeConfig.clock``).

@@ -51,10 +51,10 @@ from .._core.state import FrontierCommand, NodePartial, StateSnapshot, Versioned
 from ..events.bus import EventBus
 from ..events.types import STREAM_END_SCOPE, DiagnosticEvent, stream_end_event
 from . import lifecycle
-from .activation import Activation, InterruptSignal, Persist
+from .activation import InterruptSignal, Persist
 from .config import RuntimeConfig
 from .context import NodeContext
-from .tracing import Tracing
+from .tracing import NO_TRACING, Tracing
 
 logger = logging.getLogger("weavegraph.runtime")
 
@@ -370,12 +370,15 @@ class Engine:
         # Pending writes: nodes of this step that finished in an earlier attempt
         # (a failed or cancelled one) are not run again; their partials are kept.
         if session.pending_step != step:
-            session.pending = {}
+            if session.pending:
+                session.pending = {}
             session.pending_step = step
         kept = session.pending
         missing_nodes = [n for n in to_run if n not in kept] if kept else to_run
-        span = self.tracing.step(session.session_id, step)
-        span.__enter__()
+        tracing = self.tracing
+        span = None if tracing is NO_TRACING else tracing.step(session.session_id, step)
+        if span is not None:
+            span.__enter__()
         try:
             try:
                 await self._run_nodes(
@@ -440,12 +443,14 @@ class Engine:
             session.state = new_state
             session.frontier = frontier_outcome.frontier
             session.join_progress = frontier_outcome.join_progress
-            session.pending = {}
+            if kept:
+                session.pending = {}
             session.pending_step = None
-            session.error = None
-            session.interrupts = ()
-            session.answers = {}
-            session.tasks = {}
+            if session.interrupts or session.answers or session.tasks or session.error:
+                session.error = None
+                session.interrupts = ()
+                session.answers = {}
+                session.tasks = {}
             if outcome.conflicts:
                 self._report_conflicts(session, step, outcome, bus)
             if self.lifecycle and bus.listening and not bus.closed:
@@ -460,9 +465,11 @@ class Engine:
                     )
                 )
         except BaseException as exc:
-            span.__exit__(type(exc), exc, exc.__traceback__)
+            if span is not None:
+                span.__exit__(type(exc), exc, exc.__traceback__)
             raise
-        span.__exit__(None, None, None)
+        if span is not None:
+            span.__exit__(None, None, None)
         return StepOutcome(step, to_run, skipped, outcome, frontier_outcome)
 
     def _report_gated(
@@ -644,13 +651,19 @@ class Engine:
         """Call ``spec`` once, or more per its retry policy; enforce its timeout."""
         retry = spec.retry
         attempt = 1
-        activation = Activation(session, spec.name, step, self.persist)
         sid = session.session_id
         # Lifecycle events nobody could see are not built at all.
         emit = bus.emit if self.lifecycle and bus.listening and not bus.closed else None
         while True:
             ctx = NodeContext(
-                spec.name, step, sid, bus, self.config.clock, attempt, activation
+                spec.name,
+                step,
+                sid,
+                bus,
+                self.config.clock,
+                attempt,
+                session,
+                self.persist,
             )
             with self.tracing.node(sid, step, spec.name, attempt) as span:
                 if emit is not None:
