@@ -248,3 +248,38 @@ async def test_final_state_of_a_run() -> None:
     assert stored["state"] == state["state"] and stored["step"] == 1
     missing = await fetch(restarted, "GET", "/runs/nope/state")
     assert missing.status == 404
+
+
+async def test_post_runs_on_a_stored_session_takes_a_new_turn() -> None:
+    async def reply(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial(
+            messages=[Message.assistant("re: " + snapshot.messages[-1].content)]
+        )
+
+    store = InMemoryCheckpointer()
+    graph = (
+        GraphBuilder()
+        .add_node("reply", reply)
+        .add_edge(START, "reply")
+        .add_edge("reply", END)
+        .compile(RuntimeConfig(checkpointer=store))
+    )
+    app = sse_app(graph, checkpointer=store)
+    for text in ("one", "two"):
+        client = await fetch(
+            app,
+            "POST",
+            "/runs",
+            {"session_id": "chat", "messages": [{"role": "user", "content": text}]},
+        )
+        assert client.status == 200
+        end = json.loads(client.frames()[-1]["data"])
+        assert end["metadata"]["status"] == "completed"
+    stored = await store.load_latest("chat")
+    assert stored is not None
+    assert [m.content for m in stored.state.messages] == [
+        "one",
+        "re: one",
+        "two",
+        "re: two",
+    ]
