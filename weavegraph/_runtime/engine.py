@@ -129,6 +129,18 @@ AfterStep = Callable[[Session, StepOutcome | None], Awaitable[None]]
 """Called after every step with its outcome, and with ``None`` after a failed one."""
 
 
+_TRACINGS: dict[bool, Tracing] = {}
+
+
+def _tracing(enabled: bool) -> Tracing:
+    """One `Tracing` per setting for the whole process (made once: it looks up
+    the package version and imports the API)."""
+    found = _TRACINGS.get(enabled)
+    if found is None:
+        found = _TRACINGS[enabled] = Tracing.create(enabled, pauses=(Paused,))
+    return found
+
+
 def breakpoint_match(nodes: Sequence[str], breakpoints: Collection[str]) -> str | None:
     """The first real node of ``nodes`` listed in ``breakpoints`` (``"*"``: any)."""
     every = "*" in breakpoints
@@ -244,7 +256,7 @@ class Engine:
         """Awaited after a durable task recorded its result (stores it)."""
         self.lifecycle = config.lifecycle_events
         self._now = config.clock if config.clock is not None else time.time
-        self.traced = Tracing.create(config.tracing, pauses=(Paused,))
+        self.traced = _tracing(config.tracing)
         """Tracing as configured; a run uses it only when its span records."""
         self.tracing = self.traced
         """The tracing of the current run (the no-op when nothing records)."""

@@ -227,6 +227,24 @@ INTERRUPT_SCOPE = "session.interrupt"
 """Scope of the event that shows each pending interrupt when a run pauses."""
 
 
+class _Held:
+    """``async with lock`` that takes a free lock without a scheduling pass."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, lock: trio.Lock) -> None:
+        self.lock = lock
+
+    async def __aenter__(self) -> None:
+        try:
+            self.lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self.lock.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.lock.release()
+
+
 class _RunEnd:
     """Publishes one run's end sentinel, exactly once, with its structured facts."""
 
@@ -326,7 +344,7 @@ class AppRunner:
         bus: EventBus,
         autosave: bool,
         config: RuntimeConfig,
-        nursery: trio.Nursery,
+        nursery: trio.Nursery | None,
     ) -> None:
         self.app = app
         self.checkpointer = checkpointer
@@ -334,11 +352,11 @@ class AppRunner:
         self.config = config
         self.event_bus = bus
         self._engine = Engine(app.graph, config)
-        self._config_hash = config.config_hash  # computed once, stored per step
+        self._config_hash = ""  # computed on the first checkpoint, stored per step
         self._sessions: dict[str, _SessionSlot] = {}
         self._writer = (
             CheckpointWriter(checkpointer, nursery)
-            if checkpointer is not None
+            if checkpointer is not None and nursery is not None
             else None
         )
         self._engine.persist = self._persist
@@ -360,9 +378,13 @@ class AppRunner:
             skipped_nodes=tuple(skipped),
             updated_channels=tuple(updated),
             graph_hash=self.app.graph.graph_hash,
-            config_hash=self._config_hash,
+            config_hash=self._config_hash or self._hash_config(),
             parent_step=parent_step,
         )
+
+    def _hash_config(self) -> str:
+        self._config_hash = self.config.config_hash
+        return self._config_hash
 
     async def flush(self) -> None:
         """Wait until every checkpoint handed to the writer is stored.
@@ -713,7 +735,7 @@ class AppRunner:
                 f" {type(state).__name__}"
             )
         if session_id in self._sessions:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
         elif not await self._load(session_id):
             fresh = self._engine.new_session(
                 session_id, state or VersionedState(), self.event_bus
@@ -733,7 +755,8 @@ class AppRunner:
     async def _load(self, session_id: str) -> bool:
         """Load a stored session into this runner; whether the store had it."""
         if self.checkpointer is None:
-            await trio.lowlevel.checkpoint()
+            # Nothing to read: no scheduling pass (the run itself yields).
+            await trio.lowlevel.checkpoint_if_cancelled()
             return False
         stored = await self.checkpointer.load_latest(session_id)
         if stored is None:
@@ -847,7 +870,7 @@ class AppRunner:
                     await self.flush()
             slot = self._slot(session_id)
             end.session = slot.session
-            async with slot.lock:
+            async with _Held(slot.lock):
                 if resume is not None:
                     _answer(slot.session, resume)
                 # The step budget is per invocation: a turn or a resume.
@@ -869,7 +892,8 @@ class AppRunner:
                         on_completed(report.state)  # a pause is an outcome too
                     end.interrupted(report.interrupts)
                     return report
-                await self.flush()
+                if self._writer is not None:
+                    await self._writer.flush()
         except BaseException as exc:
             try:
                 if self._writer is not None:
@@ -1185,19 +1209,31 @@ async def open_runner(
     cfg = config if config is not None else app.config
     store = checkpointer if checkpointer is not None else cfg.checkpointer
     bus = event_bus if event_bus is not None else cfg.event_bus.build()
-    async with bus, open_service_nursery() as nursery:
-        runner = AppRunner(
-            app,
-            checkpointer=store,
-            bus=bus,
-            autosave=autosave,
-            config=cfg,
-            nursery=nursery,
-        )
-        cancelled = True
-        try:
-            yield runner
-            cancelled = False
-        finally:
-            await runner._close(cancelled)
-        runner._raise_writer_error()
+    async with bus:
+        if store is None:
+            # No writer task: no nursery either (a run of one node stays cheap).
+            yield AppRunner(
+                app,
+                checkpointer=None,
+                bus=bus,
+                autosave=autosave,
+                config=cfg,
+                nursery=None,
+            )
+            return
+        async with open_service_nursery() as nursery:
+            runner = AppRunner(
+                app,
+                checkpointer=store,
+                bus=bus,
+                autosave=autosave,
+                config=cfg,
+                nursery=nursery,
+            )
+            cancelled = True
+            try:
+                yield runner
+                cancelled = False
+            finally:
+                await runner._close(cancelled)
+            runner._raise_writer_error()
