@@ -77,27 +77,31 @@ class CheckpointWriter:
                 return batch
 
     async def _store(self, run: list[_Item]) -> None:
-        try:
-            if self._error is not None:
-                pass  # a failed writer stores nothing more: its parent chain broke
-            elif isinstance(run[0], PendingRecord):
-                for item in run:
-                    assert isinstance(item, PendingRecord)
-                    await self.checkpointer.save_pending(
-                        item.session_id, item.base_step, item.record
-                    )
-            else:
-                # Each checkpoint names the step it follows: a writer that lost
-                # the race for a session gets CheckpointConflict, atomically.
-                await self.checkpointer.append(
-                    [item for item in run if isinstance(item, Checkpoint)]
-                )
-        except Exception as exc:
-            logger.error("checkpoint write failed: %s", exc)
-            self._error = exc
+        # After a failure nothing more is stored: the parent chain broke, and the
+        # error surfaces on the next put or flush.
+        if self._error is None:
+            try:
+                await self._write(run)
+            except Exception as exc:
+                logger.error("checkpoint write failed: %s", exc)
+                self._error = exc
         self._queued -= len(run)
         if self._queued == 0:
             self._idle.set()
+
+    async def _write(self, run: list[_Item]) -> None:
+        if isinstance(run[0], PendingRecord):
+            for item in run:
+                assert isinstance(item, PendingRecord)
+                await self.checkpointer.save_pending(
+                    item.session_id, item.base_step, item.record
+                )
+        else:
+            # Each checkpoint names the step it follows: a writer that lost the
+            # race for a session gets CheckpointConflict, atomically.
+            await self.checkpointer.append(
+                [item for item in run if isinstance(item, Checkpoint)]
+            )
 
     async def put(self, checkpoint: _Item) -> None:
         """Hand a checkpoint (or a pending record) over; waits only when full.
