@@ -4,6 +4,7 @@ breakpoints everywhere, state edits, history and forks."""
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from helpers import STORES, hi, open_store
 from weavegraph import (
     END,
     START,
+    STREAM_END_SCOPE,
     App,
     Checkpointer,
     ConfigError,
@@ -28,7 +30,9 @@ from weavegraph import (
     RuntimeConfig,
     SQLiteCheckpointer,
     StateSnapshot,
+    StepReport,
     VersionedState,
+    WorkflowError,
     open_runner,
 )
 from weavegraph.testing import collect_events
@@ -247,3 +251,103 @@ async def test_streaming_a_resume(tmp_path: Path) -> None:
             state = await run.join()
     assert seen[-1].metadata["status"] == "interrupted"
     assert state.extra.get("verdict") is None  # paused again at the signature
+
+
+def stream_ends(events: list[Any]) -> list[str]:
+    return [e.metadata["status"] for e in events if e.scope_label == STREAM_END_SCOPE]
+
+
+@pytest.mark.parametrize("kind", STORES)
+async def test_a_stepped_run_ends_its_stream(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    calls: Counter[str] = Counter()
+
+    async def node(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        calls[ctx.node_id] += 1
+        ctx.emit("work", ctx.node_id)
+        return NodePartial(messages=[Message.assistant(ctx.node_id)])
+
+    async with open_store(kind, tmp_path, request) as store:
+        chain = (
+            GraphBuilder()
+            .add_node("a", node)
+            .add_node("b", node)
+            .add_edge(START, "a")
+            .add_edge("a", "b")
+            .add_edge("b", END)
+            .compile(RuntimeConfig(checkpointer=store))
+        )
+        async with open_runner(chain, checkpointer=store) as runner:
+            await runner.create_session("rs", hi())
+            events = runner.event_stream(stop_at_stream_end=True)
+            with trio.fail_after(5):
+                first = await runner.run_step("rs")
+                second = await runner.run_step("rs")
+                seen = [e async for e in events]  # ends: no hang
+            assert not first.completed and second.completed
+            labels = [e.scope_label for e in seen]
+            assert [x for x in labels if not x.startswith(("node.", "step."))] == [
+                "work",
+                "work",
+                STREAM_END_SCOPE,
+            ]
+            assert labels[-1] == STREAM_END_SCOPE
+            assert seen[-1].metadata["step"] == 2
+            assert seen[-1].metadata["status"] == "completed"
+            # Asked again, a complete session runs nothing and sends nothing.
+            again = runner.event_stream()
+            done = await runner.run_step("rs")
+            assert done.completed
+            assert again.buffered == 0
+            again.close()
+            # A node that interrupts pauses the stepped run, with its sentinel.
+            app = review_app(store, calls)
+        async with open_runner(app, checkpointer=store) as runner:
+            await runner.create_session("ri", hi())
+            events = runner.event_stream(stop_at_stream_end=True)
+            with trio.fail_after(5):
+                drafted = await runner.run_step("ri")
+                paused = await runner.run_step("ri")
+                seen = [e async for e in events]
+            assert isinstance(drafted, StepReport)
+            assert isinstance(paused, PausedReport) and paused.reason == "interrupt"
+            assert paused.interrupts[0].payload["ask"] == "ok?"
+            assert (
+                stream_ends(seen) == ["interrupted"]
+                and seen[-1].metadata["interrupts"][0]["node"] == "review"
+            )
+            state = await runner.get_state("ri")
+            assert state.interrupts == paused.interrupts and state.step == 1
+            final = await runner.resume("ri", "approve")
+            assert isinstance(final, PausedReport)  # the signature next
+    assert calls["a"] == calls["b"] == 1
+
+
+async def test_a_stepped_run_that_fails_or_is_cancelled_ends_its_stream() -> None:
+    async def boom(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        raise RuntimeError("no")
+
+    async def sleepy(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    for node, status in ((boom, "error"), (sleepy, "cancelled")):
+        store = InMemoryCheckpointer()
+        app = (
+            GraphBuilder()
+            .add_node("n", node)
+            .add_edge(START, "n")
+            .add_edge("n", END)
+            .compile(RuntimeConfig(checkpointer=store))
+        )
+        async with open_runner(app, checkpointer=store) as runner:
+            await runner.create_session("f", hi())
+            events = runner.event_stream(stop_at_stream_end=True)
+            fails = pytest.raises(WorkflowError) if status == "error" else None
+            with trio.move_on_after(0.2) as scope, fails or nullcontext():
+                await runner.run_step("f")
+            assert scope.cancelled_caught == (status == "cancelled")
+            with trio.fail_after(5):
+                seen = [e async for e in events]
+            assert stream_ends(seen) == [status]

@@ -974,7 +974,13 @@ class AppRunner:
         frontier: a `PausedReport` (``"before_node"``) comes back instead, and
         calling again with the same options pauses again. With
         ``interrupt_after`` (or ``interrupt_each_step``) the step runs, is saved,
-        and a `PausedReport` says which listed node ran. A checkpoint.
+        and a `PausedReport` says which listed node ran. A node that calls
+        ``ctx.interrupt`` pauses the session: a `PausedReport` (``"interrupt"``).
+
+        A stepped run ends its streams like any run: the stream-end sentinel
+        goes out with the step that completes the session (``completed``), a
+        step that fails (``error``), is cancelled (``cancelled``) or pauses in
+        a node (``interrupted``); breakpoint pauses send none. A checkpoint.
 
         Raises:
             SessionNotFound: unknown session.
@@ -993,16 +999,39 @@ class AppRunner:
                         node=node,
                         state=session.state,
                     )
+            # A stepped run ends like any other: one sentinel, sent with the
+            # step that completes, fails, pauses in a node or is cancelled.
+            end = _RunEnd(self.event_bus, session_id, STREAM_END_SCOPE)
+            end.session = session
             try:
                 outcome = await self._engine.step(session, self.event_bus)
-            except WorkflowError:
-                await self._autosave(session, None)
+                if outcome is not None:
+                    await self._autosave(session, outcome)
+                    done = is_complete(outcome.frontier.frontier)
+                    if done and self._writer is not None:
+                        await self._writer.flush()
+            except Paused as paused:
+                paused_report = self._paused(session, paused)
+                self._announce(paused_report)
+                await self._save_pending(session)
+                await self.flush()
+                end.interrupted(paused_report.interrupts)
+                return paused_report
+            except BaseException as exc:
+                try:
+                    if self._writer is not None:
+                        with trio.CancelScope(shield=not isinstance(exc, Exception)):
+                            await self._autosave(session, None)
+                        await self._writer.flush_after(exc)
+                finally:
+                    end.failed(exc)
                 raise
             if outcome is None:
                 report = self._engine.completed_report(session)
             else:
-                await self._autosave(session, outcome)
                 report = outcome.report()
+                if report.completed:
+                    end.completed()
             for node in report.ran_nodes:
                 if node in interrupt_after:
                     return PausedReport(
