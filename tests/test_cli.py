@@ -394,6 +394,10 @@ def test_show_history_and_fork_a_reviewed_session(db: str) -> None:
         "runs", "fork", "mail", "--db", db, "--step", "0", "--to", "mail-2"
     )
     assert (code, text) == (0, "forked mail at step 0 into mail-2 (next: draft)\n")
+    code, text = cli("runs", "show", "mail-2", "--db", db)
+    assert "forked    from mail at step 0" in text
+    shown = json.loads(cli("runs", "show", "mail-2", "--db", db, "--json")[1])
+    assert shown["forked_from"] == ["mail", 0]
     paused = invoke(db, None, "mail-2")
     assert "verdict" not in paused.extra
     final = invoke(db, Resume("no"), "mail-2")

@@ -152,6 +152,7 @@ def _summary(cp: Checkpoint) -> dict[str, Any]:
         "errors": [converter.unstructure(e) for e in state.errors],
         "graph_hash": cp.graph_hash,
         "created_at": cp.created_at.isoformat(),
+        "forked_from": None if cp.forked_from is None else list(cp.forked_from),
     }
 
 
@@ -216,6 +217,9 @@ async def _show(store: Any, args: argparse.Namespace, out: TextIO) -> None:
     out.write(f"session   {cp.session_id}\n")
     out.write(f"step      {cp.step} ({status})\n")
     out.write(f"frontier  {', '.join(cp.frontier) or '-'}\n")
+    if cp.forked_from is not None:
+        origin, at = cp.forked_from
+        out.write(f"forked    from {origin} at step {at}\n")
     for interrupt in waiting:
         payload = dumps(encode_value(interrupt.payload))
         out.write(f"waiting   {interrupt.id} ({interrupt.node}): {payload}\n")
@@ -278,6 +282,7 @@ async def _fork(store: Any, args: argparse.Namespace, out: TextIO) -> None:
         skipped_nodes=(),
         updated_channels=(),
         created_at=datetime.datetime.now(datetime.UTC),
+        forked_from=(source.session_id, source.step),
     )
     await store.append([fork])
     upcoming = ", ".join(n for n in fork.frontier if n not in (START, END)) or "-"

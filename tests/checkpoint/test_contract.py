@@ -537,3 +537,25 @@ async def test_deleting_a_session_deletes_its_pending_record(store: Any) -> None
     assert await store.delete_session("s") is True
     await store.append(history("s", 0))
     assert (await store.load_latest("s")).pending is None
+
+
+async def test_a_fork_keeps_its_origin(store: Any) -> None:
+    first, *rest = history("fork", 3)
+    await store.append([attrs.evolve(first, forked_from=("base", 7))])
+    # Later steps do not move the origin, whatever they name.
+    await store.append([attrs.evolve(rest[0], forked_from=None), *rest[1:]])
+    await store.append(history("plain", 1))
+    latest = await store.load_latest("fork")
+    assert latest is not None and latest.forked_from == ("base", 7)
+    page = await store.query_steps("fork")
+    assert {c.forked_from for c in page.checkpoints} == {("base", 7)}
+    summaries = {s.session_id: s.forked_from for s in await store.list_sessions()}
+    assert summaries == {"fork": ("base", 7), "plain": None}
+    plain = await store.load_latest("plain")
+    assert plain is not None and plain.forked_from is None
+
+
+@pytest.mark.parametrize("origin", [("s",), ("s", -1), (1, 2), ("s", True), "s@1"])
+def test_a_malformed_origin_is_refused(origin: Any) -> None:
+    with pytest.raises(CheckpointError, match="forked_from"):
+        Checkpoint(session_id="s", step=0, state=VersionedState(), forked_from=origin)

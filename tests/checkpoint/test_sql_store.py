@@ -921,3 +921,17 @@ async def test_memory_database_uses_one_connection() -> None:
         await store.append(conversation("s", 1, 3))
         assert (await store.query_steps("s")).total == 4
         assert [s.session_id for s in await store.list_sessions()] == ["s"]
+
+
+async def test_a_corrupt_origin_is_refused_on_read(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    async with SQLiteCheckpointer(path) as store:
+        await store.append(conversation("o", 1, 1))
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE sessions SET forked_from = 'x', forked_step = -2")
+    conn.close()
+    async with SQLiteCheckpointer(path) as store:
+        with pytest.raises(CheckpointError, match="names its origin"):
+            await store.load_latest("o")
+        with pytest.raises(CheckpointError, match="names its origin"):
+            await store.list_sessions()

@@ -221,6 +221,26 @@ async def test_edit_history_and_fork(
                 await runner.fork("e", 1, "e-fork")
         untouched = await store.load_latest("e")
         assert untouched is not None and untouched.state.extra["sent"] == "Hi, Bob!"
+        # The origin is the store's: a new runner, the history and the
+        # session summary all name it, after the fork has taken steps.
+        async with open_runner(app, checkpointer=store) as runner:
+            reread = await runner.get_state("e-fork")
+            assert reread.forked_from == ("e", 1) and reread.interrupts
+            assert (await runner.get_state("e")).forked_from is None
+            again = await runner.resume("e-fork", "approve")
+            assert isinstance(again, PausedReport)
+            done = await runner.resume("e-fork", "Bo")
+            assert isinstance(done, VersionedState) and done.extra["signature"] == "Bo"
+        async with open_runner(app, checkpointer=store) as runner:
+            history = await runner.history("e-fork")
+            assert [h.step for h in history] == [3, 2, 1]
+            assert {h.forked_from for h in history} == {("e", 1)}
+            assert (await runner.get_state("e-fork", step=1)).forked_from == ("e", 1)
+        summaries = {s.session_id: s for s in await store.list_sessions()}
+        assert summaries["e-fork"].forked_from == ("e", 1)
+        assert summaries["e"].forked_from is None
+        latest = await store.load_latest("e-fork")
+        assert latest is not None and latest.forked_from == ("e", 1)
 
 
 async def test_update_state_as_node_moves_the_frontier() -> None:

@@ -148,7 +148,11 @@ class SessionState:
         return not self.next and not self.pending_writes and not self.interrupts
 
 
-def _session_state(session: Session, parent_step: int | None) -> SessionState:
+def _session_state(
+    session: Session,
+    parent_step: int | None,
+    forked_from: tuple[str, int] | None = None,
+) -> SessionState:
     pending = session.pending if session.pending_step == session.step + 1 else {}
     todo = tuple(
         node
@@ -164,6 +168,7 @@ def _session_state(session: Session, parent_step: int | None) -> SessionState:
         error=session.error,
         interrupts=session.interrupts,
         parent_step=parent_step,
+        forked_from=forked_from,
     )
 
 
@@ -370,6 +375,7 @@ class AppRunner:
         skipped: Sequence[str] = (),
         updated: Sequence[str] = (),
         parent_step: int | None = None,
+        forked_from: tuple[str, int] | None = None,
     ) -> Checkpoint:
         return Checkpoint.from_session(
             session,
@@ -380,6 +386,7 @@ class AppRunner:
             graph_hash=self.app.graph.graph_hash,
             config_hash=self._config_hash or self._hash_config(),
             parent_step=parent_step,
+            forked_from=forked_from,
         )
 
     def _hash_config(self) -> str:
@@ -415,7 +422,12 @@ class AppRunner:
         slot = self._sessions[session.session_id]
         if outcome is None:
             checkpoint = self._checkpoint(
-                session, ran, (), updated, parent_step=slot.stored_step
+                session,
+                ran,
+                (),
+                updated,
+                parent_step=slot.stored_step,
+                forked_from=slot.forked_from,
             )
         else:
             checkpoint = self._checkpoint(
@@ -424,6 +436,7 @@ class AppRunner:
                 outcome.skipped,
                 outcome.barrier.updated_channels,
                 parent_step=slot.stored_step,
+                forked_from=slot.forked_from,
             )
         slot.parent_step, slot.stored_step = slot.stored_step, session.step
         await self._writer.put(checkpoint)
@@ -495,8 +508,7 @@ class AppRunner:
         slot = self._sessions.get(session_id)
         if slot is not None and (step is None or step == slot.session.step):
             await trio.lowlevel.checkpoint()
-            found = _session_state(slot.session, slot.parent_step)
-            return attrs.evolve(found, forked_from=slot.forked_from)
+            return _session_state(slot.session, slot.parent_step, slot.forked_from)
         if self.checkpointer is None:
             await trio.lowlevel.checkpoint()
             raise SessionNotFound(session_id)
@@ -511,7 +523,7 @@ class AppRunner:
             raise SessionNotFound(session_id)
         session = stored.to_session()
         restore_pending(session, stored.pending)
-        return _session_state(session, stored.parent_step)
+        return _session_state(session, stored.parent_step, stored.forked_from)
 
     async def update_state(
         self, session_id: str, partial: NodePartial, as_node: str | None = None
@@ -604,15 +616,14 @@ class AppRunner:
             for stored in page.checkpoints:
                 session = stored.to_session()
                 restore_pending(session, stored.pending)
-                states.append(_session_state(session, stored.parent_step))
+                states.append(
+                    _session_state(session, stored.parent_step, stored.forked_from)
+                )
             offset += len(page.checkpoints)
             if not page.checkpoints or offset >= page.total:
                 break
         if not states:
             raise SessionNotFound(session_id)
-        slot = self._sessions.get(session_id)
-        if slot is not None and slot.forked_from is not None:
-            states = [attrs.evolve(s, forked_from=slot.forked_from) for s in states]
         return states
 
     async def fork(
@@ -766,7 +777,7 @@ class AppRunner:
         restore_pending(session, stored.pending)
         session.budget_start = session.step
         self._sessions[session_id] = _SessionSlot(
-            session, stored.step, stored.parent_step
+            session, stored.step, stored.parent_step, forked_from=stored.forked_from
         )
         return True
 

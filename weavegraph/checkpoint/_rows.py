@@ -701,12 +701,14 @@ class _Fold:
         concurrency_limit: int | None,
         graph_hash: str,
         config_hash: str,
+        forked_from: tuple[str, int] | None,
     ) -> None:
         self.session_id = session_id
         self.source = source
         self.concurrency_limit = concurrency_limit
         self.graph_hash = graph_hash
         self.config_hash = config_hash
+        self.forked_from = forked_from
         self._checked: set[int] = set()
 
     def _check(self, row: StepRow) -> None:
@@ -905,6 +907,7 @@ class _Fold:
             graph_hash=self.graph_hash,
             config_hash=self.config_hash,
             parent_step=row.parent_step,
+            forked_from=self.forked_from,
         )
         return Stored(
             checkpoint=checkpoint,
@@ -945,6 +948,7 @@ def decode_steps(
     concurrency_limit: int | None,
     graph_hash: str,
     config_hash: str,
+    forked_from: tuple[str, int] | None = None,
 ) -> list[Stored]:
     """Rebuild the checkpoints of ``wanted`` (rows of one session), ascending.
 
@@ -958,5 +962,7 @@ def decode_steps(
             its chain is broken; the message names the session and the step.
     """
     source.prefetch(wanted)
-    fold = _Fold(session_id, source, concurrency_limit, graph_hash, config_hash)
+    fold = _Fold(
+        session_id, source, concurrency_limit, graph_hash, config_hash, forked_from
+    )
     return fold.run(wanted)

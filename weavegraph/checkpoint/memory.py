@@ -29,6 +29,7 @@ class _Session:
     created: _dt.datetime
     updated: _dt.datetime
     pending: Mapping[str, Any] | None = None
+    forked_from: tuple[str, int] | None = None
 
 
 class InMemoryCheckpointer(Checkpointer):
@@ -72,8 +73,13 @@ class InMemoryCheckpointer(Checkpointer):
             checkpoint = attrs.evolve(checkpoint, pending=None)
         session = self._sessions.get(sid)
         if session is None:
-            session = _Session({}, checkpoint.step, now, now)
+            session = _Session(
+                {}, checkpoint.step, now, now, forked_from=checkpoint.forked_from
+            )
             self._sessions[sid] = session
+        elif checkpoint.forked_from != session.forked_from:
+            # The origin is the session's, set by its first checkpoint.
+            checkpoint = attrs.evolve(checkpoint, forked_from=session.forked_from)
         session.steps[checkpoint.step] = checkpoint
         session.updated = now
         # Monotonic: an out-of-order write never moves the latest step back.
@@ -147,6 +153,7 @@ class InMemoryCheckpointer(Checkpointer):
                 created_at=s.created,
                 updated_at=s.updated,
                 graph_hash=s.steps[s.latest].graph_hash,
+                forked_from=s.forked_from,
             )
             for sid, s in order
         ]

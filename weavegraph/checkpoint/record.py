@@ -52,6 +52,23 @@ def _frozen_pending(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None
     return MappingProxyType(dict(value))
 
 
+def _origin(value: Any) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, tuple | list)
+        or len(value) != 2
+        or not isinstance(value[0], str)
+        or type(value[1]) is not int
+        or value[1] < 0
+    ):
+        raise CheckpointError(
+            "forked_from is None or a (session_id, step) pair with a step >= 0,"
+            f" got {value!r}"
+        )
+    return (value[0], value[1])
+
+
 def _optional_step(value: Any) -> int | None:
     if value is None:
         return None
@@ -87,6 +104,9 @@ class Checkpoint:
             in a failed or cancelled step, the last error ...), or ``None``.
             Only a session's latest step carries one; saving a following step
             clears it.
+        forked_from: ``(session_id, step)`` the session was forked from, or
+            ``None``. A property of the session: stores keep the one its first
+            checkpoint names.
     """
 
     session_id: str
@@ -110,6 +130,7 @@ class Checkpoint:
     pending: Mapping[str, Any] | None = attrs.field(
         default=None, converter=_frozen_pending
     )
+    forked_from: tuple[str, int] | None = attrs.field(default=None, converter=_origin)
 
     @classmethod
     def from_session(
@@ -124,6 +145,7 @@ class Checkpoint:
         config_hash: str = "",
         parent_step: int | None = None,
         pending: Mapping[str, Any] | None = None,
+        forked_from: tuple[str, int] | None = None,
     ) -> Checkpoint:
         """Capture ``session`` (plus optional step metadata).
 
@@ -141,6 +163,7 @@ class Checkpoint:
             parent_step: The step this checkpoint follows (``None``: the
                 session's first).
             pending: A pending record to attach to this step.
+            forked_from: The session's origin when it is a fork.
         """
         checkpoint = object.__new__(cls)
         fields = {
@@ -159,6 +182,7 @@ class Checkpoint:
             "config_hash": config_hash,
             "parent_step": _optional_step(parent_step),
             "pending": _frozen_pending(pending),
+            "forked_from": forked_from,
         }
         for name, value in fields.items():
             object.__setattr__(checkpoint, name, value)
@@ -185,6 +209,8 @@ class SessionSummary:
     created_at: _dt.datetime
     updated_at: _dt.datetime
     graph_hash: str = ""
+    forked_from: tuple[str, int] | None = None
+    """``(session_id, step)`` the session was forked from, or ``None``."""
 
 
 @attrs.frozen(kw_only=True)

@@ -3,13 +3,14 @@
 Plain synchronous functions over a DB-API connection; the backends run them in
 worker threads. Differences between the two databases are confined to `Dialect`.
 
-Schema (``schema_version`` 3):
+Schema (``schema_version`` 4):
 
 * ``weavegraph_meta(key, value)``: marks the database as a weavegraph store and
   records its schema version.
 * ``sessions(id, created_at, updated_at, last_step, concurrency_limit,
-  graph_hash, config_hash)``: one row per session; ``last_step`` only ever grows
-  (an out-of-order write never moves it back).
+  graph_hash, config_hash, forked_from, forked_step)``: one row per session;
+  ``last_step`` only ever grows (an out-of-order write never moves it back);
+  a fork names the session and step it started from (set once, at creation).
 * ``steps(session_id, step, base_step, parent_step, snap_step, mroot, eroot,
   created_at, state_json, messages_json, errors_json, seen_json, frontier_json,
   joins_json, ran_nodes_json, skipped_nodes_json, updated_channels_json,
@@ -64,7 +65,7 @@ from .record import (
     check_query,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STORE_MARK = "weavegraph-checkpoints"
 SQLITE_APPLICATION_ID = int.from_bytes(b"WGCP", "big")
 """``PRAGMA application_id`` of a weavegraph SQLite store."""
@@ -187,6 +188,10 @@ def _migrations(d: Dialect) -> list[list[str]]:
                 value_json TEXT NOT NULL,
                 digest TEXT NOT NULL
             )""",
+        ],
+        [
+            "ALTER TABLE sessions ADD COLUMN forked_from TEXT",
+            f"ALTER TABLE sessions ADD COLUMN forked_step {d.bigint}",
         ],
     ]
 
@@ -458,8 +463,8 @@ def _insert_session(cur: Cursor, d: Dialect, first: Checkpoint) -> bool:
     cur.execute(
         d.q(
             "INSERT INTO sessions (id, created_at, updated_at, last_step,"
-            " concurrency_limit, graph_hash, config_hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+            " concurrency_limit, graph_hash, config_hash, forked_from, forked_step)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
         ),
         (
             first.session_id,
@@ -469,6 +474,7 @@ def _insert_session(cur: Cursor, d: Dialect, first: Checkpoint) -> bool:
             first.concurrency_limit,
             first.graph_hash,
             first.config_hash,
+            *(first.forked_from or (None, None)),
         ),
     )
     return bool(cur.rowcount == 1)
@@ -677,14 +683,30 @@ class SessionMeta:
     concurrency_limit: int | None
     graph_hash: str
     config_hash: str
+    forked_from: tuple[str, int] | None
+
+
+_META = (
+    "last_step, concurrency_limit, graph_hash, config_hash, forked_from, forked_step"
+)
+_META_COLUMNS = len(_META.split(", "))
+
+
+def _origin(session_id: str, parent: Any, step: Any) -> tuple[str, int] | None:
+    """The ``forked_from`` columns of a ``sessions`` row, checked."""
+    if parent is None and step is None:
+        return None
+    if not isinstance(parent, str) or type(step) is not int or step < 0:
+        raise CheckpointError(
+            f"corrupt checkpoint store: session {session_id!r} names its origin as"
+            f" {parent!r} at step {step!r}"
+        )
+    return (parent, step)
 
 
 def _session_meta(cur: Cursor, d: Dialect, session_id: str) -> SessionMeta | None:
     cur.execute(
-        d.q(
-            "SELECT last_step, concurrency_limit, graph_hash, config_hash"
-            " FROM sessions WHERE id = ?"
-        ),
+        d.q(f"SELECT {_META} FROM sessions WHERE id = ?"),
         (session_id,),
     )
     found = cur.fetchone()
@@ -694,7 +716,7 @@ def _session_meta(cur: Cursor, d: Dialect, session_id: str) -> SessionMeta | Non
 
 
 def _check_meta(session_id: str, found: Sequence[Any]) -> SessionMeta:
-    last, limit, graph_hash, config_hash = found
+    last, limit, graph_hash, config_hash, parent, forked_step = found
     last = _check_step(session_id, last)
     if limit is not None and (type(limit) is not int or limit < 1):
         raise CheckpointError(
@@ -706,7 +728,8 @@ def _check_meta(session_id: str, found: Sequence[Any]) -> SessionMeta:
             f"corrupt checkpoint store: session {session_id!r} has a hash that is"
             " not text"
         )
-    return SessionMeta(last, limit, graph_hash, config_hash)
+    origin = _origin(session_id, parent, forked_step)
+    return SessionMeta(last, limit, graph_hash, config_hash, origin)
 
 
 def _fetch_row(cur: Cursor, d: Dialect, session_id: str, step: int) -> StepRow:
@@ -804,6 +827,7 @@ def _decode(
         concurrency_limit=meta.concurrency_limit,
         graph_hash=meta.graph_hash,
         config_hash=meta.config_hash,
+        forked_from=meta.forked_from,
     )
 
 
@@ -835,8 +859,9 @@ def _begin_read(cur: Cursor, d: Dialect) -> None:
 
 
 _LATEST = (
-    "SELECT sessions.last_step, sessions.concurrency_limit, sessions.graph_hash,"
-    " sessions.config_hash, pending_writes.base_step, pending_writes.created_at,"
+    "SELECT "
+    + ", ".join(f"sessions.{c}" for c in _META.split(", "))
+    + ", pending_writes.base_step, pending_writes.created_at,"
     " pending_writes.value_json, pending_writes.digest, "
     + ", ".join(f"steps.{c}" for c in COLUMNS)
     + " FROM sessions LEFT JOIN steps ON steps.session_id = sessions.id"
@@ -859,17 +884,18 @@ def load_latest(conn: Connection, d: Dialect, session_id: str) -> Stored | None:
         found = cur.fetchone()
         if found is None:
             return None
-        meta = _check_meta(session_id, found[:4])
-        if found[9] is None:
+        m = _META_COLUMNS
+        meta = _check_meta(session_id, found[:m])
+        if found[m + 5] is None:
             raise CheckpointError(
                 f"corrupt checkpoint store: session {session_id!r} says its last"
                 f" step is {meta.last_step}, but that step is not stored"
             )
-        row = row_from(found[8:], session_id)
+        row = row_from(found[m + 4 :], session_id)
         (stored,) = _decode(cur, d, session_id, [row], meta)
         pending = None
-        if found[4] is not None:
-            pending = decode_pending(found[4:8], session_id, meta.last_step)
+        if found[m] is not None:
+            pending = decode_pending(found[m : m + 4], session_id, meta.last_step)
         return _with_pending(stored, pending)
     finally:
         conn.rollback()
@@ -890,14 +916,14 @@ def list_sessions(conn: Connection, d: Dialect) -> list[SessionSummary]:
     try:
         _begin_read(cur, d)
         cur.execute(
-            "SELECT id, last_step, created_at, updated_at, graph_hash FROM sessions"
-            " ORDER BY updated_at DESC, id"
+            "SELECT id, last_step, created_at, updated_at, graph_hash, forked_from,"
+            " forked_step FROM sessions ORDER BY updated_at DESC, id"
         )
         records = cur.fetchall()
     finally:
         conn.rollback()
     out = []
-    for sid, last, created, updated, graph_hash in records:
+    for sid, last, created, updated, graph_hash, parent, forked_step in records:
         try:
             out.append(
                 SessionSummary(
@@ -906,6 +932,7 @@ def list_sessions(conn: Connection, d: Dialect) -> list[SessionSummary]:
                     created_at=parse_time(created),
                     updated_at=parse_time(updated),
                     graph_hash=_text_hash(sid, graph_hash),
+                    forked_from=_origin(sid, parent, forked_step),
                 )
             )
         except ValueError as exc:
