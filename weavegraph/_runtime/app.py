@@ -26,6 +26,7 @@ from .._core.session import Resume, check_session_id
 from .._core.state import VersionedState
 from .._trio import open_service_nursery, require_trio
 from ..events.sinks import ChannelSink, EventSink
+from ..events.steps import StreamMode, check_modes, combine_modes, mode_types
 from ..events.stream import EventStream
 from ..events.types import STREAM_END_SCOPE, Event
 from .config import RuntimeConfig
@@ -61,6 +62,23 @@ def _with_breakpoints(
         interrupt_before=config.interrupt_before if before is None else before,
         interrupt_after=config.interrupt_after if after is None else after,
     )
+
+
+def _with_modes(
+    config: RuntimeConfig, modes: object
+) -> tuple[RuntimeConfig, tuple[StreamMode, ...] | None]:
+    """The config whose run publishes what ``modes`` ask for, and the event types
+    a stream of ``modes`` receives (``None``: every event of the run).
+
+    ``modes=None`` streams the config's ``stream_modes``. The run publishes its
+    events, what its config names and what ``modes`` name; the stream shows only
+    ``modes`` (and the sentinel).
+    """
+    chosen = config.stream_modes if modes is None else check_modes(modes)
+    published = combine_modes(("events",), config.stream_modes, chosen)
+    if published != config.stream_modes:
+        config = attrs.evolve(config, stream_modes=published)
+    return config, None if chosen == published else chosen
 
 
 def _check_config(config: object) -> RuntimeConfig | None:
@@ -260,20 +278,34 @@ class App:
         config: RuntimeConfig | None = None,
         interrupt_before: Collection[str] | None = None,
         interrupt_after: Collection[str] | None = None,
+        modes: Iterable[StreamMode] | StreamMode | None = None,
     ) -> tuple[Invocation, EventStream]:
         """Start a run as a task of ``nursery``; return its handle and event stream.
 
         The stream is subscribed before the run starts, so it sees every event,
         and ends right after the run's stream-end sentinel. The run's failure is
         kept for `Invocation.join`; it never crashes ``nursery``. A checkpoint.
+
+        Args:
+            modes: What the stream shows, any of ``"events"`` (the run's
+                events), ``"updates"`` (a `StepUpdates` after each step) and
+                ``"values"`` (a `StepValues` after each step); ``None``: the
+                config's ``stream_modes`` (by default ``("events",)``).
+
+        Raises:
+            ConfigError: an unknown mode (the message lists the valid ones).
         """
         require_trio("App.start_streaming()")
         state = _check_state(state, "start_streaming()")
         cfg = _with_breakpoints(
             _check_config(config) or self._config, interrupt_before, interrupt_after
         )
+        cfg, shown = _with_modes(cfg, modes)
         bus = cfg.event_bus.build()
-        events = bus.subscribe(stop_at_stream_end=True)
+        events = bus.subscribe(
+            stop_at_stream_end=True,
+            types=None if shown is None else mode_types(shown),
+        )
         invocation = Invocation(self._session_id(cfg, session_id))
         await nursery.start(self._serve_invocation, invocation, bus, state, cfg)
         return invocation, events
@@ -314,13 +346,29 @@ class App:
         config: RuntimeConfig | None = None,
         interrupt_before: Collection[str] | None = None,
         interrupt_after: Collection[str] | None = None,
+        modes: Iterable[StreamMode] | StreamMode | None = None,
     ) -> AsyncIterator[tuple[Invocation, EventStream]]:
         """``async with app.invoke_streaming(state) as (invocation, events):``
 
         The run happens while the block is open. Leaving the block cancels the run
         if it is still going and closes the stream; no task outlives the block.
+
+        Args:
+            modes: What the stream shows: ``"events"`` (every event of the run,
+                as emitted), ``"updates"`` (after each step, a `StepUpdates`
+                holding every node's partial by node name) and ``"values"``
+                (after each step, a `StepValues` holding the whole state), in
+                any combination. A step's items follow its events and precede
+                the next step's; the stream still ends with the one stream-end
+                sentinel. ``None``: the config's ``stream_modes`` (by default
+                ``("events",)``). Items are built only when a mode asks.
+
+        Raises:
+            ConfigError: an unknown mode (the message lists the valid ones).
         """
         require_trio("App.invoke_streaming()")
+        if modes is not None:
+            check_modes(modes)  # before anything starts
         async with open_service_nursery() as nursery:
             invocation, events = await self.start_streaming(
                 nursery,
@@ -329,6 +377,7 @@ class App:
                 config=config,
                 interrupt_before=interrupt_before,
                 interrupt_after=interrupt_after,
+                modes=modes,
             )
             try:
                 with events:
@@ -369,18 +418,24 @@ class App:
         config: RuntimeConfig | None = None,
         interrupt_before: Collection[str] | None = None,
         interrupt_after: Collection[str] | None = None,
+        modes: Iterable[StreamMode] | StreamMode | None = None,
     ) -> Iterator[Event]:
         """A blocking iterator over the run's events, ending after the sentinel.
 
         The run happens in a worker thread with its own trio loop; closing the
         iterator early (``break``) cancels it. The run's failure is raised from the
-        iterator after the sentinel was yielded.
+        iterator after the sentinel was yielded. ``modes`` are those of
+        `invoke_streaming`.
+
+        Raises:
+            ConfigError: an unknown mode (the message lists the valid ones).
         """
         state = _check_state(state, "stream_sync()")
         cfg = _with_breakpoints(
             _check_config(config) or self._config, interrupt_before, interrupt_after
         )
-        return _stream_in_thread(self, state, session_id, cfg)
+        chosen = None if modes is None else check_modes(modes)
+        return _stream_in_thread(self, state, session_id, cfg, chosen)
 
 
 _DONE = object()
@@ -433,6 +488,7 @@ def _stream_in_thread(
     state: VersionedState | Resume | None,
     session_id: str | None,
     config: RuntimeConfig | None,
+    modes: tuple[StreamMode, ...] | None = None,
 ) -> Iterator[Event]:
     items: queue.Queue[Any] = queue.Queue(maxsize=1024)
     holder: dict[str, Any] = {}
@@ -441,7 +497,7 @@ def _stream_in_thread(
     async def main() -> None:
         holder["token"] = trio.lowlevel.current_trio_token()
         async with app.invoke_streaming(
-            state, session_id=session_id, config=config
+            state, session_id=session_id, config=config, modes=modes
         ) as (invocation, events):
             holder["invocation"] = invocation
             started.set()

@@ -12,6 +12,7 @@ from .._core.errors import ConfigError
 from .._core.session import check_session_id
 from ..checkpoint.record import Checkpointer
 from ..events.bus import EventBusConfig
+from ..events.steps import StreamMode, check_modes
 
 
 def _check_limit(_: object, __: object, value: Any) -> None:
@@ -97,6 +98,11 @@ class RuntimeConfig:
         lifecycle_events: Emit ``node.start``/``node.end``/``node.retry``/
             ``node.error``/``step.end`` events through the run's bus (off by
             default for now; see docs/streaming.md).
+        stream_modes: What a run publishes and `App.invoke_streaming` streams
+            by default: ``"events"`` (always published), ``"updates"`` (each
+            step's partials by node, `StepUpdates`) and ``"values"`` (the
+            state after each step, `StepValues`), any combination; sinks see
+            every item published (see docs/streaming.md, "Stream modes").
     """
 
     session_id: str | None = attrs.field(default=None, validator=_check_session)
@@ -119,6 +125,9 @@ class RuntimeConfig:
     )
     tracing: bool = attrs.field(default=True, validator=_check_flag)
     lifecycle_events: bool = attrs.field(default=False, validator=_check_flag)
+    stream_modes: tuple[StreamMode, ...] = attrs.field(
+        default=("events",), converter=check_modes
+    )
 
     @property
     def clock_mode(self) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from .._core.errors import ReservedScopeError, UsageError
 from ..events.bus import EventBus
+from ..events.steps import STEP_ITEM_SCOPES
 from ..events.types import (
     LLM_EVENT_SETTERS,
     NODE_EVENT_SETTERS,
@@ -49,6 +50,11 @@ _new = object.__new__
 
 def reserved_scope_error(scope: str) -> ReservedScopeError:
     """The error for node code that emits under a framework scope."""
+    if scope in STEP_ITEM_SCOPES:
+        return ReservedScopeError(
+            f"scope {scope!r} is reserved for the items of the 'updates' and"
+            " 'values' stream modes; pick another scope, e.g. 'progress'"
+        )
     if scope in LIFECYCLE_SCOPES:
         return ReservedScopeError(
             f"scope {scope!r} is reserved for weavegraph's lifecycle events"
@@ -180,7 +186,11 @@ class NodeContext:
         return quantize_timestamp(clock())
 
     def _check_scope(self, scope: str) -> None:
-        if scope.startswith(RESERVED_SCOPE_PREFIX) or scope in LIFECYCLE_SCOPES:
+        if (
+            scope.startswith(RESERVED_SCOPE_PREFIX)
+            or scope in LIFECYCLE_SCOPES
+            or scope in STEP_ITEM_SCOPES
+        ):
             raise reserved_scope_error(scope)
         self._scope_ok = scope
 

@@ -49,6 +49,7 @@ from .._core.reducers import BarrierOutcome, apply_barrier
 from .._core.session import Interrupt, Session
 from .._core.state import FrontierCommand, NodePartial, StateSnapshot, VersionedState
 from ..events.bus import EventBus
+from ..events.steps import step_item_emitter
 from ..events.types import STREAM_END_SCOPE, DiagnosticEvent, stream_end_event
 from . import lifecycle
 from .activation import InterruptSignal, Persist
@@ -255,6 +256,8 @@ class Engine:
         self.persist: Persist | None = None
         """Awaited after a durable task recorded its result (stores it)."""
         self.lifecycle = config.lifecycle_events
+        self.step_items = step_item_emitter(config.stream_modes)
+        """Publishes the ``updates``/``values`` items of a step (``None``: none)."""
         self._now = config.clock if config.clock is not None else time.time
         self.traced = _tracing(config.tracing)
         """Tracing as configured; a run uses it only when its span records."""
@@ -475,6 +478,17 @@ class Engine:
                         outcome.updated_channels,
                         frontier_outcome.frontier,
                     )
+                )
+            step_items = self.step_items
+            if step_items is not None and bus.listening and not bus.closed:
+                step_items(
+                    bus.emit,
+                    self._now(),
+                    session.session_id,
+                    step,
+                    to_run,
+                    partials,
+                    new_state,
                 )
         except BaseException as exc:
             if span is not None:

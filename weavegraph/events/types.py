@@ -33,7 +33,7 @@ RESERVED_SCOPE_PREFIX = "__weavegraph_"
 SENTINEL_SCOPES = frozenset({STREAM_END_SCOPE, INVOCATION_END_SCOPE})
 """Scopes of the run sentinels: never dropped, never filtered out."""
 
-EventType = Literal["node", "diagnostic", "llm"]
+EventType = Literal["node", "diagnostic", "llm", "updates", "values"]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 """Every value of ``event.type``."""
 
@@ -387,8 +387,12 @@ def event_from_json(obj: Mapping[str, Any] | str | bytes) -> Event:
             timestamp=timestamp,
             **fields,
         )
+    if kind == "updates" or kind == "values":
+        from .steps import step_item_from_json
+
+        return step_item_from_json(kind, scope, message, timestamp, metadata)
     raise EventDecodeError(
-        f"unknown event type {kind!r}; expected 'node', 'diagnostic' or 'llm'"
+        f"unknown event type {kind!r}; expected one of {', '.join(EVENT_TYPES)}"
     )
 
 
