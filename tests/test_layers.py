@@ -34,6 +34,7 @@ FORBIDDEN = {
     "events": {"_runtime", "checkpoint", "serve"},
     "checkpoint": {"_runtime", "events", "serve"},
     "_runtime": {"serve"},
+    "scale": {"serve"},
 }
 
 

@@ -535,6 +535,69 @@ async def _serve(args: argparse.Namespace, out: TextIO) -> int:
     return 128 + signum if signum else 0
 
 
+# -------------------------------------------------------------------- worker
+
+
+async def _worker_apps(specs: Sequence[str]) -> dict[str, App]:
+    """``[name=]module:attribute`` per app (an App, or a dict of name to App)."""
+    apps: dict[str, App] = {}
+    for spec in specs:
+        name, _, target = spec.rpartition("=")
+        found = await resolve_target(target)
+        if isinstance(found, App):
+            found = {name or target.rpartition(":")[2].split(".")[-1]: found}
+        elif not isinstance(found, Mapping) or name:
+            raise CommandError(
+                f"{spec}: a worker runs Apps; name=module:attribute names one App"
+            )
+        for key, app in found.items():
+            if key in apps and apps[key] is not app:
+                raise CommandError(f"two apps are named {key!r}: name one name=...")
+            apps[key] = app
+    return apps
+
+
+async def _worker(args: argparse.Namespace, out: TextIO) -> int:
+    from .scale._command import run_worker
+
+    if not is_postgres(args.db):
+        raise CommandError(
+            f"--db must be a PostgreSQL URL (postgresql://...), got {args.db!r}:"
+            " the run queue lives in PostgreSQL"
+        )
+    apps = await _worker_apps(args.targets)
+    return await run_worker(
+        apps, args.db, concurrency=args.concurrency, lease=args.lease, out=out
+    )
+
+
+def _add_worker_parser(commands: Any) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="run queued runs from PostgreSQL (see docs/scale-out.md)",
+        description=(
+            "Claim runs of the given apps from the run queue in PostgreSQL and run"
+            " them, under a lease renewed while each run goes on. Each TARGET is"
+            " [name=]module:attribute naming an App (queued under its attribute"
+            " name, or name) or a dict of name to App. SIGTERM or Ctrl-C hands the"
+            " worker's runs back to the queue and stops."
+        ),
+    )
+    worker.add_argument("targets", metavar="TARGET", nargs="+")
+    worker.add_argument(
+        "--db", required=True, help="the PostgreSQL URL of the queue and the store"
+    )
+    worker.add_argument(
+        "--concurrency", type=_count(1), default=8, help="runs at most at once"
+    )
+    worker.add_argument(
+        "--lease",
+        type=float,
+        default=10.0,
+        help="seconds a claim lasts unless renewed (renewed every third)",
+    )
+
+
 # --------------------------------------------------------------------- parser
 
 
@@ -642,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--db", required=True, help=db_help)
     fork.add_argument("--step", type=_count(0), required=True, metavar="N")
     fork.add_argument("--to", required=True, metavar="NEW", help="the new session id")
+    _add_worker_parser(commands)
     return parser
 
 
@@ -698,7 +762,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else USAGE_ERROR
     stream = out if out is not None else sys.stdout
     try:
-        return trio.run(_serve if args.command == "serve" else _runs, args, stream)
+        command = {"serve": _serve, "worker": _worker}.get(args.command, _runs)
+        return trio.run(command, args, stream)
     except WeavegraphError as exc:  # CommandError included
         _report(str(exc))
         return USAGE_ERROR

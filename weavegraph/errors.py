@@ -27,6 +27,7 @@ from ._core.errors import InvalidNodeError as InvalidNodeError
 from ._core.errors import InvalidReducerError as InvalidReducerError
 from ._core.errors import InvalidRouterError as InvalidRouterError
 from ._core.errors import InvalidSessionIdError as InvalidSessionIdError
+from ._core.errors import LeaseLost as LeaseLost
 from ._core.errors import MissingEntryError as MissingEntryError
 from ._core.errors import MissingInput as MissingInput
 from ._core.errors import NodeError as NodeError
@@ -37,15 +38,19 @@ from ._core.errors import NoPathToEndError as NoPathToEndError
 from ._core.errors import NotInTrioError as NotInTrioError
 from ._core.errors import PortalClosedError as PortalClosedError
 from ._core.errors import ProviderError as ProviderError
+from ._core.errors import QueueError as QueueError
 from ._core.errors import ReducerError as ReducerError
 from ._core.errors import ReplayMismatchError as ReplayMismatchError
 from ._core.errors import ReservedNodeNameError as ReservedNodeNameError
 from ._core.errors import ReservedScopeError as ReservedScopeError
 from ._core.errors import RouterError as RouterError
+from ._core.errors import RunAlreadyActive as RunAlreadyActive
 from ._core.errors import RunCancelledError as RunCancelledError
+from ._core.errors import RunFailedError as RunFailedError
 from ._core.errors import SessionNotFound as SessionNotFound
 from ._core.errors import StateError as StateError
 from ._core.errors import StepLimitExceeded as StepLimitExceeded
+from ._core.errors import UnknownAppError as UnknownAppError
 from ._core.errors import UnknownNodeError as UnknownNodeError
 from ._core.errors import UnreachableNodesError as UnreachableNodesError
 from ._core.errors import UsageError as UsageError
@@ -101,4 +106,9 @@ __all__ = (
     "InvalidEntryError",
     "PortalClosedError",
     "ReplayMismatchError",
+    "LeaseLost",
+    "QueueError",
+    "RunAlreadyActive",
+    "RunFailedError",
+    "UnknownAppError",
 )

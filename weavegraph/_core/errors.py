@@ -465,6 +465,53 @@ class ReplayMismatchError(WeavegraphError, AssertionError):
         self.differences = tuple(differences)
 
 
+# ------------------------------------------------------------------ the run queue
+
+
+class QueueError(WeavegraphError):
+    """The run queue refused a request, or a queued run could not be read."""
+
+
+class UnknownAppError(QueueError, ConfigError):
+    """A run was submitted for an app name no worker (or queue) knows."""
+
+
+class RunAlreadyActive(QueueError):
+    """The session already has a queued or running run; nothing was enqueued."""
+
+    def __init__(self, session_id: str, status: str) -> None:
+        super().__init__(
+            f"session {session_id!r} already has a {status} run; wait for it"
+            " (queue.wait) or cancel it (queue.cancel) before submitting another"
+        )
+        self.session_id = session_id
+        self.status = status
+
+
+class RunFailedError(QueueError):
+    """A queued run ended with an error; ``error`` is its recorded message."""
+
+    def __init__(self, session_id: str, error: str) -> None:
+        super().__init__(f"the run of session {session_id!r} failed: {error}")
+        self.session_id = session_id
+        self.error = error
+
+
+class LeaseLost(CheckpointConflict):
+    """A worker's lease on a run expired or was taken over; its write was refused."""
+
+    def __init__(self, session_id: str, run_id: int) -> None:
+        CheckpointError.__init__(
+            self,
+            f"the lease on run {run_id} (session {session_id!r}) was lost: another"
+            " worker owns it now, so this worker's write was refused",
+        )
+        self.session_id = session_id
+        self.expected = None
+        self.found = None
+        self.run_id = run_id
+
+
 # ----------------------------------------------------------------------- serving
 
 

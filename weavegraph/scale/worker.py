@@ -1,0 +1,609 @@
+"""`serve_worker`: claim queued runs from PostgreSQL and run them, under leases.
+
+A worker claims runs with ``SELECT … FOR UPDATE SKIP LOCKED`` (several workers
+never claim one run), takes a lease on each (a fresh token from a sequence and
+an expiry time on the database's clock) and renews it every third of the lease
+while the run goes on. Each run executes under the ordinary runner with
+autosave, its checkpointer a `PostgresCheckpointer` whose every write first
+checks the lease in the same transaction: once the lease expired or another
+worker took the run, this worker can commit no step and no event any more, and
+it abandons the run. A run whose lease expired is claimed again by any worker,
+which resumes the session from its last committed step (pending writes
+included).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from .._core.errors import ConfigError, LeaseLost, QueueError
+from .._runtime.app import App
+from ..checkpoint.postgres import PostgresCheckpointer
+from ..events.types import Event
+from ._db import EVENTS_CHANNEL, QUEUE_CHANNEL, Database, Listener
+from .queue import EventRetention, RunInput, decode_input
+
+logger = logging.getLogger("weavegraph.worker")
+
+DEFAULT_LEASE = 10.0
+MAX_ATTEMPTS = 5
+"""Claims of one run after which it is failed rather than tried again."""
+
+
+@attrs.frozen
+class Claim:
+    """A run this worker claimed, as the claim returned it."""
+
+    run_id: int
+    session_id: str
+    app: str
+    input_json: str
+    attempts: int
+    base_step: int
+    now_step: int
+    token: int
+    last_seq: int
+    cancel_requested: bool
+
+    @property
+    def input_applied(self) -> bool:
+        """Whether an earlier owner already stored the input's first step."""
+        return self.now_step > self.base_step
+
+
+def check_lease(conn: Any, run_id: int, token: int, session_id: str) -> None:
+    """In the caller's transaction: refuse unless ``token`` holds the run's
+    live lease; the run's row stays share-locked until the transaction ends,
+    so no claim can take the run between this check and the commit.
+
+    Raises:
+        LeaseLost: the lease expired or another worker holds the run.
+    """
+    cur = conn.cursor()
+    cur.execute(
+        "SELECT 1 FROM weavegraph_runs WHERE id = %s AND lease_token = %s"
+        " AND status = 'running' AND lease_expires > clock_timestamp() FOR SHARE",
+        (run_id, token),
+    )
+    if cur.fetchone() is None:
+        conn.rollback()
+        raise LeaseLost(session_id, run_id)
+
+
+class LeasedCheckpointer(PostgresCheckpointer):
+    """The store of one claimed run: a `PostgresCheckpointer` on the worker's
+    pool whose every write checks the run's lease in its own transaction.
+
+    Reads are not fenced; writes raise `LeaseLost` once the lease is gone.
+    Closing it leaves the worker's pool open.
+    """
+
+    def __init__(self, db: Database, claim: Claim) -> None:
+        super().__init__(db.dsn, pool_size=db.pool_size)
+        self._pool = db.pool
+        self._limiter = db.limiter
+        self._claim = claim
+
+    def __repr__(self) -> str:
+        return f"LeasedCheckpointer(run={self._claim.run_id})"
+
+    async def _ensure_pool(self) -> Any:
+        await trio.lowlevel.checkpoint()
+        return self._pool
+
+    async def _write(self, fn: Any) -> Any:
+        claim = self._claim
+
+        def fenced(conn: Any) -> Any:
+            check_lease(conn, claim.run_id, claim.token, claim.session_id)
+            return fn(conn)
+
+        return await self._run(fenced, read=False)
+
+    async def aclose(self) -> None:
+        """Nothing to close: the pool is the worker's."""
+        await trio.lowlevel.checkpoint()
+
+
+class EventLog:
+    """The event sink of one claimed run: appends its events to
+    ``weavegraph_run_events`` in batches, each batch in one fenced transaction
+    that also moves the run's ``last_seq`` and NOTIFYs a wake-up.
+
+    Events arriving while a batch is being written go in the next one. Once the
+    lease is lost nothing more is appended; a run handed back drops its
+    ``cancelled`` sentinel (the run goes on elsewhere).
+    """
+
+    def __init__(self, db: Database, claim: Claim, retention: EventRetention) -> None:
+        self._db = db
+        self._claim = claim
+        self._retention = retention
+        self.seq = claim.last_seq
+        self.lost = False
+        self.drop_end = False
+        self.end_status: str | None = None
+        self._buffer: list[str] = []
+        self._wake = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def handle(self, event: Event) -> None:
+        """Queue one event for the next batch."""
+        if self.lost:
+            return
+        if event.is_stream_end:
+            if self.drop_end:
+                return
+            self.end_status = str(event.metadata.get("status"))
+        self._buffer.append(event.to_json_str())
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write batches until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._buffer and not self.lost:
+                batch, self._buffer = self._buffer, []
+                try:
+                    await self._append(batch)
+                except LeaseLost:
+                    self.lost = True
+                except QueueError as exc:
+                    logger.error("events of run %s lost: %s", self._claim.run_id, exc)
+            self._buffer.clear()
+            self._idle.set()
+
+    async def _append(self, batch: list[str]) -> None:
+        claim, first = self._claim, self.seq + 1
+        last = first + len(batch) - 1
+        keep = self._retention.max_events
+
+        def append(conn: Any) -> None:
+            check_lease(conn, claim.run_id, claim.token, claim.session_id)
+            cur = conn.cursor()
+            cur.execute(
+                "INSERT INTO weavegraph_run_events (run_id, seq, event_json)"
+                " SELECT %s, s, e FROM unnest(%s::bigint[], %s::text[]) AS t(s, e)",
+                (claim.run_id, list(range(first, last + 1)), batch),
+            )
+            cur.execute(
+                "UPDATE weavegraph_runs SET last_seq = %s WHERE id = %s",
+                (last, claim.run_id),
+            )
+            if keep is not None and last > keep:
+                cur.execute(
+                    "DELETE FROM weavegraph_run_events WHERE run_id = %s AND seq <= %s",
+                    (claim.run_id, last - keep),
+                )
+            cur.execute(
+                "SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, f"{claim.run_id}:{last}")
+            )
+            conn.commit()
+
+        await self._db.run(append)
+        self.seq = last
+
+    async def aclose(self) -> None:
+        """Wait (at most 10 s, shielded) until every event handed over is written."""
+        with trio.CancelScope(shield=True), trio.move_on_after(10.0):
+            await self._idle.wait()
+
+
+@attrs.define
+class _Running:
+    claim: Claim
+    log: EventLog
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    poke: trio.Event = attrs.field(factory=trio.Event)
+    lost: bool = False
+    cancelled: bool = False
+    handing_back: bool = False
+
+    def hand_back(self) -> None:
+        if not self.handing_back:
+            self.handing_back = True
+            self.log.drop_end = True
+            self.scope.cancel()
+
+
+class Worker:
+    """A running worker (given by `serve_worker`'s ``task_status``).
+
+    Attributes:
+        name: How the worker names itself in the queue (``worker`` column).
+    """
+
+    def __init__(
+        self,
+        apps: Mapping[str, App],
+        db: Database,
+        *,
+        concurrency: int,
+        lease: float,
+        poll: float,
+        name: str,
+        retention: EventRetention,
+    ) -> None:
+        self.apps = dict(apps)
+        self.name = name
+        self._db = db
+        self._concurrency = concurrency
+        self._lease = lease
+        self._poll = poll
+        self._retention = retention
+        self._running: dict[int, _Running] = {}
+        self._wake = trio.Event()
+        self._stopping = False
+        self._stopped = trio.Event()
+        self.completed = 0
+        """Runs this worker brought to a final status."""
+
+    @property
+    def running(self) -> list[str]:
+        """The sessions this worker runs now."""
+        return [r.claim.session_id for r in self._running.values()]
+
+    def stop(self) -> None:
+        """Stop claiming and hand every run back to the queue: each is
+        cancelled, its finished steps and pending writes are stored, and it is
+        queued again for any worker. `serve_worker` then returns."""
+        self._stopping = True
+        for run in list(self._running.values()):
+            run.hand_back()
+        self._wake.set()
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        kind, _, ident = payload.partition(":")
+        if kind == "cancel" and ident.isdigit():
+            run = self._running.get(int(ident))
+            if run is not None:
+                run.poke.set()
+        elif kind == "run":
+            self._wake.set()
+
+    async def serve(self, task_status: trio.TaskStatus[Worker]) -> None:
+        await self._db.open()
+        try:
+            await self._db.run(self._register)
+            async with trio.open_nursery() as nursery:
+                listener = Listener(self._db.dsn, (QUEUE_CHANNEL,))
+                await nursery.start(listener.run, self._on_notify)
+                nursery.start_soon(self._retain)
+                task_status.started(self)
+                try:
+                    await self._claim_loop(nursery)
+                finally:
+                    self.stop()
+                    with trio.CancelScope(shield=True):
+                        while self._running:
+                            await self._stopped.wait()
+                            self._stopped = trio.Event()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await self._db.aclose()
+
+    def _register(self, conn: Any) -> None:
+        cur = conn.cursor()
+        for name, app in sorted(self.apps.items()):
+            cur.execute(
+                "INSERT INTO weavegraph_apps (name, graph_hash) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET graph_hash = EXCLUDED.graph_hash,"
+                " updated_at = clock_timestamp()",
+                (name, app.graph.graph_hash),
+            )
+        conn.commit()
+
+    async def _claim_loop(self, nursery: trio.Nursery) -> None:
+        while not self._stopping:
+            free = self._concurrency - len(self._running)
+            claims: list[Claim] = []
+            if free > 0:
+                try:
+                    claims = await self._db.run(
+                        functools.partial(self._claim, limit=free)
+                    )
+                except QueueError as exc:
+                    logger.error("claiming runs failed: %s", exc)
+                for claim in claims:
+                    run = _Running(claim, EventLog(self._db, claim, self._retention))
+                    self._running[claim.run_id] = run
+                    nursery.start_soon(self._guarded, run)
+            if claims and len(claims) == free:
+                continue  # full: wait for a slot below on the next pass
+            wake = self._wake
+            with trio.move_on_after(self._poll):
+                await wake.wait()
+            if wake is self._wake:
+                self._wake = trio.Event()
+
+    def _claim(self, conn: Any, limit: int) -> list[Claim]:
+        cur = conn.cursor()
+        cur.execute(
+            "WITH picked AS (SELECT id FROM weavegraph_runs WHERE app = ANY(%s)"
+            " AND (status = 'queued' OR (status = 'running'"
+            " AND lease_expires < clock_timestamp()))"
+            " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " UPDATE weavegraph_runs AS r SET status = 'running', worker = %s,"
+            " lease_token = nextval('weavegraph_lease_tokens'),"
+            " lease_expires = clock_timestamp() + make_interval(secs => %s),"
+            " attempts = r.attempts + 1,"
+            " started_at = coalesce(r.started_at, clock_timestamp()),"
+            " claimed_at = clock_timestamp(),"
+            " base_step = CASE WHEN r.attempts = 0 THEN coalesce((SELECT last_step"
+            " FROM sessions WHERE sessions.id = r.session_id), -1) ELSE r.base_step END"
+            " FROM picked WHERE r.id = picked.id"
+            " RETURNING r.id, r.session_id, r.app, r.input_json, r.attempts,"
+            " r.base_step, coalesce((SELECT last_step FROM sessions"
+            " WHERE sessions.id = r.session_id), -1), r.lease_token, r.last_seq,"
+            " r.cancel_requested",
+            (sorted(self.apps), limit, self.name, self._lease),
+        )
+        rows = cur.fetchall()
+        conn.commit()
+        return sorted((Claim(*row) for row in rows), key=lambda c: c.run_id)
+
+    async def _guarded(self, run: _Running) -> None:
+        # Shielded: stopping the worker hands runs back rather than dropping them.
+        try:
+            with trio.CancelScope(shield=True):
+                await self._execute(run)
+        finally:
+            self._running.pop(run.claim.run_id, None)
+            self._stopped.set()
+            self._wake.set()
+
+    async def _execute(self, run: _Running) -> None:
+        claim = run.claim
+        if claim.cancel_requested:
+            await self._finish(run, "cancelled", "cancelled before it ran")
+            return
+        if claim.attempts > MAX_ATTEMPTS:
+            await self._finish(
+                run, "failed", f"abandoned after {claim.attempts - 1} claims"
+            )
+            return
+        app = self.apps[claim.app]
+        try:
+            given = decode_input(claim.input_json)
+        except QueueError as exc:
+            await self._finish(run, "failed", str(exc))
+            return
+        state: RunInput = None if claim.input_applied else given
+        store = LeasedCheckpointer(self._db, claim)
+        config = attrs.evolve(app.config, checkpointer=store)
+        outcome: tuple[str, str | None] | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run.log.run)
+            nursery.start_soon(self._renew, run)
+            if self._stopping:
+                run.hand_back()
+            with run.scope:
+                try:
+                    await app.invoke_with_sinks(
+                        state, [run.log], session_id=claim.session_id, config=config
+                    )
+                    paused = run.log.end_status == "interrupted"
+                    outcome = ("interrupted" if paused else "completed", None)
+                except Exception as exc:
+                    if _lease_lost(exc):
+                        run.lost = True
+                    else:
+                        outcome = ("failed", f"{type(exc).__name__}: {exc}")
+            nursery.cancel_scope.cancel()
+        if run.lost or run.log.lost:
+            logger.warning(
+                "run %s of session %s: lease lost, abandoned",
+                claim.run_id,
+                claim.session_id,
+            )
+        elif outcome is not None and outcome[0] != "failed":
+            await self._finish(run, *outcome)
+        elif run.handing_back:
+            await self._hand_back(run)
+        elif run.cancelled:
+            await self._finish(run, "cancelled", "cancelled through the queue")
+        elif outcome is not None:
+            await self._finish(run, *outcome)
+
+    async def _renew(self, run: _Running) -> None:
+        claim, interval = run.claim, self._lease / 3
+
+        def renew(conn: Any) -> bool | None:
+            cur = conn.cursor()
+            cur.execute(
+                "UPDATE weavegraph_runs SET lease_expires = clock_timestamp()"
+                " + make_interval(secs => %s) WHERE id = %s AND lease_token = %s"
+                " AND status = 'running' AND lease_expires > clock_timestamp()"
+                " RETURNING cancel_requested",
+                (self._lease, claim.run_id, claim.token),
+            )
+            row = cur.fetchone()
+            conn.commit()
+            return None if row is None else bool(row[0])
+
+        while True:
+            with trio.move_on_after(interval):
+                await run.poke.wait()
+            run.poke = trio.Event()
+            try:
+                cancel = await self._db.run(renew)
+            except QueueError as exc:
+                logger.error("renewing the lease of run %s: %s", claim.run_id, exc)
+                continue
+            if cancel is None:
+                run.lost = run.log.lost = True
+                run.scope.cancel()
+                return
+            if cancel and not run.cancelled:
+                run.cancelled = True
+                run.scope.cancel()
+
+    async def _finish(self, run: _Running, status: str, error: str | None) -> None:
+        claim = run.claim
+
+        def finish(conn: Any) -> bool:
+            cur = conn.cursor()
+            cur.execute(
+                "UPDATE weavegraph_runs SET status = %s, error = %s, worker = NULL,"
+                " lease_expires = NULL, finished_at = clock_timestamp()"
+                " WHERE id = %s AND lease_token = %s AND status = 'running'"
+                " RETURNING id",
+                (status, error, claim.run_id, claim.token),
+            )
+            done = cur.fetchone() is not None
+            cur.execute(
+                "SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, f"done:{claim.run_id}")
+            )
+            conn.commit()
+            return done
+
+        try:
+            with trio.move_on_after(30.0):
+                if await self._db.run(finish):
+                    self.completed += 1
+        except QueueError as exc:
+            logger.error("recording the end of run %s: %s", claim.run_id, exc)
+
+    async def _hand_back(self, run: _Running) -> None:
+        claim = run.claim
+
+        def hand_back(conn: Any) -> None:
+            cur = conn.cursor()
+            cur.execute(
+                "UPDATE weavegraph_runs SET status = 'queued', worker = NULL,"
+                " lease_expires = NULL WHERE id = %s AND lease_token = %s"
+                " AND status = 'running'",
+                (claim.run_id, claim.token),
+            )
+            cur.execute(
+                "SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, f"run:{claim.run_id}")
+            )
+            conn.commit()
+
+        try:
+            with trio.move_on_after(30.0):
+                await self._db.run(hand_back)
+        except QueueError as exc:
+            logger.error("handing back run %s: %s", claim.run_id, exc)
+
+    async def _retain(self) -> None:
+        max_age = self._retention.max_age
+        if max_age is None:
+            await trio.sleep_forever()
+        every = min(60.0, max(1.0, max_age / 2))
+
+        def prune(conn: Any) -> None:
+            cur = conn.cursor()
+            cur.execute(
+                "DELETE FROM weavegraph_run_events WHERE created_at"
+                " < clock_timestamp() - make_interval(secs => %s)",
+                (max_age,),
+            )
+            conn.commit()
+
+        while True:
+            try:
+                await self._db.run(prune)
+            except QueueError as exc:
+                logger.error("pruning old events: %s", exc)
+            await trio.sleep(every)
+
+
+def _lease_lost(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is (or was caused by) a refused write."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, LeaseLost):
+            return True
+        if isinstance(exc, BaseExceptionGroup):
+            return any(_lease_lost(e) for e in exc.exceptions)
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _check_apps(apps: object) -> dict[str, App]:
+    if not isinstance(apps, Mapping) or not apps:
+        raise ConfigError(
+            "serve_worker takes a non-empty mapping of app names to compiled apps,"
+            f" got {apps!r}"
+        )
+    for name, app in apps.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"app names are non-empty strings, got {name!r}")
+        if not isinstance(app, App):
+            raise ConfigError(f"app {name!r} is not a compiled App: {app!r}")
+    return dict(apps)
+
+
+async def serve_worker(
+    apps: Mapping[str, App],
+    dsn: str,
+    *,
+    concurrency: int = 8,
+    lease: float = DEFAULT_LEASE,
+    poll: float | None = None,
+    name: str | None = None,
+    retention: EventRetention | None = None,
+    pool_size: int | None = None,
+    task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run queued runs of ``apps`` from the queue at ``dsn`` until cancelled
+    (or `Worker.stop`).
+
+    ``await nursery.start(serve_worker, apps, dsn)`` gives the `Worker` once
+    it is registered and listening. Cancelling it, like `Worker.stop`, hands
+    its runs back to the queue with their finished steps stored.
+
+    Args:
+        apps: App names (as submitted to `RunQueue.submit`) to compiled apps.
+        dsn: The PostgreSQL database of the queue and the checkpoint store.
+        concurrency: Runs at most at once.
+        lease: Seconds a claim lasts unless renewed (renewed every third).
+        poll: Seconds between two looks at the queue without a notification
+            (default: a quarter of the lease, at most 1 s): how soon an
+            expired lease is taken over.
+        name: The worker's name in the queue (default: host, pid and a
+            random suffix).
+        retention: How long events are kept (default: `EventRetention()`).
+        pool_size: Database connections at most (default: from concurrency).
+
+    Raises:
+        ConfigError: bad apps or options.
+        QueueError: the database cannot be used.
+    """
+    checked = _check_apps(apps)
+    if type(concurrency) is not int or concurrency < 1:
+        raise ConfigError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    if not isinstance(lease, int | float) or not 0.1 <= lease < math.inf:
+        raise ConfigError(f"lease must be a number of seconds >= 0.1, got {lease!r}")
+    if poll is None:
+        poll = min(1.0, lease / 4)
+    elif not isinstance(poll, int | float) or not 0 < poll < math.inf:
+        raise ConfigError(f"poll must be a number of seconds > 0, got {poll!r}")
+    size = pool_size if pool_size is not None else min(2 * concurrency + 2, 20)
+    db = Database(dsn, pool_size=size)
+    worker = Worker(
+        checked,
+        db,
+        concurrency=concurrency,
+        lease=float(lease),
+        poll=float(poll),
+        name=name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        retention=retention if retention is not None else EventRetention(),
+    )
+    await worker.serve(task_status)
