@@ -50,8 +50,10 @@ def ticker(
 ) -> App:
     """START -> tick -> END; ``tick`` emits ``count`` events, ``delay`` apart.
 
-    The runtime's lifecycle events are off: the server's tests count frames,
-    and each frame is then one of ``tick``'s events (or the stream's end).
+    The app's lifecycle events are off, but a run the server starts has them
+    anyway: its log holds ``node.start``, the ticks, ``node.end``,
+    ``step.end``, the step's updates (sent only to clients asking for
+    ``updates``) and the stream's end.
     """
     config = attrs.evolve(config or RuntimeConfig(), lifecycle_events=False)
 

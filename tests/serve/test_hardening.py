@@ -256,9 +256,10 @@ async def test_last_event_id_out_of_range_is_a_clear_4xx_never_a_500_or_a_hang()
         _, whole = await read_stream(
             client, "POST", f"{url}/runs", json={"session_id": "fin"}
         )
-        assert [f["id"] for f in whole] == ["1", "2", "3", "4"]
+        # node.start, 3 ticks, node.end, step.end, (7: updates, not asked), end
+        assert [f["id"] for f in whole] == ["1", "2", "3", "4", "5", "6", "8"]
         events = f"{url}/runs/fin/events"
-        for value in ("9" * 401, str(10**30), str(10**12), "5", "-1", "1.5", "x"):
+        for value in ("9" * 401, str(10**30), str(10**12), "9", "-1", "1.5", "x"):
             with trio.fail_after(5):
                 answer = await client.get(events, headers={"Last-Event-ID": value})
             assert answer.status_code == 400, (value, answer.text)
@@ -266,14 +267,14 @@ async def test_last_event_id_out_of_range_is_a_clear_4xx_never_a_500_or_a_hang()
         with trio.fail_after(5):
             # Right after the sentinel: nothing more, and no reconnect loop.
             assert (
-                await client.get(events, headers={"Last-Event-ID": "4"})
+                await client.get(events, headers={"Last-Event-ID": "8"})
             ).status_code == 204
             _, tail = await read_stream(
-                client, "GET", events, headers={"Last-Event-ID": "3"}
+                client, "GET", events, headers={"Last-Event-ID": "7"}
             )
-        assert [f["id"] for f in tail] == ["4"]
-        _, tail = await read_stream(client, "GET", f"{events}?last_event_id=2")
-        assert [f["id"] for f in tail] == ["3", "4"]
+        assert [f["id"] for f in tail] == ["8"]
+        _, tail = await read_stream(client, "GET", f"{events}?last_event_id=5")
+        assert [f["id"] for f in tail] == ["6", "8"]
 
         # A live run: an id it has not reached is refused at once.
         with trio.fail_after(20):
@@ -606,8 +607,12 @@ async def test_a_client_that_lost_events_to_the_memory_bound_is_told() -> None:
         _, live = await read_stream(
             client, "POST", f"{url}/runs", json={"session_id": "big"}
         )
-        assert len(live) == 41  # the live client read at pace: nothing lost
-        _, late = await read_stream(client, "GET", f"{url}/runs/big/events")
+        # The live client read at pace, nothing lost: node.start, the ticks,
+        # node.end, step.end and the end (the step's updates are not asked for).
+        assert len(live) == 44
+        _, late = await read_stream(
+            client, "GET", f"{url}/runs/big/events?modes=events,updates"
+        )
     notice = json.loads(late[0]["data"])
     assert late[0]["event"] == "diagnostic" and "id" not in late[0]
     assert notice["scope"] == "serve.log_truncated"
@@ -615,7 +620,7 @@ async def test_a_client_that_lost_events_to_the_memory_bound_is_told() -> None:
     dropped = json.loads(late[1]["data"])
     assert late[1]["event"] == "dropped"
     kept = [int(f["id"]) for f in late[2:]]
-    assert kept == list(range(dropped["dropped"] + 1, 42))
+    assert kept == list(range(dropped["dropped"] + 1, 46))
     assert sentinel(late)["metadata"]["status"] == "completed"
 
 

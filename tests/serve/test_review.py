@@ -209,9 +209,14 @@ async def test_breakpoints_from_post_runs() -> None:
 async def test_re_attaching_to_a_resumed_run() -> None:
     app = sse_app(reviewer(), checkpointer=InMemoryCheckpointer(), grace=5.0)
     await start(app, {"session_id": "re"})
-    async with request(app, "POST", "/runs/re/resume", {"value": "yes"}) as first:
+    every = "?modes=events,updates"  # all the run logs: the ids have no gaps
+    async with request(
+        app, "POST", "/runs/re/resume" + every, {"value": "yes"}
+    ) as first:
         await first.finished.wait()
-    again = await fetch(app, "GET", "/runs/re/events", headers={"Last-Event-ID": "1"})
+    again = await fetch(
+        app, "GET", "/runs/re/events" + every, headers={"Last-Event-ID": "1"}
+    )
     frames = again.frames()
     assert [int(f["id"]) for f in frames] == list(range(2, len(first.frames()) + 1))
     assert json.loads(frames[-1]["data"])["metadata"]["status"] == "completed"

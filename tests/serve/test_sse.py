@@ -23,7 +23,12 @@ from weavegraph import (
 from weavegraph.serve import encode_sse, sse_app
 
 QUIET = RuntimeConfig(lifecycle_events=False)
-"""Frames are counted here: only the nodes' own events and the stream's end."""
+"""The app's own setting; a run the server starts has lifecycle events anyway.
+
+A ticker run logs: 1 ``node.start``, 2-4 the ticks, 5 ``node.end``, 6
+``step.end``, 7 the step's updates (shown only with ``?modes=`` naming
+``updates``), 8 the stream's end.
+"""
 
 
 def ticker(count: int = 3, delay: float = 0.0, log: list[str] | None = None):
@@ -65,9 +70,13 @@ async def test_post_runs_streams_every_event_then_the_sentinel() -> None:
     assert client.status == 200
     assert client.headers["content-type"].startswith("text/event-stream")
     frames = client.frames()
-    assert [f["id"] for f in frames] == ["1", "2", "3", "4"]
-    assert [f["event"] for f in frames] == ["node", "node", "node", "diagnostic"]
-    assert [json.loads(f["data"])["message"] for f in frames[:3]] == ["t0", "t1", "t2"]
+    assert [f["id"] for f in frames] == ["1", "2", "3", "4", "5", "6", "8"]
+    assert [f["event"] for f in frames] == ["diagnostic"] + ["node"] * 3 + [
+        "diagnostic"
+    ] * 3
+    scopes = [json.loads(f["data"])["scope"] for f in frames]
+    assert scopes[0] == "node.start" and scopes[4:6] == ["node.end", "step.end"]
+    assert [json.loads(f["data"])["message"] for f in frames[1:4]] == ["t0", "t1", "t2"]
     last = json.loads(frames[-1]["data"])
     assert last["scope"] == "__weavegraph_stream_end__"
     assert "status=completed step=1" in last["message"]
@@ -118,8 +127,9 @@ async def test_graph_and_runs_listing() -> None:
             "session_id": "s1",
             "graph": "main",
             "status": "completed",
-            "events": 4,
+            "events": 8,
             "clients": 0,
+            "modes": ["events", "updates"],
         }
     ]
 
@@ -151,17 +161,21 @@ async def test_reattach_with_last_event_id_neither_loses_nor_repeats(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     app = sse_app(ticker(count=20, delay=0.01), grace=1.0)
-    async with request(app, "POST", "/runs", {"session_id": "r"}) as first:
+    every = "?modes=events,updates"  # everything this run logs
+    async with request(app, "POST", "/runs" + every, {"session_id": "r"}) as first:
         await first.wait_for(b"t4")
         seen = first.frames()
         async with request(
-            app, "GET", "/runs/r/events", headers={"Last-Event-ID": seen[-1]["id"]}
+            app,
+            "GET",
+            "/runs/r/events" + every,
+            headers={"Last-Event-ID": seen[-1]["id"]},
         ) as second:
             await first.disconnect()  # the second client keeps the run alive
             await second.finished.wait()
     resumed = second.frames()
     ids = [int(f["id"]) for f in seen + resumed]
-    assert ids == list(range(1, 22))
+    assert ids == list(range(1, 26))  # start, 20 ticks, end, step, updates, end
     assert json.loads(resumed[-1]["data"])["message"].endswith(
         "status=completed step=1"
     )
@@ -171,7 +185,8 @@ async def test_a_finished_run_replays_from_its_log() -> None:
     app = sse_app(ticker())
     await fetch(app, "POST", "/runs", {"session_id": "done"})
     again = await fetch(app, "GET", "/runs/done/events", headers={"Last-Event-ID": "2"})
-    assert [f["id"] for f in again.frames()] == ["3", "4"]
+    # 7 is the step's updates: not asked for, not sent, still numbered.
+    assert [f["id"] for f in again.frames()] == ["3", "4", "5", "6", "8"]
     bad = await fetch(app, "GET", "/runs/done/events", headers={"Last-Event-ID": "x"})
     assert bad.status == 400
 

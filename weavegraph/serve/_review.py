@@ -14,10 +14,11 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from .._codec import converter, decode_value, encode_value, loads, state_to_json
-from .._core.errors import HTTPError, InvalidSessionIdError, StateError
+from .._core.errors import ConfigError, HTTPError, InvalidSessionIdError, StateError
 from .._core.session import Interrupt, Resume, check_session_id
 from .._core.state import Message, NodePartial
 from .._runtime.runner import SessionState
+from ..events.steps import StreamMode, check_modes
 
 MAX_HISTORY_PAGE = 100
 """The most steps ``GET /runs/{id}/history`` answers at once."""
@@ -267,6 +268,21 @@ def step_from_query(query: Mapping[str, str]) -> int | None:
     if not text.isdigit() or len(text) > 18:
         raise HTTPError(400, f"'step' must be a step number (int >= 0), got {text!r}")
     return int(text)
+
+
+def modes_from_query(query: Mapping[str, str]) -> tuple[StreamMode, ...]:
+    """``?modes=events,updates,values``: what a stream shows (default: events).
+
+    Names are separated by commas; spaces around them are ignored.
+    """
+    text = query.get("modes")
+    if text is None:
+        return ("events",)
+    names = [name.strip() for name in text.split(",")]
+    try:
+        return check_modes([name for name in names if name])
+    except ConfigError as exc:
+        raise HTTPError(400, f"?modes={text[:80]!r}: {exc}") from None
 
 
 # ------------------------------------------------------------------ showing

@@ -16,6 +16,12 @@ Routes:
 * ``GET /graph`` — nodes, edges and a Mermaid diagram;
 * ``GET /`` — the live run viewer page (and its files under ``/static/``).
 
+The streaming routes take ``?modes=events,updates,values`` (default:
+``events``): the run's events, each step's partials by node (`StepUpdates`),
+the state after each step (`StepValues`). Every run the server starts
+publishes lifecycle events and updates; values only when the request that
+starts it asks for them.
+
 A run lives as long as somebody watches it: when its last client disconnects it
 is cancelled (its nodes see ``trio.Cancelled`` at once). Runs execute in the
 request's own nursery, so the app needs no background task and works under any
@@ -74,6 +80,7 @@ from .._runtime.invocation import Invocation
 from .._runtime.runner import AppRunner, SessionState, open_runner
 from ..checkpoint.record import Checkpoint, Checkpointer
 from ..events.bus import EventBusConfig
+from ..events.steps import STREAM_MODES, StreamMode, combine_modes, mode_types
 from ..events.stream import EventStream
 from ..events.types import DiagnosticEvent, Event, stream_end_event
 from . import _review as review
@@ -124,6 +131,8 @@ SESSION_ROUTES: dict[str, tuple[str, ...]] = {
 """What ``/runs/{session_id}/<route>`` serves, and with which methods."""
 TRUNCATED_SCOPE = "serve.log_truncated"
 """Scope of the diagnostic frame that tells a client memory limits cost it events."""
+RUN_MODES: tuple[StreamMode, ...] = ("events", "updates")
+"""What every run the server starts publishes (``values`` too when asked)."""
 
 _DIGITS = re.compile(f"[0-9]{{1,{MAX_EVENT_ID_DIGITS}}}")
 
@@ -156,6 +165,9 @@ class LiveRun:
     step: int = 0
     outcome: tuple[str, str | None] | None = None
     interrupts: list[dict[str, Any]] = attrs.field(factory=list)
+    modes: tuple[StreamMode, ...] = RUN_MODES
+    end_seq: int = 0
+    """The stream-end event's sequence number (0 until it is logged)."""
 
 
 def _positive(name: str, value: object, *, whole: bool = False) -> None:
@@ -413,8 +425,9 @@ class SSEApp:
         query = _query(scope)
         if route == "events":
             last = _last_event_id(scope)
+            modes = review.modes_from_query(query)
             await self._authorize(request, "read")
-            await self._attach(receive, send, session_id, last)
+            await self._attach(receive, send, session_id, last, modes)
         elif route == "state" and method == "GET":
             step = review.step_from_query(query)
             await self._authorize(request, "read")
@@ -433,7 +446,8 @@ class SSEApp:
                 )
             data = review.json_object(await self._read_body(scope, receive), what)
             if route == "resume":
-                await self._post_resume(request, receive, send, session_id, data)
+                modes = review.modes_from_query(query)
+                await self._post_resume(request, receive, send, session_id, data, modes)
             elif route == "fork":
                 status, view = await self._fork(request, session_id, data)
                 location = f"/runs/{view['session_id']}/state".encode()
@@ -496,6 +510,7 @@ class SSEApp:
                 "status": run.status,
                 "events": run.log.last,
                 "clients": run.clients,
+                "modes": list(run.modes),
             }
             for run in self.runs.values()
         ]
@@ -510,6 +525,7 @@ class SSEApp:
             raise HTTPError(
                 415, "POST /runs takes a JSON body: send Content-Type: application/json"
             )
+        modes = review.modes_from_query(_query(scope))
         body = await self._read_body(scope, receive)
         graph_name, app, state, named, stops = self._parse_run(body)
         session_id = named or f"run-{uuid.uuid4()}"
@@ -520,7 +536,9 @@ class SSEApp:
             await self._authorize(
                 attrs.evolve(request, session_id=named, graph=graph_name), action
             )
-        await self._stream_run(receive, send, session_id, graph_name, app, state, stops)
+        await self._stream_run(
+            receive, send, session_id, graph_name, app, state, stops, modes
+        )
 
     async def _stream_run(
         self,
@@ -531,11 +549,14 @@ class SSEApp:
         app: App,
         run_input: VersionedState | Resume,
         stops: Mapping[str, tuple[str, ...]],
+        modes: tuple[StreamMode, ...],
     ) -> None:
         """Start a run of ``session_id`` and stream it to this client.
 
         The run is held in `runs` (other clients attach with ``GET
-        /runs/{id}/events``) and lives as long as somebody watches it.
+        /runs/{id}/events``) and lives as long as somebody watches it. It
+        publishes lifecycle events and ``updates`` (the viewer draws them),
+        ``values`` only when ``modes`` ask; this client sees ``modes``.
         """
         self._not_running(session_id)
         if self._live_runs() >= self.max_runs:
@@ -555,11 +576,14 @@ class SSEApp:
             ),
             interrupt_before=stops.get("interrupt_before", app.config.interrupt_before),
             interrupt_after=stops.get("interrupt_after", app.config.interrupt_after),
+            lifecycle_events=True,
+            stream_modes=combine_modes(RUN_MODES, app.config.stream_modes, modes),
         )
         run = LiveRun(
             session_id=session_id,
             graph=graph_name,
             log=RunLog(self.log_capacity, encode_sse, self.max_log_bytes),
+            modes=config.stream_modes,
         )
         self._remember(run)
         try:
@@ -582,7 +606,7 @@ class SSEApp:
                     if self.closing:  # shutdown began while the run was starting
                         invocation.cancel("server shutting down")
                     nursery.start_soon(self._pump, run, events)
-                await self._serve_client(run, receive, send, cursor=1)
+                await self._serve_client(run, receive, send, 1, modes)
         finally:
             if not run.done.is_set():  # the run never got going
                 self._end(run)
@@ -648,6 +672,7 @@ class SSEApp:
         send: Send,
         session_id: str,
         data: Mapping[str, Any],
+        modes: tuple[StreamMode, ...],
     ) -> None:
         review.check_keys(
             data,
@@ -664,7 +689,7 @@ class SSEApp:
             resume, session_id, view.interrupts, completed=view.completed
         )
         await self._stream_run(
-            receive, send, session_id, graph_name, app, resume, stops
+            receive, send, session_id, graph_name, app, resume, stops, modes
         )
 
     async def _update(
@@ -851,7 +876,9 @@ class SSEApp:
         step = event.metadata.get("step")
         if isinstance(step, int) and not isinstance(step, bool):
             run.step = max(run.step, step)
-        run.log.append(event)
+        seq = run.log.append(event)
+        if event.is_stream_end:
+            run.end_seq = seq
 
     async def _end_if_silent(self, run: LiveRun, scope: trio.CancelScope) -> None:
         """Once the run has finished, give its stream a moment to end, then end it."""
@@ -879,12 +906,17 @@ class SSEApp:
         self._forget_old()
 
     async def _attach(
-        self, receive: Receive, send: Send, session_id: str, last: int
+        self,
+        receive: Receive,
+        send: Send,
+        session_id: str,
+        last: int,
+        modes: tuple[StreamMode, ...],
     ) -> None:
         run = self.runs.get(session_id)
         if run is None:
             if self.checkpointer is not None and await self._replay(
-                receive, send, session_id, last
+                receive, send, session_id, last, "events" in modes
             ):
                 return
             raise HTTPError(404, f"unknown session {session_id!r}")
@@ -895,7 +927,7 @@ class SSEApp:
         await send(
             {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS}
         )
-        await self._serve_client(run, receive, send, cursor=last + 1)
+        await self._serve_client(run, receive, send, last + 1, modes)
 
     async def _session_state(
         self, session_id: str, step: int | None, query: Mapping[str, str]
@@ -961,11 +993,13 @@ class SSEApp:
         raise HTTPError(404, f"unknown session {session_id!r}")
 
     async def _replay(
-        self, receive: Receive, send: Send, session_id: str, last: int
+        self, receive: Receive, send: Send, session_id: str, last: int, steps: bool
     ) -> bool:
         """Stream a stored session, one ``replay.step`` event per stored step.
 
-        Steps are numbered from 1, oldest first; the sentinel follows. The store
+        Steps are numbered from 1, oldest first; the sentinel follows (alone
+        when not ``steps``: the ``replay.step`` events are of the ``events``
+        mode). The store
         is read a page at a time, at most ``max_replays`` reads at once, so
         replays never hold the store for long. ``False`` if nothing is stored.
         """
@@ -995,6 +1029,8 @@ class SSEApp:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+                    if not steps:
+                        index = total
                     while index < total:
                         size = min(self.replay_page, total - index)
                         async with self._replay_reads:
@@ -1029,9 +1065,18 @@ class SSEApp:
     # ---------------------------------------------------------------- clients
 
     async def _serve_client(
-        self, run: LiveRun, receive: Receive, send: Send, cursor: int
+        self,
+        run: LiveRun,
+        receive: Receive,
+        send: Send,
+        cursor: int,
+        modes: tuple[StreamMode, ...],
     ) -> None:
-        """Stream ``run``'s log from ``cursor`` until its end or a disconnect."""
+        """Stream ``run``'s log from ``cursor`` until its end or a disconnect.
+
+        Only frames of ``modes`` are sent (the stream-end event always is);
+        the others keep their numbers, so ``Last-Event-ID`` works the same.
+        """
         # A first comment puts the response headers on the wire at once: clients
         # know the stream is open before the run's first event.
         await _chunk(send, b": connected\n\n")
@@ -1039,7 +1084,7 @@ class SSEApp:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
-                await self._stream(run, send, cursor)
+                await self._stream(run, send, cursor, _wanted(modes))
                 nursery.cancel_scope.cancel()
         finally:
             run.clients -= 1
@@ -1059,7 +1104,9 @@ class SSEApp:
         if run.clients == 0 and run.invocation is not None and not run.done.is_set():
             run.invocation.cancel("no client is watching the run any more")
 
-    async def _stream(self, run: LiveRun, send: Send, cursor: int) -> int:
+    async def _stream(
+        self, run: LiveRun, send: Send, cursor: int, wanted: frozenset[bytes] | None
+    ) -> int:
         dropped_total = 0
         told = False
         while True:
@@ -1078,14 +1125,29 @@ class SSEApp:
                     chunks.append(_truncated(run))
                 chunks.append(_dropped(dropped, dropped_total))
             for seq, frame in items:
-                chunks.append(frame)  # encoded once, when the event was logged
+                if wanted is None or seq == run.end_seq or _frame_type(frame) in wanted:
+                    chunks.append(frame)  # encoded once, when the event was logged
                 cursor = seq + 1
-            await _chunk(send, b"".join(chunks))
+            if chunks:
+                await _chunk(send, b"".join(chunks))
             if run.log.closed and cursor >= run.log.next:
                 return cursor
 
 
 # ------------------------------------------------------------------- helpers
+
+
+def _wanted(modes: tuple[StreamMode, ...]) -> frozenset[bytes] | None:
+    """The ``event:`` types a client of ``modes`` gets (``None``: all)."""
+    if len(modes) == len(STREAM_MODES):
+        return None
+    return frozenset(kind.encode() for kind in mode_types(modes))
+
+
+def _frame_type(frame: bytes) -> bytes:
+    """The ``event:`` type of a frame `encode_sse` made."""
+    start = frame.index(b"event: ") + 7
+    return frame[start : frame.index(b"\n", start)]
 
 
 async def _outcome(invocation: Invocation) -> tuple[str, str | None]:
