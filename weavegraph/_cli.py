@@ -505,7 +505,7 @@ async def _serve(args: argparse.Namespace, out: TextIO) -> int:
     from .serve import serve_until_interrupted
 
     _require_hypercorn()
-    target = await resolve_target(args.target)
+    target: Any = None if args.queue else await resolve_target(args.target)
     listening = False
 
     def announce(urls: list[str]) -> None:
@@ -519,6 +519,8 @@ async def _serve(args: argparse.Namespace, out: TextIO) -> int:
         if args.db:
             opened = await open_store(args.db, create=True)
             store = await stack.enter_async_context(opened)
+        if args.queue:  # the runs go to the workers; the app holds the store
+            target, store = await _queue_app(args, store, stack), None
         try:
             signum = await serve_until_interrupted(
                 target,
@@ -569,6 +571,21 @@ async def _worker(args: argparse.Namespace, out: TextIO) -> int:
     return await run_worker(
         apps, args.db, concurrency=args.concurrency, lease=args.lease, out=out
     )
+
+
+async def _queue_app(args: argparse.Namespace, store: Any, stack: Any) -> Any:
+    """``serve --queue``: the SSE app whose runs go through the run queue."""
+    from .scale.queue import RunQueue
+    from .serve._queue import QueueSSEApp
+
+    if not args.db or not is_postgres(args.db):
+        raise CommandError(
+            "serve --queue needs --db postgresql://...: the run queue lives in"
+            " PostgreSQL"
+        )
+    apps = await _worker_apps([args.target])
+    queue = await stack.enter_async_context(RunQueue(args.db))
+    return QueueSSEApp(apps, queue=queue, checkpointer=store)
 
 
 def _add_worker_parser(commands: Any) -> None:
@@ -706,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--step", type=_count(0), required=True, metavar="N")
     fork.add_argument("--to", required=True, metavar="NEW", help="the new session id")
     _add_worker_parser(commands)
+    serve.add_argument(
+        "--queue",
+        action="store_true",
+        help="enqueue POST /runs for workers (python -m weavegraph worker) and"
+        " stream any queued run's events; needs --db postgresql://...",
+    )
     return parser
 
 

@@ -114,3 +114,14 @@ def worker(dsn: str, *, concurrency: int = 4, lease: float = 2.0) -> Proc:
 
 def worker_name(proc: Proc) -> str:
     return proc.first_line.split()[1]
+
+
+def server(dsn: str) -> tuple[Proc, str]:
+    """A ``serve --queue`` process for `scale_apps.APPS` on a free port; its URL."""
+    import re
+
+    proc = Proc("serve", "scale_apps:APPS", "--db", dsn, "--queue", "--port", "0")
+    line = proc.wait_for_line()
+    found = re.search(r"http://127\.0\.0\.1:\d+", line)
+    assert found, line
+    return proc, found.group(0)

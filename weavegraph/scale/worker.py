@@ -384,7 +384,8 @@ class Worker:
             return
         state: RunInput = None if claim.input_applied else given
         store = LeasedCheckpointer(self._db, claim)
-        config = attrs.evolve(app.config, checkpointer=store)
+        # Lifecycle events, as a server's runs publish them (the viewer draws them).
+        config = attrs.evolve(app.config, checkpointer=store, lifecycle_events=True)
         outcome: tuple[str, str | None] | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run.log.run)
