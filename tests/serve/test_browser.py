@@ -34,6 +34,7 @@ from weavegraph import (
     Message,
     NodeContext,
     NodePartial,
+    RetryPolicy,
     RuntimeConfig,
     StateSnapshot,
 )
@@ -98,9 +99,15 @@ def assistant() -> App:
         .add_edge("plan", "write")
         .add_conditional_edge("write", lambda snapshot: "review", ["review", END])
         .add_edge("review", END)
-        # Events are counted and numbered below: the nodes' own ones only.
+        # The app's own setting: a run the server starts has lifecycle events
+        # anyway (the viewer's "running" highlight follows them).
         .compile(RuntimeConfig(lifecycle_events=False))
     )
+
+
+# The run's events: per step node.start, the node's own events, node.end,
+# step.end, the step's updates and values; then the stream's end.
+RUN_EVENTS = 3 * 5 + (2 + 5 + 1) + 1
 
 
 def fails() -> App:
@@ -383,6 +390,12 @@ READ_PAGE = """
       (g) => g.dataset.node),
     running: document.querySelectorAll("#graph g.node.running").length,
     conditional: document.querySelectorAll("#graph path.edge.conditional").length,
+    updates: [...document.querySelectorAll("#updates > li")].map((li) => ({
+      step: li.dataset.step,
+      nodes: [...li.querySelectorAll(".update")].map((d) => d.dataset.node),
+      text: li.innerText,
+    })),
+    stepState: document.getElementById("step-state").innerText,
     edges: document.querySelectorAll("#graph path.edge").length,
     runningSeen: window.runningSeen || [],
   };
@@ -418,7 +431,24 @@ def check_whole_run(seen: dict[str, Any]) -> None:
     llm = [e for e in seen["events"] if e["type"] == "llm"]
     assert [e["scope"] for e in llm] == ["llm.chunk"] * 4 + ["llm.final"]
     assert {e["node"] for e in llm} == {"write"}
-    assert [e["id"] for e in seen["events"]] == [str(i) for i in range(1, 10)]
+    # Every mode was asked for: the events are numbered without a gap.
+    assert [e["id"] for e in seen["events"]] == [
+        str(i) for i in range(1, RUN_EVENTS + 1)
+    ]
+    starts = [e["node"] for e in seen["events"] if e["scope"] == "node.start"]
+    assert starts == ["plan", "write", "review"]
+    assert [e["type"] for e in seen["events"]].count("updates") == 3
+    assert [e["type"] for e in seen["events"]].count("values") == 3
+    # The updates panel: each step's partials, by node.
+    assert [(u["step"], u["nodes"]) for u in seen["updates"]] == [
+        ("1", ["plan"]),
+        ("2", ["write"]),
+        ("3", ["review"]),
+    ]
+    assert "assistant: plan: answer briefly" in seen["updates"][0]["text"]
+    assert "assistant: Weavegraph streams tokens." in seen["updates"][1]["text"]
+    assert re.search(r"After step\s+3", seen["stepState"]), seen["stepState"]
+    assert "assistant: approved" in seen["stepState"]
     assert seen["drops"] == "0"
     # The final event is the stream's last piece: the text shows once.
     assert seen["llm"].count("Weavegraph streams tokens.") == 1
@@ -453,8 +483,8 @@ async def select_graph(page: Page, name: str, nodes: int) -> None:
 
 async def test_viewer_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
     apps = {"assistant": assistant(), "echo": echo(), "fails": fails()}
-    # The run has 9 events and the server keeps the last 6 of a run: the live
-    # client sees them all, one re-attaching after the run misses 3.
+    # The server keeps the last 6 events of a run: the live client sees them
+    # all, one re-attaching after the run misses the others.
     serve = partial(serve_sse, apps, port=0, log_capacity=6)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -499,19 +529,20 @@ async def test_viewer_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
 
                 # Re-attaching to the finished session replays what the server
                 # still holds through EventSource (closed at the stream's end):
-                # one "dropped" frame for the 3 events gone, counted once
-                # although the event numbers jump from 0 to 4 as well.
+                # one "dropped" frame for the events gone, counted once
+                # although the event numbers jump as well.
+                gone = RUN_EVENTS - 6
                 await page.js("document.getElementById('attach').click()")
                 await page.wait_for("document.body.dataset.state === 'done'")
                 seen = await page.js(READ_PAGE)
                 assert seen["events"][0]["type"] == "dropped"
-                assert "3 events dropped" in seen["events"][0]["text"]
+                assert f"{gone} events dropped" in seen["events"][0]["text"]
                 assert [e["id"] for e in seen["events"][1:]] == [
-                    str(i) for i in range(4, 10)
+                    str(i) for i in range(gone + 1, RUN_EVENTS + 1)
                 ]
-                assert seen["drops"] == "3"
-                assert re.search(r"Missed events\s+3", seen["finalState"])
-                assert "tokens." in seen["llm"]
+                assert seen["drops"] == str(gone)
+                assert re.search(rf"Missed events\s+{gone}", seen["finalState"])
+                assert [u["step"] for u in seen["updates"]] == ["3"]
                 check_end(seen)
                 await screenshot(page, tmp_path / "viewer-attached.png")
 
@@ -679,5 +710,88 @@ async def test_viewer_answers_an_interrupt_and_shows_past_steps(
                 )
                 seen = await page.js(READ_PAGE)
                 assert "assistant: sent: Dear the team" in seen["finalState"]
+                assert page.errors() == []
+            nursery.cancel_scope.cancel()
+
+
+# Every class change of the ``flaky`` node, as the sorted list of the states
+# the viewer shows (running, retrying, done, failed).
+RECORD_FLAKY = """
+window.flakyStates = [];
+const flaky = document.querySelector('#graph g.node[data-node="flaky"]');
+const shown = () => ["running", "retrying", "done", "failed"]
+  .filter((c) => flaky.classList.contains(c)).join(" ");
+new MutationObserver(() => {
+  const now = shown();
+  const states = window.flakyStates;
+  if (states[states.length - 1] !== now) states.push(now);
+}).observe(flaky, { attributes: true, attributeFilter: ["class"] });
+"""
+
+
+def retrying() -> App:
+    """START -> flaky -> END; ``flaky`` fails twice, then succeeds."""
+
+    async def flaky(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        await trio.sleep(0.3)
+        if ctx.attempt < 3:
+            raise RuntimeError(f"attempt {ctx.attempt} failed")
+        return NodePartial(extra={"attempts": ctx.attempt})
+
+    return (
+        GraphBuilder()
+        .add_node("flaky", flaky, retry=RetryPolicy(max_attempts=3, backoff=0.3))
+        .add_edge(START, "flaky")
+        .add_edge("flaky", END)
+        .compile()
+    )
+
+
+async def test_a_retrying_node_stays_highlighted_as_running() -> None:
+    serve = partial(serve_sse, {"flaky": retrying()}, port=0)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(serve)
+            async with chromium() as devtools:
+                page = await open_page(devtools)
+                await page.call("Page.navigate", url=urls[0] + "/")
+                await page.wait_for("document.body.dataset.state === 'ready'")
+                await page.wait_for(
+                    "document.querySelector('#graph g.node[data-node=\"flaky\"]')"
+                )
+                await page.js(RECORD_FLAKY)
+                await page.js("document.getElementById('start').click()")
+                # While it waits for its next attempt, the node is running.
+                await page.wait_for(
+                    "document.querySelectorAll('#events li[data-scope=\"node.retry\"]')"
+                    ".length >= 1"
+                )
+                classes = await page.js(
+                    "[...document.querySelector('#graph g.node[data-node=\"flaky\"]')"
+                    ".classList]"
+                )
+                assert "running" in classes and "retrying" in classes, classes
+                await page.wait_for("document.body.dataset.state === 'done'")
+                seen = await page.js(READ_PAGE)
+                assert "completed" in seen["status"]
+                scopes = [e["scope"] for e in seen["events"] if e["node"] == "flaky"]
+                assert scopes == [
+                    "node.start",
+                    "node.retry",
+                    "node.start",
+                    "node.retry",
+                    "node.start",
+                    "node.end",
+                ]
+                # Running from its first attempt to its end, then done, never
+                # running again: the retries did not interrupt the highlight.
+                states = await page.js("window.flakyStates")
+                assert states == ["running", "running retrying", "done"], states
+                assert seen["running"] == 0
+                assert "flaky" in seen["done"]
+                assert [(u["step"], u["nodes"]) for u in seen["updates"]] == [
+                    ("1", ["flaky"])
+                ]
+                assert 'extra: {"attempts":3}' in seen["updates"][0]["text"]
                 assert page.errors() == []
             nursery.cancel_scope.cancel()

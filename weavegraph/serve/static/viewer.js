@@ -5,6 +5,15 @@
 const STREAM_END_SCOPE = "__weavegraph_stream_end__";
 const INTERRUPT_SCOPE = "session.interrupt";
 const NODE_START_SCOPE = "node.start";
+const NODE_END_SCOPE = "node.end";
+const NODE_RETRY_SCOPE = "node.retry";
+const NODE_ERROR_SCOPE = "node.error";
+const STEP_END_SCOPE = "step.end";
+// Every stream mode: the run's events, each step's partials by node
+// ("updates") and the state after each step ("values"). Asking for all of them
+// keeps the event numbers free of gaps, so a gap is always a lost event.
+const MODES = "?modes=events,updates,values";
+const MAX_LISTED_UPDATES = 200;
 const MAX_LISTED_EVENTS = 2000;
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -386,8 +395,10 @@ function drawGraph(info) {
 /** Re-apply the current run's highlight (after the graph is redrawn). */
 function applyNodeClasses() {
   for (const [name, g] of view.nodeElements) {
-    g.classList.toggle("done", run.done.has(name));
-    g.classList.toggle("running", run.running === name);
+    g.classList.toggle("done", run.done.has(name) && !run.running.has(name));
+    g.classList.toggle("running", run.running.has(name));
+    g.classList.toggle("retrying", run.retrying.has(name));
+    g.classList.toggle("failed", run.failed.has(name));
     g.classList.toggle("waiting", run.waiting.has(name));
   }
 }
@@ -408,9 +419,15 @@ function newRun() {
     events: 0,
     counts: {},
     lastStep: null,
-    running: null,
+    // The highlight follows the runtime's lifecycle events: node.start adds a
+    // node, node.retry keeps it (retrying), node.end and node.error remove it.
+    running: new Set(),
+    retrying: new Set(),  // running nodes whose earlier attempt failed
+    failed: new Set(),    // nodes whose last attempt failed for good
     done: new Set(),
     waiting: new Set(),   // nodes paused on an interrupt
+    updates: 0,           // "updates" items received (one per step)
+    values: null,         // the newest "values" item's state
     ran: new Map(),       // node -> {steps: Set, events: n}, in order of first sight
     streams: new Map(),   // node + stream id -> {node, streamId, text, final, error, element}
     end: null,
@@ -424,6 +441,8 @@ function resetView() {
   run = newRun();
   hideInterrupts();
   $("events").replaceChildren();
+  $("updates").replaceChildren();
+  $("step-state").replaceChildren(el("p", { class: "muted" }, "Shown after each step."));
   $("llm-output").replaceChildren(el("p", { class: "muted" }, "No model output yet."));
   $("final-state").replaceChildren(el("p", { class: "muted" }, "Shown when the run ends."));
   $("drops").textContent = "0";
@@ -517,23 +536,36 @@ function handleFrame(current, frame) {
   // Runtime events name their node in `node`; a node's own events in `node_id`.
   const node = meta.node_id || (type === "diagnostic" && typeof meta.node === "string" ? meta.node : null);
   listEvent({ id: frame.id, type, scope: data.scope, node, message: data.message });
-  if (type === "diagnostic" && data.scope === INTERRUPT_SCOPE && node) {
-    noteNode(node, meta.step);
-    setRunning(node);
-    markWaiting(node);
-  } else if (type === "diagnostic" && data.scope === NODE_START_SCOPE && node) {
-    noteNode(node, meta.step);
-    setRunning(node);
-  }
-  if (type === "node" && Number.isInteger(meta.step)) {
+  if (Number.isInteger(meta.step) && (type === "node" || type === "updates" || type === "values" || data.scope === STEP_END_SCOPE)) {
     run.lastStep = Math.max(run.lastStep ?? 0, meta.step);
   }
-  if ((type === "node" || type === "llm") && node) {
-    noteNode(node, meta.step);
-    setRunning(node);
-  }
+  if (type === "updates") showUpdates(meta.step, meta.updates || {});
+  else if (type === "values") showValues(meta.step, meta.state || {});
+  else if (type === "diagnostic" && node) lifecycle(data.scope, node, meta.step);
+  if ((type === "node" || type === "llm") && node) noteNode(node, meta.step, true);
   if (type === "llm") appendModelOutput(node, meta, data);
   updateProgress();
+}
+
+/** A lifecycle event of `node`: what the "running" highlight shows. */
+function lifecycle(scope, node, step) {
+  if (scope === NODE_START_SCOPE) {
+    noteNode(node, step, false);
+    startNode(node);
+  } else if (scope === NODE_RETRY_SCOPE) {
+    startNode(node);             // still running: it waits for its next attempt
+    run.retrying.add(node);
+    applyNodeClasses();
+  } else if (scope === NODE_END_SCOPE) {
+    stopNode(node, true);
+  } else if (scope === NODE_ERROR_SCOPE) {
+    run.failed.add(node);
+    stopNode(node, false);
+  } else if (scope === INTERRUPT_SCOPE) {
+    noteNode(node, step, false);
+    stopNode(node, false);
+    markWaiting(node);
+  }
 }
 
 let lastSessionId = null;
@@ -545,21 +577,29 @@ function learnSession(id) {
   $("session-id").placeholder = "last run: " + id;
 }
 
-function noteNode(node, step) {
+/** Remember that `node` ran at `step`; `own`: one of its own events. */
+function noteNode(node, step, own) {
   if (!run.ran.has(node)) run.ran.set(node, { steps: new Set(), events: 0 });
   const entry = run.ran.get(node);
-  entry.events++;
+  if (own) entry.events++;
   if (Number.isInteger(step)) entry.steps.add(step);
 }
 
-/** Move the "running" highlight to `node`; the node it leaves has run. */
-function setRunning(node) {
-  if (run.running === node) return;
-  if (run.running) markDone(run.running);
-  else markDone("START");
-  run.running = node;
-  const g = view.nodeElements.get(node);
-  if (g) g.classList.add("running");
+/** `node` runs (an attempt started, or it waits to retry). */
+function startNode(node) {
+  if (!run.done.has("START")) run.done.add("START");
+  run.running.add(node);
+  run.failed.delete(node);
+  run.waiting.delete(node);
+  applyNodeClasses();
+}
+
+/** `node` stopped running; `finished`: it returned (it has run). */
+function stopNode(node, finished) {
+  run.running.delete(node);
+  run.retrying.delete(node);
+  if (finished) run.done.add(node);
+  applyNodeClasses();
 }
 
 /** `node` asked a question (an interrupt): it waits for an answer. */
@@ -569,13 +609,45 @@ function markWaiting(node) {
   if (g) g.classList.add("waiting");
 }
 
-function markDone(node) {
-  run.done.add(node);
-  const g = view.nodeElements.get(node);
-  if (g) {
-    g.classList.remove("running");
-    g.classList.add("done");
+/** One partial's JSON form, as short lines: what the node changed. */
+function describePartial(partial) {
+  const lines = [];
+  for (const m of partial.messages || []) {
+    const calls = (m.tool_calls || []).map((c) => `${c.name}(${JSON.stringify(c.arguments)})`);
+    lines.push(`${m.role}: ${m.content}${calls.length ? " → " + calls.join(", ") : ""}`);
   }
+  if (partial.extra) lines.push("extra: " + JSON.stringify(partial.extra));
+  if ((partial.errors || []).length) lines.push(`errors: ${partial.errors.length}`);
+  if (partial.frontier) lines.push(`${partial.frontier.kind} → ${partial.frontier.targets.join(", ")}`);
+  return lines.length ? lines : ["no change"];
+}
+
+/** An "updates" item: every node's partial of `step`, keyed by node name. */
+function showUpdates(step, updates) {
+  run.updates++;
+  const nodes = Object.entries(updates).map(([node, partial]) => {
+    noteNode(node, step, false);
+    return el("div", { class: "update", dataset: { node } },
+      el("code", {}, node),
+      el("ul", {}, ...describePartial(partial || {}).map((line) => el("li", {}, line))));
+  });
+  const list = $("updates");
+  list.append(el("li", { dataset: { step: String(step) } },
+    el("span", { class: "update-step" }, `step ${step}`),
+    nodes.length ? el("div", { class: "update-nodes" }, ...nodes) : el("span", { class: "muted" }, "nothing ran")));
+  while (list.childElementCount > MAX_LISTED_UPDATES) list.firstElementChild.remove();
+  list.scrollTop = list.scrollHeight;
+}
+
+/** A "values" item: the whole state after `step`. */
+function showValues(step, state) {
+  run.values = state;
+  const messages = (state.messages || []).map((m) =>
+    el("li", {}, el("strong", {}, m.role + ": "), m.content));
+  $("step-state").replaceChildren(el("dl", { dataset: { step: String(step) } },
+    el("dt", {}, "After step"), el("dd", {}, String(step)),
+    el("dt", {}, "Messages"), el("dd", {}, messages.length ? el("ol", {}, ...messages) : el("span", { class: "muted" }, "none")),
+    el("dt", {}, "Extra"), el("dd", {}, el("pre", {}, JSON.stringify(state.extra || {}, null, 2)))));
 }
 
 function appendModelOutput(node, meta, data) {
@@ -643,10 +715,12 @@ function finish(end) {
   run.end = end;
   if (end.session && !run.sessionId) learnSession(end.session);
   if (Number.isFinite(end.step)) run.lastStep = end.step;
-  if (run.running && !run.waiting.has(run.running)) markDone(run.running);
-  else if (run.running) view.nodeElements.get(run.running)?.classList.remove("running");
-  run.running = null;
-  if (end.status === "completed") markDone("END");
+  // Nothing runs after the end (a node cut short by a cancellation sent no
+  // node.end: it is no longer highlighted, and not marked as run either).
+  run.running.clear();
+  run.retrying.clear();
+  if (end.status === "completed") run.done.add("END");
+  applyNodeClasses();
   for (const stream of run.streams.values()) {
     stream.final = true;
     stream.element.classList.add("final");
@@ -702,8 +776,9 @@ async function loadFinalState(end) {
 /** The connection ended (or failed) without the stream-end event. */
 function lost(current, reason) {
   if (current !== run || run.end) return;
-  if (run.running) markDone(run.running);
-  run.running = null;
+  run.running.clear();
+  run.retrying.clear();
+  applyNodeClasses();
   run.close = null;
   listEvent({ type: "client", message: reason });
   setStatus("disconnected", reason);
@@ -730,6 +805,7 @@ function showFinalState(end) {
     ["Last step", String(end.step ?? run.lastStep ?? "?")],
     ["Nodes that ran", ran.length ? el("ol", {}, ...ran) : el("span", { class: "muted" }, "none seen in events")],
     ["Model output", outputs.length ? el("div", { id: "final-llm" }, ...outputs) : el("span", { class: "muted" }, "none")],
+    ["Step updates", String(run.updates)],
     ["Events", `${run.events} (${counts || "none"})`],
     ["Missed events", String(run.drops)],
     ["Sentinel", el("code", {}, end.message)],
@@ -769,7 +845,7 @@ async function startRun() {
 
   const current = resetView();
   if (sessionId) learnSession(sessionId);
-  await streamRun(current, "/runs", body, "run");
+  await streamRun(current, "/runs" + MODES, body, "run");
 }
 
 /**
@@ -886,7 +962,7 @@ async function answerInterrupts() {
   hideInterrupts();
   const current = resetView();
   learnSession(session);
-  await streamRun(current, "/runs/" + encodeURIComponent(session) + "/resume", body, "resume");
+  await streamRun(current, "/runs/" + encodeURIComponent(session) + "/resume" + MODES, body, "resume");
 }
 
 // =============================================================== stored steps
@@ -980,7 +1056,7 @@ async function attach() {
 
   const current = resetView();
   learnSession(sessionId);
-  const source = new EventSource("/runs/" + encodeURIComponent(sessionId) + "/events");
+  const source = new EventSource("/runs/" + encodeURIComponent(sessionId) + "/events" + MODES);
   current.close = () => source.close();
   current.closeOnEnd = current.close;
   const onFrame = (event) => handleFrame(current, {
@@ -988,7 +1064,7 @@ async function attach() {
     event: event.type,
     data: event.data,
   });
-  for (const type of ["node", "diagnostic", "llm", "dropped", "message"]) {
+  for (const type of ["node", "diagnostic", "llm", "updates", "values", "dropped", "message"]) {
     source.addEventListener(type, onFrame);
   }
   source.onopen = () => { if (current === run && !run.end) setStatus("running", "attached"); };
