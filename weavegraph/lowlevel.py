@@ -2,7 +2,9 @@
 
 Most programs never need these: they are what `App` and `AppRunner` are made of
 (the barrier, the superstep engine, session records, bus metrics), exposed for
-code that drives supersteps itself or inspects a run's machinery.
+code that drives supersteps itself or inspects a run's machinery; and the typed
+items of the ``updates`` and ``values`` stream modes (`StepUpdates`,
+`StepValues`), for code that annotates or checks what a stream yields.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .checkpoint.record import Checkpoint as Checkpoint
 from .checkpoint.record import SessionSummary as SessionSummary
 from .checkpoint.record import StepPage as StepPage
 from .events.bus import BusMetrics as BusMetrics
+from .events.steps import StepUpdates as StepUpdates
+from .events.steps import StepValues as StepValues
 from .events.types import stream_end_event as stream_end_event
 
 __all__ = (
@@ -38,6 +42,8 @@ __all__ = (
     "Session",
     "SessionSummary",
     "StepPage",
+    "StepUpdates",
+    "StepValues",
     "Versions",
     "apply_barrier",
     "check_session_id",

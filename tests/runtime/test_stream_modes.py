@@ -28,13 +28,8 @@ from weavegraph import (
     event_from_json,
 )
 from weavegraph.errors import ConfigError, EventDecodeError, ReservedScopeError
-from weavegraph.events.steps import (
-    StepUpdates,
-    StepValues,
-    partial_from_json,
-    partial_to_json,
-)
-from weavegraph.lowlevel import Engine
+from weavegraph.events.steps import partial_from_json, partial_to_json
+from weavegraph.lowlevel import Engine, StepUpdates, StepValues
 
 
 async def first(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:

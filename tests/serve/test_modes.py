@@ -22,7 +22,7 @@ from weavegraph import (
     StateSnapshot,
     event_from_json,
 )
-from weavegraph.events.steps import StepUpdates, StepValues
+from weavegraph.lowlevel import StepUpdates, StepValues
 from weavegraph.serve import sse_app
 
 STREAM_END = "__weavegraph_stream_end__"
