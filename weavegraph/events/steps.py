@@ -299,6 +299,50 @@ def step_item_from_json(
 
 # ------------------------------------------------------------- the engine hook
 
+# Items are built once per step when a mode asks: through their slots (as the
+# lifecycle events are), skipping the attrs ``__init__``. ``scope`` and
+# ``message`` live in `DiagnosticEvent`'s slots, the other fields in their own.
+_new = object.__new__
+_set_scope = DiagnosticEvent.__dict__["scope"].__set__
+_set_message = DiagnosticEvent.__dict__["message"].__set__
+_set_timestamp = DiagnosticEvent.__dict__["timestamp"].__set__
+_set_metadata = DiagnosticEvent.__dict__["metadata"].__set__
+_set_updates_step = StepUpdates.__dict__["step"].__set__
+_set_updates = StepUpdates.__dict__["updates"].__set__
+_set_updates_session = StepUpdates.__dict__["session_id"].__set__
+_set_values_step = StepValues.__dict__["step"].__set__
+_set_state = StepValues.__dict__["state"].__set__
+_set_values_session = StepValues.__dict__["session_id"].__set__
+
+
+def _updates_item(
+    step: int, updates: dict[str, NodePartial], session_id: str, timestamp: float
+) -> StepUpdates:
+    item: StepUpdates = _new(StepUpdates)
+    _set_scope(item, UPDATES_SCOPE)
+    _set_message(item, f"step {step} updates: {', '.join(updates) or 'none'}")
+    _set_timestamp(item, timestamp)
+    _set_metadata(item, _EMPTY)
+    _set_updates_step(item, step)
+    _set_updates(item, MappingProxyType(updates))
+    _set_updates_session(item, session_id)
+    return item
+
+
+def _values_item(
+    step: int, state: VersionedState, session_id: str, timestamp: float
+) -> StepValues:
+    item: StepValues = _new(StepValues)
+    _set_scope(item, VALUES_SCOPE)
+    _set_message(item, f"state after step {step}")
+    _set_timestamp(item, timestamp)
+    _set_metadata(item, _EMPTY)
+    _set_values_step(item, step)
+    _set_state(item, state)
+    _set_values_session(item, session_id)
+    return item
+
+
 StepItemEmitter = Callable[
     [
         Callable[[DiagnosticEvent], None],
@@ -325,6 +369,7 @@ def step_item_emitter(modes: Iterable[StreamMode]) -> StepItemEmitter | None:
     values = "values" in chosen
     if not updates and not values:
         return None
+    empty = NodePartial.EMPTY
 
     def emit_items(
         emit: Callable[[DiagnosticEvent], None],
@@ -337,22 +382,12 @@ def step_item_emitter(modes: Iterable[StreamMode]) -> StepItemEmitter | None:
     ) -> None:
         stamp = quantize_timestamp(timestamp)
         if updates:
-            emit(
-                StepUpdates(
-                    step=step,
-                    updates={
-                        name: NodePartial.EMPTY if partial is None else partial
-                        for name, partial in zip(nodes, partials, strict=True)
-                    },
-                    session_id=session_id,
-                    timestamp=stamp,
-                )
-            )
+            by_node = {
+                name: empty if partial is None else partial
+                for name, partial in zip(nodes, partials, strict=True)
+            }
+            emit(_updates_item(step, by_node, session_id, stamp))
         if values:
-            emit(
-                StepValues(
-                    step=step, state=state, session_id=session_id, timestamp=stamp
-                )
-            )
+            emit(_values_item(step, state, session_id, stamp))
 
     return emit_items
