@@ -399,3 +399,28 @@ async def test_nothing_is_built_when_no_mode_asks() -> None:
     sink = MemorySink()
     await chain().invoke_with_sinks(VersionedState.with_user_message("go"), [sink])
     assert not any(isinstance(e, StepUpdates | StepValues) for e in sink.events)
+
+
+async def test_replay_comparisons_see_the_items() -> None:
+    from weavegraph.testing import ReplayRun, compare_replay_runs
+
+    async def run(extra: int) -> ReplayRun:
+        async def node(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+            return NodePartial(extra={"n": extra})
+
+        app = (
+            GraphBuilder()
+            .add_node("n", node)
+            .add_edge(START, "n")
+            .add_edge("n", END)
+            .compile(RuntimeConfig(session_id="same"))
+        )
+        async with app.invoke_streaming(VersionedState(), modes="updates") as (r, e):
+            items = [item async for item in e]
+            final = await r.join()
+        return ReplayRun(final, items)
+
+    one, again, other = await run(1), await run(1), await run(2)
+    assert compare_replay_runs(one, again).is_match
+    differences = compare_replay_runs(one, other).differences
+    assert any("event 0 differs" in d and '"updates"' in d for d in differences)
