@@ -67,8 +67,8 @@ def _with_breakpoints(
 def _with_modes(
     config: RuntimeConfig, modes: object
 ) -> tuple[RuntimeConfig, tuple[StreamMode, ...] | None]:
-    """The config whose run publishes what ``modes`` ask for, and the event types
-    a stream of ``modes`` receives (``None``: every event of the run).
+    """The config whose run publishes what ``modes`` ask for, and the modes a
+    stream of the run must be filtered to (``None``: it shows everything).
 
     ``modes=None`` streams the config's ``stream_modes``. The run publishes its
     events, what its config names and what ``modes`` name; the stream shows only
