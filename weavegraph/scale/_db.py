@@ -156,10 +156,19 @@ class Database:
         dsn: A libpq connection string or URI.
         pool_size: Connections (and worker threads) at most.
         statement_timeout: Seconds after which the server cancels a statement.
+        idle_timeout: Seconds after which the server ends a session idle in a
+            transaction (``idle_in_transaction_session_timeout``): a worker
+            paused in the middle of a write releases its locks, so another
+            worker can take its runs over.
     """
 
     def __init__(
-        self, dsn: str, *, pool_size: int = 4, statement_timeout: float = 30.0
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 4,
+        statement_timeout: float = 30.0,
+        idle_timeout: float | None = None,
     ) -> None:
         if not isinstance(dsn, str) or not dsn:
             raise QueueError(f"the run queue takes a connection string, got {dsn!r}")
@@ -168,6 +177,7 @@ class Database:
         self.dsn = dsn
         self.pool_size = pool_size
         self._timeout_ms = int(statement_timeout * 1000)
+        self._idle_ms = 0 if idle_timeout is None else max(1, int(idle_timeout * 1000))
         self.pool: Any = None
         self.limiter = trio.CapacityLimiter(pool_size)
 
@@ -180,10 +190,11 @@ class Database:
                 "the run queue needs psycopg and psycopg_pool: install"
                 " 'weavegraph[postgres]'"
             ) from exc
-        timeout = self._timeout_ms
+        timeout, idle = self._timeout_ms, self._idle_ms
 
         def configure(conn: Any) -> None:
             conn.execute(f"SET statement_timeout = {timeout}")
+            conn.execute(f"SET idle_in_transaction_session_timeout = {idle}")
             conn.commit()
 
         pool = ConnectionPool(
@@ -285,8 +296,10 @@ class Listener:
         poll = self.POLL
 
         def receive() -> list[tuple[str, str]]:
+            # Back at the first notification (a burst comes in together).
             try:
-                return [(n.channel, n.payload) for n in conn.notifies(timeout=poll)]
+                found = conn.notifies(timeout=poll, stop_after=1)
+                return [(n.channel, n.payload) for n in found]
             except psycopg.Error as exc:
                 raise QueueError(f"the LISTEN connection failed: {exc}") from exc
 

@@ -116,39 +116,74 @@ class LeasedCheckpointer(PostgresCheckpointer):
 
 
 class EventLog:
-    """The event sink of one claimed run: appends its events to
-    ``weavegraph_run_events`` in batches, each batch in one fenced transaction
-    that also moves the run's ``last_seq`` and NOTIFYs a wake-up.
+    """The event sink of one claimed run: its events wait here until the
+    worker's `EventWriter` appends them to ``weavegraph_run_events``.
 
-    Events arriving while a batch is being written go in the next one. Once the
-    lease is lost nothing more is appended; a run handed back drops its
-    ``cancelled`` sentinel (the run goes on elsewhere).
+    Once the lease is lost nothing more is appended; a run handed back drops
+    its ``cancelled`` sentinel (the run goes on elsewhere).
     """
 
-    def __init__(self, db: Database, claim: Claim, retention: EventRetention) -> None:
-        self._db = db
-        self._claim = claim
-        self._retention = retention
+    def __init__(self, writer: EventWriter, claim: Claim) -> None:
+        self._writer = writer
+        self.claim = claim
         self.seq = claim.last_seq
         self.lost = False
         self.drop_end = False
         self.end_status: str | None = None
-        self._buffer: list[str] = []
-        self._wake = trio.Event()
+        self.buffer: list[str] = []
+        self._pending = 0
         self._idle = trio.Event()
         self._idle.set()
 
     async def handle(self, event: Event) -> None:
-        """Queue one event for the next batch."""
+        """Queue one event for the worker's next batch."""
         if self.lost:
             return
         if event.is_stream_end:
             if self.drop_end:
                 return
             self.end_status = str(event.metadata.get("status"))
-        self._buffer.append(event.to_json_str())
+        self.buffer.append(event.to_json_str())
+        self._pending += 1
         if self._idle.is_set():
             self._idle = trio.Event()
+        self._writer.mark(self)
+
+    def settled(self, count: int, stored: bool) -> None:
+        """``count`` events were written (``stored``) or given up."""
+        if stored:
+            self.seq += count
+        self._pending -= count
+        if self._pending <= 0 or self.lost:
+            self._pending = 0
+            self.buffer.clear()
+            self._idle.set()
+
+    async def aclose(self) -> None:
+        """Wait (at most 10 s, shielded) until every event handed over is written."""
+        with trio.CancelScope(shield=True), trio.move_on_after(10.0):
+            await self._idle.wait()
+
+
+class EventWriter:
+    """Appends the events of all of a worker's runs, a batch per transaction.
+
+    Whatever the runs logged while the last batch was being written goes in
+    the next: a busy worker writes many runs' events at once. Each batch checks
+    every run's lease (``FOR SHARE``, in the same transaction), appends the
+    events of the runs still held, moves their ``last_seq``, trims them to the
+    retention's count and NOTIFYs one wake-up.
+    """
+
+    def __init__(self, db: Database, retention: EventRetention) -> None:
+        self._db = db
+        self._keep = retention.max_events
+        self._dirty: dict[int, EventLog] = {}
+        self._wake = trio.Event()
+
+    def mark(self, log: EventLog) -> None:
+        """``log`` has events to write."""
+        self._dirty[log.claim.run_id] = log
         self._wake.set()
 
     async def run(self) -> None:
@@ -156,51 +191,76 @@ class EventLog:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
-            while self._buffer and not self.lost:
-                batch, self._buffer = self._buffer, []
+            while self._dirty:
+                logs = list(self._dirty.values())
+                self._dirty.clear()
+                batch = [(log, log.seq + 1, log.buffer) for log in logs]
+                for log in logs:
+                    log.buffer = []
                 try:
-                    await self._append(batch)
-                except LeaseLost:
-                    self.lost = True
+                    live = await self._db.run(
+                        functools.partial(self._append, batch=batch)
+                    )
                 except QueueError as exc:
-                    logger.error("events of run %s lost: %s", self._claim.run_id, exc)
-            self._buffer.clear()
-            self._idle.set()
+                    logger.error("events of %d run(s) lost: %s", len(batch), exc)
+                    for log, _, texts in batch:
+                        log.settled(len(texts), False)
+                    continue
+                for log, _, texts in batch:
+                    if log.claim.run_id not in live:
+                        log.lost = True
+                    log.settled(len(texts), log.claim.run_id in live)
 
-    async def _append(self, batch: list[str]) -> None:
-        claim, first = self._claim, self.seq + 1
-        last = first + len(batch) - 1
-        keep = self._retention.max_events
-
-        def append(conn: Any) -> None:
-            check_lease(conn, claim.run_id, claim.token, claim.session_id)
-            cur = conn.cursor()
+    def _append(
+        self, conn: Any, *, batch: list[tuple[EventLog, int, list[str]]]
+    ) -> set[int]:
+        cur = conn.cursor()
+        claims = sorted((log.claim for log, _, _ in batch), key=lambda c: c.run_id)
+        cur.execute(
+            "SELECT id FROM weavegraph_runs WHERE (id, lease_token) IN"
+            " (SELECT * FROM unnest(%s::bigint[], %s::bigint[]))"
+            " AND status = 'running' AND lease_expires > clock_timestamp()"
+            " ORDER BY id FOR SHARE",
+            ([c.run_id for c in claims], [c.token for c in claims]),
+        )
+        live = {int(row[0]) for row in cur.fetchall()}
+        ids: list[int] = []
+        seqs: list[int] = []
+        texts: list[str] = []
+        lasts: dict[int, int] = {}
+        for log, first, items in batch:
+            run_id = log.claim.run_id
+            if run_id not in live or not items:
+                continue
+            ids += [run_id] * len(items)
+            seqs += range(first, first + len(items))
+            texts += items
+            lasts[run_id] = first + len(items) - 1
+        if lasts:
             cur.execute(
                 "INSERT INTO weavegraph_run_events (run_id, seq, event_json)"
-                " SELECT %s, s, e FROM unnest(%s::bigint[], %s::text[]) AS t(s, e)",
-                (claim.run_id, list(range(first, last + 1)), batch),
+                " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[])",
+                (ids, seqs, texts),
             )
+            order = sorted(lasts)
             cur.execute(
-                "UPDATE weavegraph_runs SET last_seq = %s WHERE id = %s",
-                (last, claim.run_id),
+                "UPDATE weavegraph_runs AS r SET last_seq = v.last"
+                " FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, last)"
+                " WHERE r.id = v.id",
+                (order, [lasts[i] for i in order]),
             )
-            if keep is not None and last > keep:
+            keep = self._keep
+            cuts = {i: last - keep for i, last in lasts.items() if keep and last > keep}
+            if cuts:
                 cur.execute(
-                    "DELETE FROM weavegraph_run_events WHERE run_id = %s AND seq <= %s",
-                    (claim.run_id, last - keep),
+                    "DELETE FROM weavegraph_run_events AS e"
+                    " USING unnest(%s::bigint[], %s::bigint[]) AS v(id, cut)"
+                    " WHERE e.run_id = v.id AND e.seq <= v.cut",
+                    (list(cuts), list(cuts.values())),
                 )
-            cur.execute(
-                "SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, f"{claim.run_id}:{last}")
-            )
-            conn.commit()
-
-        await self._db.run(append)
-        self.seq = last
-
-    async def aclose(self) -> None:
-        """Wait (at most 10 s, shielded) until every event handed over is written."""
-        with trio.CancelScope(shield=True), trio.move_on_after(10.0):
-            await self._idle.wait()
+            cur.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, "batch"))
+        conn.commit()
+        return live
 
 
 @attrs.define
@@ -246,6 +306,8 @@ class Worker:
         self._poll = poll
         self._retention = retention
         self._running: dict[int, _Running] = {}
+        self._events = EventWriter(db, retention)
+        self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._stopping = False
         self._stopped = trio.Event()
@@ -283,6 +345,7 @@ class Worker:
                 listener = Listener(self._db.dsn, (QUEUE_CHANNEL,))
                 await nursery.start(listener.run, self._on_notify)
                 nursery.start_soon(self._retain)
+                nursery.start_soon(self._events.run)
                 task_status.started(self)
                 try:
                     await self._claim_loop(nursery)
@@ -307,7 +370,15 @@ class Worker:
             )
         conn.commit()
 
+    def _start(self, claims: list[Claim]) -> None:
+        for claim in claims:
+            run = _Running(claim, EventLog(self._events, claim))
+            self._running[claim.run_id] = run
+            assert self._nursery is not None
+            self._nursery.start_soon(self._guarded, run)
+
     async def _claim_loop(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
         while not self._stopping:
             free = self._concurrency - len(self._running)
             claims: list[Claim] = []
@@ -318,10 +389,7 @@ class Worker:
                     )
                 except QueueError as exc:
                     logger.error("claiming runs failed: %s", exc)
-                for claim in claims:
-                    run = _Running(claim, EventLog(self._db, claim, self._retention))
-                    self._running[claim.run_id] = run
-                    nursery.start_soon(self._guarded, run)
+                self._start(claims)
             if claims and len(claims) == free:
                 continue  # full: wait for a slot below on the next pass
             wake = self._wake
@@ -331,7 +399,11 @@ class Worker:
                 self._wake = trio.Event()
 
     def _claim(self, conn: Any, limit: int) -> list[Claim]:
-        cur = conn.cursor()
+        claims = self._claim_rows(conn.cursor(), limit)
+        conn.commit()
+        return claims
+
+    def _claim_rows(self, cur: Any, limit: int) -> list[Claim]:
         cur.execute(
             "WITH picked AS (SELECT id FROM weavegraph_runs WHERE app = ANY(%s)"
             " AND (status = 'queued' OR (status = 'running'"
@@ -353,7 +425,6 @@ class Worker:
             (sorted(self.apps), limit, self.name, self._lease),
         )
         rows = cur.fetchall()
-        conn.commit()
         return sorted((Claim(*row) for row in rows), key=lambda c: c.run_id)
 
     async def _guarded(self, run: _Running) -> None:
@@ -384,11 +455,9 @@ class Worker:
             return
         state: RunInput = None if claim.input_applied else given
         store = LeasedCheckpointer(self._db, claim)
-        # Lifecycle events, as a server's runs publish them (the viewer draws them).
-        config = attrs.evolve(app.config, checkpointer=store, lifecycle_events=True)
+        config = attrs.evolve(app.config, checkpointer=store)
         outcome: tuple[str, str | None] | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(run.log.run)
             nursery.start_soon(self._renew, run)
             if self._stopping:
                 run.hand_back()
@@ -456,7 +525,10 @@ class Worker:
     async def _finish(self, run: _Running, status: str, error: str | None) -> None:
         claim = run.claim
 
-        def finish(conn: Any) -> bool:
+        # The slot this run frees is filled in the same transaction.
+        refill = not self._stopping and len(self._running) <= self._concurrency
+
+        def finish(conn: Any) -> tuple[bool, list[Claim]]:
             cur = conn.cursor()
             cur.execute(
                 "UPDATE weavegraph_runs SET status = %s, error = %s, worker = NULL,"
@@ -469,13 +541,22 @@ class Worker:
             cur.execute(
                 "SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, f"done:{claim.run_id}")
             )
+            claims = self._claim_rows(cur, 1) if refill else []
             conn.commit()
-            return done
+            return done, claims
 
         try:
             with trio.move_on_after(30.0):
-                if await self._db.run(finish):
-                    self.completed += 1
+                done, claims = await self._db.run(finish)
+                self.completed += done
+                if not done:
+                    logger.warning(
+                        "run %s of session %s: lease lost, abandoned (another"
+                        " worker owns it)",
+                        claim.run_id,
+                        claim.session_id,
+                    )
+                self._start(claims)
         except QueueError as exc:
             logger.error("recording the end of run %s: %s", claim.run_id, exc)
 
@@ -597,7 +678,7 @@ async def serve_worker(
     elif not isinstance(poll, int | float) or not 0 < poll < math.inf:
         raise ConfigError(f"poll must be a number of seconds > 0, got {poll!r}")
     size = pool_size if pool_size is not None else min(2 * concurrency + 2, 20)
-    db = Database(dsn, pool_size=size)
+    db = Database(dsn, pool_size=size, idle_timeout=max(1.0, lease / 2))
     worker = Worker(
         checked,
         db,

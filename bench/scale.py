@@ -1,0 +1,365 @@
+"""Scale-out on PostgreSQL: the run queue and worker processes, side by side
+with the single-process runner on the same store.
+
+Throughput: N runs of a 10-step chain (each node appends one message), every
+step checkpointed to PostgreSQL. "runner" runs them in this process, 8 at a
+time, on one `PostgresCheckpointer`; "N worker(s)" submits them to a `RunQueue`
+(4 submitting tasks) served by that many ``python -m weavegraph worker``
+processes (concurrency 8 each), timed from the first submission until the
+queue says every run completed. Runs per second, and the ratios the issue asks
+for: one worker against the runner (target: within 1.5x), and more workers
+against one.
+
+Latency: submit to first event (a run submitted to an idle worker, until its
+first event is readable from the queue's event log), median of several.
+Takeover: a worker holding a running run is killed with ``kill -9``; the time
+from the kill until another worker claimed the run (the database's clock), for
+a lease of ``--lease`` seconds.
+
+PostgreSQL: the server named by ``WEAVEGRAPH_TEST_POSTGRES_DSN``, else a
+throwaway cluster from tests/pgcluster.py (``fsync=off``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+import weavegraph as wg
+from weavegraph.scale import RunQueue
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+DSN_VARIABLE = "WEAVEGRAPH_TEST_POSTGRES_DSN"
+STEPS = 10
+CONCURRENCY = 8
+
+
+def _append(name: str) -> Any:
+    async def node(snapshot: wg.StateSnapshot, ctx: wg.NodeContext) -> wg.NodePartial:
+        return wg.NodePartial(messages=[wg.Message.assistant(name)])
+
+    return node
+
+
+def _chain() -> wg.App:
+    builder = wg.GraphBuilder()
+    previous = wg.START
+    for i in range(STEPS):
+        builder.add_node(f"n{i}", _append(f"n{i}"))
+        builder.add_edge(previous, f"n{i}")
+        previous = f"n{i}"
+    builder.add_edge(previous, wg.END)
+    return builder.compile()
+
+
+def _slow() -> wg.App:
+    async def tick(snapshot: wg.StateSnapshot, ctx: wg.NodeContext) -> wg.NodePartial:
+        await trio.sleep(0.05)
+        return wg.NodePartial(extra={"ticks": snapshot.extra.get("ticks", 0) + 1})
+
+    def more(snapshot: wg.StateSnapshot) -> str:
+        return "tick" if snapshot.extra["ticks"] < 400 else wg.END
+
+    return (
+        wg.GraphBuilder()
+        .add_node("tick", tick)
+        .add_edge(wg.START, "tick")
+        .add_conditional_edge("tick", more, path_map=["tick", wg.END])
+        .compile()
+    )
+
+
+APPS = {"chain": _chain(), "slow": _slow()}
+"""What the worker processes serve (``scale:APPS``)."""
+
+
+# ------------------------------------------------------------------ set-up
+
+
+class Postgres:
+    """A DSN for a fresh schema, on the tests' server or a throwaway cluster."""
+
+    def __init__(self) -> None:
+        import psycopg
+
+        self.cluster: Any = None
+        self.schema = f"wgscale_{os.getpid()}"
+        server = os.environ.get(DSN_VARIABLE)
+        if not server:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from pgcluster import Cluster
+
+            self.cluster = Cluster()
+            server = self.cluster.start()
+        self.server = server
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {self.schema}")
+        separator = "&" if "?" in server else "?"
+        self.dsn = f"{server}{separator}options=-csearch_path%3D{self.schema}"
+
+    def reset(self) -> None:
+        """Empty the schema: every row gets the same fresh tables."""
+        import psycopg
+
+        with psycopg.connect(self.server, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
+            conn.execute(f"CREATE SCHEMA {self.schema}")
+
+    def stop(self) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.server, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+        finally:
+            if self.cluster is not None:
+                self.cluster.stop()
+
+
+class Workers:
+    """``count`` worker processes serving `APPS`, each announced before use."""
+
+    def __init__(self, dsn: str, count: int, lease: float) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT)])
+        env["PYTHONUNBUFFERED"] = "1"
+        self.procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "weavegraph",
+                    "worker",
+                    "scale:APPS",
+                    "--db",
+                    dsn,
+                    "--concurrency",
+                    str(CONCURRENCY),
+                    "--lease",
+                    str(lease),
+                ],
+                cwd=str(ROOT),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for _ in range(count)
+        ]
+        self.names = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("worker "):
+                self.stop()
+                raise RuntimeError(f"a worker did not start: {line!r}")
+            self.names.append(line.split()[1])
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def _given(i: int) -> wg.VersionedState:
+    return wg.VersionedState.with_user_message(f"run {i}")
+
+
+def _check(final: wg.VersionedState) -> None:
+    got = [m.content for m in final.messages][1:]
+    if got != [f"n{i}" for i in range(STEPS)]:
+        raise AssertionError(f"a run ended with {got!r}")
+
+
+async def _until_completed(dsn: str, count: int) -> None:
+    """Return once ``count`` runs completed (one connection, polled)."""
+    import psycopg
+
+    def wait() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while True:
+                row = conn.execute(
+                    "SELECT count(*) FROM weavegraph_runs WHERE status = 'completed'"
+                ).fetchone()
+                if row is not None and row[0] >= count:
+                    return
+                time.sleep(0.01)
+
+    await trio.to_thread.run_sync(wait)
+
+
+# ------------------------------------------------------------------ rows
+
+
+async def runner_rate(dsn: str, runs: int) -> float:
+    """Runs per second of the single-process runner, 8 at a time."""
+    app = APPS["chain"]
+    async with wg.PostgresCheckpointer(dsn) as store:
+        config = attrs.evolve(app.config, checkpointer=store)
+        limit = trio.Semaphore(CONCURRENCY)
+        finals: list[wg.VersionedState] = []
+
+        async def one(i: int) -> None:
+            async with limit:
+                finals.append(
+                    await app.invoke(_given(i), session_id=f"r{i}", config=config)
+                )
+
+        await app.invoke(_given(-1), session_id="warm", config=config)
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(runs):
+                nursery.start_soon(one, i)
+        elapsed = time.perf_counter() - start
+    for final in finals:
+        _check(final)
+    return runs / elapsed
+
+
+async def queue_rate(dsn: str, runs: int) -> float:
+    """Runs per second through the queue with the workers already started."""
+    async with RunQueue(dsn) as queue:
+        await queue.submit("chain", "warm", _given(-1))
+        await queue.wait("warm")
+        tag = uuid.uuid4().hex[:6]
+        start = time.perf_counter()
+        pending = list(range(runs))
+
+        async def submitter() -> None:
+            while pending:
+                i = pending.pop()
+                await queue.submit("chain", f"q{tag}-{i}", _given(i))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(submitter)
+        await _until_completed(dsn, runs + 1)
+        elapsed = time.perf_counter() - start
+        for i in (0, runs // 2, runs - 1):
+            _check(await queue.wait(f"q{tag}-{i}"))
+    return runs / elapsed
+
+
+async def first_event(dsn: str, samples: int) -> float:
+    """Median seconds from submit until the run's first event can be read."""
+    times = []
+    async with RunQueue(dsn) as queue:
+        for i in range(samples + 1):
+            sid = f"first-{uuid.uuid4().hex[:8]}"
+            start = time.perf_counter()
+            await queue.submit("chain", sid, _given(i))
+            async for _ in queue.events(sid):
+                break
+            if i:  # the first one warms the connections up
+                times.append(time.perf_counter() - start)
+            await queue.wait(sid)
+    return statistics.median(times)
+
+
+async def takeover(dsn: str, workers: Workers) -> float:
+    """Seconds from a ``kill -9`` of the holder until another worker claimed."""
+    async with RunQueue(dsn) as queue:
+        await queue.submit("slow", "victim", wg.VersionedState())
+        while True:
+            status = await queue.status("victim")
+            assert status is not None
+            if status.status == "running" and status.worker:
+                break
+            await trio.sleep(0.01)
+        index = workers.names.index(status.worker)
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        killed_at = row[0]
+        os.kill(workers.procs[index].pid, signal.SIGKILL)
+        while True:
+            status = await queue.status("victim")
+            assert status is not None
+            if status.attempts >= 2 and status.claimed_at is not None:
+                break
+            await trio.sleep(0.01)
+        await queue.cancel("victim")
+    return float((status.claimed_at - killed_at).total_seconds())
+
+
+async def main() -> None:
+    sys.path.insert(0, str(HERE))
+    from _common import header, options, ratio, table
+
+    args = options(
+        "Scale-out on PostgreSQL: run queue and worker processes",
+        count=(300, 30),
+        samples=(10, 3),
+    )
+    lease = 2.0
+    header("bench/scale.py", args, ("psycopg",))
+    print(
+        f"{args.count} runs of a {STEPS}-step chain per row, {CONCURRENCY} at a time"
+        f" per process, lease {lease:g}s, {os.cpu_count()} CPU(s)"
+    )
+    pg = Postgres()
+    rates: dict[str, list[float]] = {}
+    try:
+        for _ in range(args.runs):
+            pg.reset()
+            rates.setdefault("runner", []).append(await runner_rate(pg.dsn, args.count))
+            for count in (1, 2, 4):
+                pg.reset()
+                async with RunQueue(pg.dsn):
+                    pass  # the schema exists before the workers race to make it
+                workers = Workers(pg.dsn, count, lease)
+                try:
+                    rate = await queue_rate(pg.dsn, args.count)
+                finally:
+                    workers.stop()
+                rates.setdefault(f"{count} worker(s)", []).append(rate)
+        pg.reset()
+        async with RunQueue(pg.dsn):
+            pass
+        workers = Workers(pg.dsn, 2, lease)
+        try:
+            latency = await first_event(pg.dsn, args.samples)
+            moved = await takeover(pg.dsn, workers)
+        finally:
+            workers.stop()
+    finally:
+        pg.stop()
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    base = median["runner"]
+    one = median["1 worker(s)"]
+    table(
+        "throughput (runs/s, median of rounds)",
+        ["row", "runs/s", "vs runner", "vs 1 worker"],
+        [
+            [name, f"{value:,.1f}", ratio(value, base), ratio(value, one)]
+            for name, value in median.items()
+        ],
+    )
+    print(f"\n  runner / 1 worker: {ratio(base, one)} (target: at most 1.50x)")
+    print(f"  submit to first event: {latency * 1e3:,.1f} ms (median)")
+    print(f"  takeover after kill -9: {moved:,.2f} s (lease {lease:g}s)")
+
+
+if __name__ == "__main__":
+    trio.run(main)
