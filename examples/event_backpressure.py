@@ -65,6 +65,8 @@ async def consume(node, overflow: str) -> None:
         async for event in events:
             if event.is_stream_end:
                 break
+            if event.scope_label != "tick":
+                continue  # the runtime's node.start, node.end and step.end
             received += 1
             first = first or event.message
             last = event.message

@@ -21,8 +21,9 @@ EXPECTED = {
     ],
     "convenience_streaming.py": [
         "final extra: {'units': 3}",
-        "memory sink: 4 events; channel: 4;",
-        "events.jsonl: 4 lines",
+        # node.start, three work events, node.end, step.end, the stream's end
+        "memory sink: 7 events; channel: 7;",
+        "events.jsonl: 7 lines",
     ],
     "event_backpressure.py": [
         "event stream lagged; dropped events",

@@ -56,15 +56,23 @@ def test_invoke_and_stream_from_asyncio() -> None:
     async def cell() -> tuple[object, list[str]]:
         final = await notebook.invoke(ticking(3, 0.001), VersionedState())
         seen = [
-            e.message
+            (e.scope_label, e.message)
             async for e in notebook.stream(ticking(3, 0.001), VersionedState())
         ]
         return final, seen
 
     final, seen = host(cell)
     assert final.extra == {"ticks": 3}  # type: ignore[attr-defined]
-    assert seen[:3] == ["0", "1", "2"]
-    assert "status=completed" in seen[-1]
+    assert [scope for scope, _ in seen[:-1]] == [
+        "node.start",
+        "tick",
+        "tick",
+        "tick",
+        "node.end",
+        "step.end",
+    ]
+    assert [message for _, message in seen[1:4]] == ["0", "1", "2"]
+    assert "status=completed" in seen[-1][1]
 
 
 def test_many_concurrent_runs_share_one_guest_run() -> None:
@@ -102,8 +110,9 @@ def test_leaving_a_stream_early_cancels_the_run() -> None:
 
     async def cell() -> None:
         async for event in notebook.stream(ticking(1000, 0.01, seen), VersionedState()):
-            assert event.message == "0"
-            break
+            if event.scope_label == "tick":  # after the runtime's node.start
+                assert event.message == "0"
+                break
         for _ in range(100):
             if seen:
                 break
@@ -118,7 +127,9 @@ def test_trio_side_cancellation_ends_the_asyncio_side() -> None:
         current = await notebook.portal()
         stream = current.stream(ticking(1000, 0.01), VersionedState())
         first = await stream.__anext__()
-        assert first.message == "0"
+        assert first.scope_label == "node.start"
+        tick = await stream.__anext__()
+        assert tick.message == "0"
         await current.stop()  # the trio side goes away
         with pytest.raises(RunCancelledError):
             async for _ in stream:

@@ -40,8 +40,15 @@ async def test_fake_clock_gives_reproducible_ordered_timestamps() -> None:
         .compile(RuntimeConfig(clock=FakeClock(now=100.0, tick=0.5)))
     )
     _, events = await collect_events(app, hi())
-    stamps = [e.timestamp for e in events if e.scope_label == "tick"]
-    assert stamps == [100.0, 100.5]
+    # Every event of the run takes its time from the configured clock.
+    stamps = [(e.scope_label, e.timestamp) for e in events if not e.is_sentinel]
+    assert stamps == [
+        ("node.start", 100.0),
+        ("tick", 100.5),
+        ("tick", 101.0),
+        ("node.end", 101.5),
+        ("step.end", 102.0),
+    ]
     clock = FakeClock(now=10.0, tick=1.0)
     clock.advance(5)
     assert clock() == 15.0

@@ -374,11 +374,14 @@ async def test_stream_end_scope_is_only_the_sentinel() -> None:
     sink = MemorySink()
     await app.invoke_with_sinks(hi(), [sink])
     assert [e.scope_label for e in sink.events] == [
+        "node.start",
         "llm.chunk",
         "llm.final",
+        "node.end",
+        "step.end",
         STREAM_END_SCOPE,
     ]
-    assert [e.is_stream_end for e in sink.events] == [False, False, True]
+    assert [e.is_stream_end for e in sink.events] == [False] * 5 + [True]
 
 
 def test_invoke_sync_from_plain_code() -> None:

@@ -18,7 +18,7 @@ from weavegraph import (
     WorkflowError,
     event_from_json,
 )
-from weavegraph.errors import ReservedScopeError
+from weavegraph.errors import ConfigError, ReservedScopeError
 from weavegraph.testing import collect_events
 
 LIFECYCLE = ("node.start", "node.end", "node.retry", "node.error", "step.end")
@@ -29,7 +29,7 @@ def lifecycle(events: list) -> list:  # type: ignore[type-arg]
 
 
 async def test_every_node_attempt_and_step_is_an_event() -> None:
-    app = chain_app(["a", "b"], RuntimeConfig(lifecycle_events=True))
+    app = chain_app(["a", "b"])  # on by default
     _, events = await collect_events(app, hi())
     seen = [
         (e.scope_label, e.metadata.get("node"), e.metadata["step"])
@@ -96,6 +96,21 @@ async def test_lifecycle_events_can_be_turned_off() -> None:
     app = chain_app(["a"], RuntimeConfig(lifecycle_events=False))
     _, events = await collect_events(app, hi())
     assert lifecycle(events) == []
+    assert [e.is_stream_end for e in events] == [True]
+
+
+def test_the_default_keeps_the_config_hash_of_stored_sessions() -> None:
+    # The hash of the default configuration from before lifecycle events were
+    # on by default: sessions stored then keep matching it.
+    assert RuntimeConfig().lifecycle_events is True
+    assert RuntimeConfig().config_hash == "d181b9f7122a4f081fe7ccd61a9ada16"
+    off = RuntimeConfig(lifecycle_events=False).config_hash
+    assert off != RuntimeConfig().config_hash
+
+
+def test_the_flag_is_a_bool() -> None:
+    with pytest.raises(ConfigError, match="lifecycle_events must be True or False"):
+        RuntimeConfig(lifecycle_events=1)  # type: ignore[arg-type]
 
 
 async def test_node_code_cannot_emit_lifecycle_scopes() -> None:

@@ -99,24 +99,23 @@ def after_step(
 ) -> list[dict[str, Any]]:
     """Normalized events, minus those of steps up to ``step``.
 
-    Node events of ``kept`` nodes in step ``step + 1`` are left out too: those
-    nodes finished before the cut and their partials were kept (pending
-    writes), so the resumed run does not run them again. Events of nodes
-    running concurrently in one step interleave as they happen, in any run;
-    they are compared per step, in a canonical order.
+    Node events (and lifecycle events) of ``kept`` nodes in step ``step + 1``
+    are left out too: those nodes finished before the cut and their partials
+    were kept (pending writes), so the resumed run does not run them again.
+    Events of nodes running concurrently in one step interleave as they
+    happen, in any run; they are compared per step, in a canonical order.
     """
 
     def dropped(event: Event) -> bool:
         if event.is_stream_end:
             return False
-        seen = event.to_json()["metadata"].get("step")
+        metadata = event.to_json()["metadata"]
+        seen = metadata.get("step")
         if seen is not None and seen <= step:
             return True
-        return (
-            isinstance(event, NodeEvent)
-            and event.step == step + 1
-            and event.node_id in kept
-        )
+        if isinstance(event, NodeEvent):
+            return event.step == step + 1 and event.node_id in kept
+        return seen == step + 1 and metadata.get("node") in kept
 
     kept_events = [normalize_event(e) for e in events if not dropped(e)]
     return sorted(

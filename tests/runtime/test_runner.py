@@ -31,6 +31,7 @@ from weavegraph import (
     WorkflowError,
     open_runner,
 )
+from weavegraph._runtime.lifecycle import LIFECYCLE_SCOPES
 from weavegraph.errors import InvalidEntryError
 
 
@@ -266,7 +267,13 @@ async def test_event_stream_of_a_runner() -> None:
         await runner.create_session("s", hi())
         await runner.run_until_complete("s")
         seen = [e async for e in events]
-    assert [e.scope_label for e in seen] == ["say", STREAM_END_SCOPE]
+    assert [e.scope_label for e in seen] == [
+        "node.start",
+        "say",
+        "node.end",
+        "step.end",
+        STREAM_END_SCOPE,
+    ]
 
 
 async def test_fifty_concurrent_sessions_on_one_runner(
@@ -374,7 +381,12 @@ async def test_iterative_stream_stays_open_until_finished() -> None:
         seen = []
         while events.buffered:
             seen.append(await events.receive())
-    assert [(e.scope_label, e.message) for e in seen] == [
+    # The node's events and the sentinels (lifecycle events are tested apart).
+    assert [
+        (e.scope_label, e.message)
+        for e in seen
+        if e.scope_label not in LIFECYCLE_SCOPES
+    ] == [
         ("sum", "2"),
         (INVOCATION_END_SCOPE, "session=it status=completed step=1"),
         ("sum", "5"),
@@ -402,17 +414,26 @@ async def test_iterative_errors_do_not_close_the_stream() -> None:
             await runner.invoke_next("it", NodePartial(extra={"input": "bad"}))
         await runner.invoke_next("it", NodePartial(extra={"input": "good"}))
         await runner.finish_iterative_session("it")
-    messages = [e.message for e in sink.events]
+    ends = [e for e in sink.events if e.is_sentinel]
+    messages = [e.message for e in ends]
     assert messages[0].startswith("session=it status=error step=1 error=ValueError")
     # The failed attempt committed nothing: the next input runs step 1 again.
     assert messages[1:] == [
         "session=it status=completed step=1",
         "session=it status=completed step=1",
     ]
-    assert [e.scope_label for e in sink.events] == [
+    assert [e.scope_label for e in ends] == [
         INVOCATION_END_SCOPE,
         INVOCATION_END_SCOPE,
         STREAM_END_SCOPE,
+    ]
+    # Each invocation's attempt is visible: the failed one, then the good one.
+    assert [e.scope_label for e in sink.events if not e.is_sentinel] == [
+        "node.start",
+        "node.error",
+        "node.start",
+        "node.end",
+        "step.end",
     ]
 
 

@@ -18,12 +18,17 @@ from weavegraph import (
     NodeContext,
     NodeEvent,
     RunCancelledError,
+    RuntimeConfig,
     StateSnapshot,
     WorkflowError,
 )
 
 
-def emitter_app(count: int = 3, delay: float = 0.0):
+def emitter_app(count: int = 3, delay: float = 0.0, lifecycle: bool = False):
+    """One node emitting ``count`` ticks; only the node's own events and the
+    sentinel reach the stream unless ``lifecycle`` (these tests are about
+    delivery, and count events)."""
+
     async def emit(snapshot: StateSnapshot, ctx: NodeContext) -> None:
         for i in range(count):
             ctx.emit("tick", f"t{i}", index=i)
@@ -35,16 +40,28 @@ def emitter_app(count: int = 3, delay: float = 0.0):
         .add_node("emit", emit)
         .add_edge(START, "emit")
         .add_edge("emit", END)
-        .compile()
+        .compile(RuntimeConfig(lifecycle_events=lifecycle))
     )
 
 
 async def test_invoke_streaming_yields_events_then_exactly_one_sentinel() -> None:
-    async with emitter_app().invoke_streaming(hi()) as (invocation, events):
+    app = emitter_app(lifecycle=True)
+    async with app.invoke_streaming(hi()) as (invocation, events):
         received = [event async for event in events]
         final = await invocation.join()
-    assert [e.message for e in received[:-1]] == ["t0", "t1", "t2"]
-    assert all(isinstance(e, NodeEvent) for e in received[:-1])
+    # The node's events between its lifecycle events, then the step's end.
+    assert [e.scope_label for e in received[:-1]] == [
+        "node.start",
+        "tick",
+        "tick",
+        "tick",
+        "node.end",
+        "step.end",
+    ]
+    ticks = received[1:4]
+    assert [e.message for e in ticks] == ["t0", "t1", "t2"]
+    assert all(isinstance(e, NodeEvent) for e in ticks)
+    assert all(isinstance(e, DiagnosticEvent) for e in received[4:])
     end = received[-1]
     assert isinstance(end, DiagnosticEvent)
     assert end.scope == STREAM_END_SCOPE
@@ -108,7 +125,13 @@ async def test_failed_run_keeps_its_error_for_join_and_never_crashes_the_nursery
         received = [event async for event in events]
         with pytest.raises(WorkflowError, match="ValueError: nope"):
             await invocation.join()
-    assert [e.scope_label for e in received] == ["before", STREAM_END_SCOPE]
+    assert [e.scope_label for e in received] == [
+        "node.start",
+        "before",
+        "node.error",
+        STREAM_END_SCOPE,
+    ]
+    assert received[2].metadata["error"] == "ValueError: nope"
     assert "status=error step=1 error=ValueError: nope" in received[-1].message
 
 

@@ -96,8 +96,9 @@ class RuntimeConfig:
         tracing: Produce OpenTelemetry spans when the ``otel`` extra is
             installed (through the application's tracer provider).
         lifecycle_events: Emit ``node.start``/``node.end``/``node.retry``/
-            ``node.error``/``step.end`` events through the run's bus (off by
-            default for now; see docs/streaming.md).
+            ``node.error``/``step.end`` events through the run's bus (on by
+            default; built only while a stream or sink listens; see
+            docs/events.md). ``False`` turns them off.
         stream_modes: What a run publishes and `App.invoke_streaming` streams
             by default: ``"events"`` (always published), ``"updates"`` (each
             step's partials by node, `StepUpdates`) and ``"values"`` (the
@@ -124,7 +125,7 @@ class RuntimeConfig:
         default=(), converter=_to_breakpoints
     )
     tracing: bool = attrs.field(default=True, validator=_check_flag)
-    lifecycle_events: bool = attrs.field(default=False, validator=_check_flag)
+    lifecycle_events: bool = attrs.field(default=True, validator=_check_flag)
     stream_modes: tuple[StreamMode, ...] = attrs.field(
         default=("events",), converter=check_modes
     )
@@ -151,6 +152,8 @@ class RuntimeConfig:
             parts.append(f"interrupt_before:{','.join(self.interrupt_before)}")
         if self.interrupt_after:
             parts.append(f"interrupt_after:{','.join(self.interrupt_after)}")
-        if self.lifecycle_events:
-            parts.append("lifecycle_events:on")
+        # Only when off: the default (on) keeps the hash sessions were stored
+        # with before lifecycle events existed.
+        if not self.lifecycle_events:
+            parts.append("lifecycle_events:off")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
