@@ -17,7 +17,7 @@ ROOT_BUDGET = 70
 SPEC_NAMES = {
     # Names SPEC.md promises at the package root.
     "GraphBuilder", "START", "END", "NodePartial", "Message", "VersionedState",
-    "StateSnapshot", "Role", "Replace", "Append", "add_messages", "map_merge",
+    "StateSnapshot", "Role", "Replace", "Append", "Send", "add_messages", "map_merge",
     "add_errors", "App", "RuntimeConfig", "Invocation", "NodeContext", "Node",
     "RetryPolicy", "NodeEvent", "DiagnosticEvent", "LLMEvent", "Event",
     "event_from_json", "STREAM_END_SCOPE", "INVOCATION_END_SCOPE",

@@ -40,6 +40,7 @@ from ._core.state import Append as Append
 from ._core.state import Message as Message
 from ._core.state import NodePartial as NodePartial
 from ._core.state import Replace as Replace
+from ._core.state import Send as Send
 from ._core.state import Role as Role
 from ._core.state import StateSnapshot as StateSnapshot
 from ._core.state import VersionedState as VersionedState
@@ -94,6 +95,7 @@ __all__ = (
     "StateSnapshot",
     "NodePartial",
     "Replace",
+    "Send",
     "Append",
     "add_messages",
     "map_merge",

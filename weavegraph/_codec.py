@@ -34,6 +34,7 @@ from ._core.errors import ErrorDetail, ErrorEvent, ErrorScope, StateError
 from ._core.state import (
     History,
     Message,
+    Send,
     StateSnapshot,
     ToolCall,
     VersionedState,
@@ -457,6 +458,31 @@ def decode_value(data: Any) -> Any:
         return _dec(data)
     except RecursionError:
         raise _malformed(data, "nested too deeply") from None
+
+
+def encode_target(target: str | Send) -> Any:
+    """The JSON-ready form of a frontier target: a name, or a `Send` as
+    ``{"send": node, "payload": ...}``."""
+    if isinstance(target, str):
+        return target
+    return {"send": target.node, "payload": encode_value(target.payload)}
+
+
+def decode_target(data: Any) -> str | Send:
+    """The frontier target whose `encode_target` form is ``data``.
+
+    Raises:
+        StateError: ``data`` is neither a name nor a sent task.
+    """
+    if isinstance(data, str):
+        return data
+    if (
+        isinstance(data, dict)
+        and set(data) == {"send", "payload"}
+        and isinstance(data["send"], str)
+    ):
+        return Send(data["send"], decode_value(data["payload"]))
+    raise StateError(f"a frontier target is a node name or a sent task, got {data!r}")
 
 
 def decode_extra(data: Any) -> Mapping[str, Any]:

@@ -17,7 +17,7 @@ import attrs
 
 from .errors import RouterError
 from .graph import END, START, ConditionalEdge, Graph, display
-from .state import Append, FrontierCommand, Replace, StateSnapshot
+from .state import Append, FrontierCommand, Replace, Send, StateSnapshot, Target
 
 logger = logging.getLogger("weavegraph.frontier")
 
@@ -32,8 +32,11 @@ _NOBODY: frozenset[str] = frozenset()
 _SHOWN = 12  # allowed targets listed in an error message
 
 
-def is_complete(frontier: Sequence[str]) -> bool:
-    """A run is complete when its frontier holds no real node (only START/END)."""
+def is_complete(frontier: Sequence[str], sends: Sequence[Send] = ()) -> bool:
+    """A run is complete when its frontier holds no real node (only START/END)
+    and no `Send` is waiting."""
+    if sends:
+        return False
     # A plain loop: ~3x cheaper than all() over a generator on this hot path.
     for node in frontier:  # noqa: SIM110
         if node != END and node != START:
@@ -84,14 +87,16 @@ class FrontierOutcome:
         dropped: Always empty: unknown targets raise `RouterError` now. Kept
             only until the runtime stops reading it.
         join_progress: Which join sources ran since their target last ran.
+        sends: The `Send` tasks of the next superstep, in send order.
     """
 
     frontier: tuple[str, ...]
     dropped: tuple[tuple[str, str], ...] = ()
     join_progress: JoinProgress = _NO_PROGRESS
+    sends: tuple[Send, ...] = ()
 
 
-def _names(targets: Sequence[str]) -> str:
+def _names(targets: Sequence[Target]) -> str:
     shown = [display(t) if t in (START, END) else repr(t) for t in targets]
     if len(shown) > _SHOWN:
         shown = [*shown[:_SHOWN], f"... ({len(targets) - _SHOWN} more)"]
@@ -113,13 +118,14 @@ def _any_node(graph: Graph) -> list[str]:
 
 def route(
     edge: ConditionalEdge, snapshot: StateSnapshot, graph: Graph | None = None
-) -> list[str]:
-    """Call ``edge``'s router and turn its result into target names.
+) -> list[Target]:
+    """Call ``edge``'s router and turn its result into targets.
 
     With a ``path_map``, each result must be one of its keys (then mapped) or one
     of the names it maps to. Without one, each result must be a node name or
     ``END`` (checked against ``graph`` when given). Sets are routed in a stable
-    order.
+    order. A `Send` item passes as it is (its node checked against ``graph``,
+    and against the ``path_map``'s targets when there is one).
 
     Raises:
         RouterError: the router raised, or returned something that is not a
@@ -150,9 +156,12 @@ def route(
             f"the router of {source!r} returned {result!r}, which names no node;"
             " return END to end this branch"
         )
-    targets: list[str] = []
+    targets: list[Target] = []
     for item in items:
-        if path_map is not None:
+        if isinstance(item, Send):
+            _check_sent(edge, item, graph)
+            targets.append(item)
+        elif path_map is not None:
             targets.append(_mapped(edge, path_map, item))
         elif isinstance(item, str):
             if graph is not None and item not in graph.nodes:
@@ -161,10 +170,28 @@ def route(
         else:
             raise RouterError(
                 f"the router of {source!r} returned {item!r}"
-                f" ({type(item).__name__}); return a node name, END, or a list of"
-                " them (or give add_conditional_edge a path_map)"
+                f" ({type(item).__name__}); return a node name, END, a Send, or a"
+                " list of them (or give add_conditional_edge a path_map)"
             )
     return targets
+
+
+def _check_sent(edge: ConditionalEdge, item: Send, graph: Graph | None) -> None:
+    source = display(edge.source)
+    declared = edge.declared_targets()
+    if declared is not None and item.node not in declared:
+        raise RouterError(
+            f"the router of {source!r} returned {item!r}, but {item.node!r} is not"
+            f" among its declared targets {_names(declared)}"
+            f"{_hint(item.node, declared)}"
+        )
+    if graph is not None and item.node not in graph.nodes:
+        allowed = sorted(graph.nodes)
+        raise RouterError(
+            f"the router of {source!r} returned {item!r}, which sends to no node"
+            f" (a Send goes to a registered node, never END); nodes:"
+            f" {_names(allowed)}{_hint(item.node, allowed)}"
+        )
 
 
 def _mapped(
@@ -203,8 +230,19 @@ def _check_routed(edge: ConditionalEdge, target: str, graph: Graph) -> None:
 
 
 def _check_commanded(
-    graph: Graph, source: str, command: FrontierCommand, target: str
+    graph: Graph, source: str, command: FrontierCommand, target: Target
 ) -> None:
+    if isinstance(target, Send):
+        sent = target
+        target = target.node
+        if target not in graph.nodes:
+            allowed = sorted(graph.nodes)
+            raise RouterError(
+                f"node {display(source)!r} returned"
+                f" {type(command).__name__}([{sent!r}]), which sends to no node (a"
+                f" Send goes to a registered node, never END); nodes:"
+                f" {_names(allowed)}{_hint(target, allowed)}"
+            )
     spec = graph.nodes.get(source)
     declared = spec.destinations if spec is not None else None
     what = f"{type(command).__name__}({_names(command.targets)})"
@@ -228,14 +266,22 @@ def _check_commanded(
 
 
 class _FrontierBuilder:
-    """Accumulates an ordered, duplicate-free frontier."""
+    """Accumulates an ordered, duplicate-free frontier, and the sends in order."""
 
     def __init__(self) -> None:
         self.order: dict[str, None] = {}
+        self.sends: list[Send] = []
 
-    def add(self, target: str) -> None:
-        if target not in self.order:
-            self.order[target] = None
+    def add(self, target: Target) -> None:
+        if type(target) is str:
+            if target not in self.order:
+                self.order[target] = None
+        else:
+            assert isinstance(target, Send)
+            self.sends.append(target)
+
+    def outcome(self, progress: JoinProgress = _NO_PROGRESS) -> FrontierOutcome:
+        return FrontierOutcome(tuple(self.order), (), progress, tuple(self.sends))
 
 
 def start_frontier(graph: Graph, snapshot: StateSnapshot) -> FrontierOutcome:
@@ -245,12 +291,12 @@ def start_frontier(graph: Graph, snapshot: StateSnapshot) -> FrontierOutcome:
         RouterError: a router on START failed (see `route`).
     """
     builder = _FrontierBuilder()
-    for target in graph.edges.get(START, ()):
-        builder.add(target)
+    for name in graph.edges.get(START, ()):
+        builder.add(name)
     for edge in graph.routers_of(START):
-        for target in route(edge, snapshot, graph):
-            builder.add(target)
-    return FrontierOutcome(tuple(builder.order))
+        for routed in route(edge, snapshot, graph):
+            builder.add(routed)
+    return builder.outcome()
 
 
 def next_frontier(
@@ -292,10 +338,10 @@ def next_frontier(
         defaults = graph.edges.get(node, ())
         commanded = by_origin.get(node, ())
         if not commanded:
-            for target in defaults:
-                builder.add(target)
+            for name in defaults:
+                builder.add(name)
         else:
-            targets: list[str] = []
+            targets: list[Target] = []
             replaced = False
             for command in commanded:
                 if isinstance(command, Replace) and replaced:
@@ -303,8 +349,8 @@ def next_frontier(
                         "ignoring a second Replace command from %r", display(node)
                     )
                     continue
-                for target in command.targets:
-                    _check_commanded(graph, node, command, target)
+                for commanded_target in command.targets:
+                    _check_commanded(graph, node, command, commanded_target)
                 if isinstance(command, Replace):
                     targets = list(command.targets)
                     replaced = True
@@ -314,13 +360,13 @@ def next_frontier(
                     targets.extend(command.targets)
             if not targets and not replaced:
                 targets = list(defaults)
-            for target in targets:
-                builder.add(target)
+            for chosen in targets:
+                builder.add(chosen)
             if replaced:
                 continue
         for edge in graph.routers_of(node):
-            for target in route(edge, snapshot, graph):
-                builder.add(target)
+            for routed in route(edge, snapshot, graph):
+                builder.add(routed)
         for join in graph.joins_of(node):
             arrived = working.get(join.key)
             if arrived is None:
@@ -334,4 +380,4 @@ def next_frontier(
             progress[key] = frozenset(arrived)
         else:
             progress.pop(key, None)
-    return FrontierOutcome(tuple(builder.order), (), MappingProxyType(progress))
+    return builder.outcome(MappingProxyType(progress))

@@ -278,6 +278,11 @@ class BaseGraphBuilder:
             raise InvalidNodeError(
                 f"node names must be non-empty strings, got {name!r}"
             )
+        if "[" in name:
+            raise InvalidNodeError(
+                f"node {name!r}: a node name may not contain '[' (sent tasks are"
+                " keyed as name[index]); pick another name"
+            )
         if name in self._nodes:
             raise DuplicateNodeError(
                 f"a node named {name!r} is already registered; pick another name"

@@ -10,7 +10,7 @@ import attrs
 
 from .errors import ErrorEvent, InvalidSessionIdError
 from .frontier import JoinProgress
-from .state import NodePartial, VersionedState
+from .state import NodePartial, Send, VersionedState
 
 SESSION_ID_RULE = (
     "1 to 128 characters of letters, digits and '._:@-', starting with a letter"
@@ -43,14 +43,31 @@ class Interrupt:
 
     Attributes:
         id: Stable across re-runs of the node: ``node@step#n`` for its n-th
-            interrupt (from 0) in that step.
+            interrupt (from 0) in that step (``node[i]@step#n`` for the sent
+            task ``i``).
         node: The node that asked.
         payload: What it asked with (a storable value).
+        task: The index of the `Send` task that asked, or ``None``.
     """
 
     id: str
     node: str
     payload: Any = None
+    task: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The asking task's key (see `task_key`)."""
+        return task_key(self.node, self.task)
+
+
+def task_key(node: str, task: int | None) -> str:
+    """How a step's task is keyed in pending writes, answers and task results.
+
+    The node's name for an ordinarily scheduled node; ``node[i]`` for the
+    ``i``-th `Send` task of the step (node names may not contain ``[``).
+    """
+    return node if task is None else f"{node}[{task}]"
 
 
 @attrs.frozen(init=False)
@@ -79,13 +96,14 @@ class Session:
         state: The current state.
         step: The last superstep that ran (0 before the first).
         frontier: The nodes of the next superstep, in order.
+        sends: The `Send` tasks of the next superstep, in send order.
         versions_seen: Per node, the (messages, extra) versions it last ran at.
         join_progress: Per join, the sources that ran since its target last ran.
         budget_start: The step the current invocation (a turn or a resume)
             started from; ``max_steps`` counts supersteps from here. Not stored.
         pending: Partials of the nodes of step ``pending_step`` that already
             finished while that step has not committed (it failed or was
-            cancelled); resuming runs only the others. Keyed by node name.
+            cancelled); resuming runs only the others. Keyed by `task_key`.
         pending_step: The step ``pending`` belongs to (``None``: nothing pending).
         error: The failure of the last attempt at the next step, if it failed.
         gated_out: When the last step ran nothing because version gating
@@ -104,6 +122,7 @@ class Session:
     state: VersionedState
     step: int = 0
     frontier: tuple[str, ...] = ()
+    sends: tuple[Send, ...] = ()
     versions_seen: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     join_progress: JoinProgress = attrs.field(factory=dict)
     budget_start: int = 0

@@ -766,16 +766,47 @@ class StateBuilder:
 # ----------------------------------------------------------------- node partials
 
 
-def _to_targets(value: object) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
+@attrs.frozen
+class Send:
+    """A task for the next superstep: run ``node`` once with ``payload``.
+
+    Routers and frontier commands return a list of them (mixed with plain names
+    if they like) to fan out over data known only at run time: each `Send` is
+    its own task, so one node may run any number of times in one step, each
+    reading its own payload as ``ctx.payload``. Their partials merge at the
+    barrier in send order. ``payload`` must be a storable value (it is part of
+    the checkpoint until the task has run).
+    """
+
+    node: str
+    payload: Any = None
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.node, str) or not self.node:
+            raise StateError(
+                f"Send(node, payload) takes a node name, got {self.node!r}"
+            )
+        found = _check_value(self.payload, f"the payload of Send({self.node!r})")
+        if found is not None:
+            raise StateError(f"cannot send {found.path}: {found.reason}")
+
+
+Target = str | Send
+"""A frontier target: a node name, or a `Send` of a payload to a node."""
+
+
+def _to_targets(value: object) -> tuple[Target, ...]:
+    if isinstance(value, str | Send) or not isinstance(value, Iterable):
         raise StateError(
-            f"frontier commands take a list of node names, got {value!r};"
-            " write Replace(['node']) rather than Replace('node')"
+            f"frontier commands take a list of node names (or Send items), got"
+            f" {value!r}; write Replace(['node']) rather than Replace('node')"
         )
     targets = tuple(value)
     for target in targets:
-        if not isinstance(target, str):
-            raise StateError(f"frontier targets must be node names, got {target!r}")
+        if not isinstance(target, str | Send):
+            raise StateError(
+                f"frontier targets must be node names or Send items, got {target!r}"
+            )
     return targets
 
 
@@ -784,17 +815,17 @@ class Replace:
     """Frontier command: this node's next targets are exactly ``targets``.
 
     It replaces the node's unconditional edges and suppresses its routers;
-    ``Replace([])`` ends this branch.
+    ``Replace([])`` ends this branch. Targets are node names or `Send` items.
     """
 
-    targets: tuple[str, ...] = attrs.field(converter=_to_targets)
+    targets: tuple[Target, ...] = attrs.field(converter=_to_targets)
 
 
 @attrs.frozen
 class Append:
     """Frontier command: follow this node's edges and routers, plus ``targets``."""
 
-    targets: tuple[str, ...] = attrs.field(converter=_to_targets)
+    targets: tuple[Target, ...] = attrs.field(converter=_to_targets)
 
 
 FrontierCommand = Replace | Append

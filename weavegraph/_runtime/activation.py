@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from .._core.errors import StateError
-from .._core.session import Interrupt, Session
+from .._core.session import Interrupt, Session, task_key
 from .._core.values import require_storable
 
 
@@ -39,13 +39,29 @@ Persist = Callable[[Session], Awaitable[None]]
 class Activation:
     """What one node's run in one step has recorded (shared by its attempts)."""
 
-    __slots__ = ("_asked", "_calls", "node", "persist", "session", "step")
+    __slots__ = (
+        "_asked",
+        "_calls",
+        "index",
+        "key",
+        "node",
+        "persist",
+        "session",
+        "step",
+    )
 
     def __init__(
-        self, session: Session, node: str, step: int, persist: Persist | None
+        self,
+        session: Session,
+        node: str,
+        step: int,
+        persist: Persist | None,
+        task: int | None = None,
     ) -> None:
         self.session = session
         self.node = node
+        self.index = task
+        self.key = task_key(node, task)
         self.step = step
         self.persist = persist
         self._asked = 0
@@ -54,14 +70,17 @@ class Activation:
     async def interrupt(self, payload: Any) -> Any:
         index = self._asked
         self._asked += 1
-        answers = self.session.answers.get(self.node, ())
+        answers = self.session.answers.get(self.key, ())
         if index < len(answers):
             await trio.lowlevel.checkpoint()
             return answers[index]
-        require_storable(payload, f"the payload of {self.node!r}'s interrupt")
+        require_storable(payload, f"the payload of {self.key!r}'s interrupt")
         raise InterruptSignal(
             Interrupt(
-                id=f"{self.node}@{self.step}#{index}", node=self.node, payload=payload
+                id=f"{self.key}@{self.step}#{index}",
+                node=self.node,
+                payload=payload,
+                task=self.index,
             )
         )
 
@@ -71,7 +90,7 @@ class Activation:
         count = self._calls.get(name, 0)
         self._calls[name] = count + 1
         key = f"{name}#{count}"
-        recorded = self.session.tasks.setdefault(self.node, {})
+        recorded = self.session.tasks.setdefault(self.key, {})
         if key in recorded:
             await trio.lowlevel.checkpoint()
             return recorded[key]

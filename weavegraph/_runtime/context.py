@@ -78,6 +78,11 @@ class NodeContext:
         step: The current superstep (from 1).
         session_id: The run's session id.
         attempt: 1 for the first attempt, then 2, 3 … when the node is retried.
+        payload: The payload of the `Send` that scheduled this task (``None``
+            for a node scheduled by edges, routers or commands).
+        task_index: The index of that `Send` among the step's sends (``None``
+            for an ordinarily scheduled node). Every event a sent task emits
+            carries it as ``metadata["task"]``.
 
     The ``emit*`` methods never wait and never fail because nobody listens; they
     raise `EventBusClosed` only when used after the run ended, and
@@ -95,8 +100,10 @@ class NodeContext:
         "_session",
         "attempt",
         "node_id",
+        "payload",
         "session_id",
         "step",
+        "task_index",
     )
 
     def __init__(
@@ -109,6 +116,8 @@ class NodeContext:
         attempt: int = 1,
         session: Session | None = None,
         persist: Persist | None = None,
+        task_index: int | None = None,
+        payload: Any = None,
     ) -> None:
         # The activation (interrupt answers, task results) is made on first use:
         # most nodes never ask.
@@ -119,6 +128,8 @@ class NodeContext:
         self.step = step
         self.session_id = session_id
         self.attempt = attempt
+        self.task_index = task_index
+        self.payload = payload
         self._bus = bus
         self._emit = bus.emit  # bound once: emit is the hot path
         # The last scope that passed the reserved-scope check. A chatty node
@@ -171,7 +182,7 @@ class NodeContext:
             from .activation import Activation
 
             self._activation = Activation(
-                self._session, self.node_id, self.step, self._persist
+                self._session, self.node_id, self.step, self._persist, self.task_index
             )
         return self._activation
 
@@ -203,6 +214,8 @@ class NodeContext:
         _set_message(event, message)
         _set_node_id(event, self.node_id)
         _set_step(event, self.step)
+        if self.task_index is not None:
+            metadata["task"] = self.task_index
         _set_metadata(event, metadata or _EMPTY)
         clock = self._clock
         _set_timestamp(
@@ -233,6 +246,8 @@ class NodeContext:
         _set_message(event, message)
         _set_node_id(event, self.node_id)
         _set_step(event, self.step)
+        if self.task_index is not None:
+            metadata["task"] = self.task_index
         _set_metadata(event, metadata or _EMPTY)
         clock = self._clock
         _set_timestamp(
@@ -273,6 +288,8 @@ class NodeContext:
         """
         if scope is not self._scope_ok:
             self._check_scope(scope)
+        if self.task_index is not None:
+            metadata["task"] = self.task_index
         self._bus.emit(
             DiagnosticEvent(
                 scope=scope,
@@ -297,6 +314,8 @@ class NodeContext:
         _set_llm_session_id(event, self.session_id)
         _set_llm_node_id(event, self.node_id)
         _set_stream_id(event, stream_id)
+        if self.task_index is not None:
+            metadata = {**metadata, "task": self.task_index}
         _set_llm_metadata(event, metadata)
         clock = self._clock
         _set_llm_timestamp(
@@ -326,6 +345,8 @@ class NodeContext:
         _set_llm_session_id(event, self.session_id)
         _set_llm_node_id(event, self.node_id)
         _set_stream_id(event, stream_id)
+        if self.task_index is not None:
+            metadata["task"] = self.task_index
         _set_llm_metadata(event, metadata or _EMPTY)
         clock = self._clock
         _set_llm_timestamp(

@@ -46,8 +46,14 @@ from .._core.frontier import (
 )
 from .._core.graph import END, START, Graph, NodeSpec
 from .._core.reducers import BarrierOutcome, apply_barrier
-from .._core.session import Interrupt, Session
-from .._core.state import FrontierCommand, NodePartial, StateSnapshot, VersionedState
+from .._core.session import Interrupt, Session, task_key
+from .._core.state import (
+    FrontierCommand,
+    NodePartial,
+    Send,
+    StateSnapshot,
+    VersionedState,
+)
 from ..events.bus import EventBus
 from ..events.steps import step_item_emitter
 from ..events.types import STREAM_END_SCOPE, DiagnosticEvent, stream_end_event
@@ -121,7 +127,7 @@ class StepOutcome:
             errors=self.barrier.errors,
             frontier_commands=self.barrier.frontier_commands,
             next_frontier=self.frontier.frontier,
-            completed=is_complete(self.frontier.frontier),
+            completed=is_complete(self.frontier.frontier, self.frontier.sends),
             state=self.barrier.state,
         )
 
@@ -281,6 +287,8 @@ class Engine:
     def start(self, session: Session, bus: EventBus) -> tuple[str, ...]:
         """The frontier that START leads to from ``session``'s state.
 
+        Sets the session's sends too (a router on START may return `Send` items).
+
         Raises:
             WorkflowError: a router on START failed (recorded in the session).
         """
@@ -298,6 +306,7 @@ class Engine:
                 exc,
                 bus,
             )
+        session.sends = outcome.sends
         return outcome.frontier
 
     # ---------------------------------------------------------------- one step
@@ -344,7 +353,8 @@ class Engine:
         Returns ``None`` when the session was already complete.
         """
         frontier = session.frontier
-        if is_complete(frontier):
+        sends = session.sends
+        if is_complete(frontier, sends):
             return None
         if session.step - session.budget_start >= self.config.max_steps:
             limit = self.config.max_steps
@@ -389,7 +399,28 @@ class Engine:
                 session.pending = {}
             session.pending_step = step
         kept = session.pending
+        if sends:
+            # Each Send is a task of its own: keyed name[i], never gated.
+            keys = [*to_run, *(task_key(s.node, i) for i, s in enumerate(sends))]
+            ran = [*to_run, *(s.node for s in sends)]
+            for send in sends:
+                if send.node not in nodes:
+                    missing = NodeNotFound(send.node, step)
+                    event = ErrorEvent.scheduler(
+                        step,
+                        str(missing),
+                        tags=["scheduler", "node_not_found"],
+                        context={"node": send.node},
+                    )
+                    self._fail(session, event, missing, bus, step)
+        else:
+            keys = ran = to_run
         missing_nodes = [n for n in to_run if n not in kept] if kept else to_run
+        missing_sends = (
+            [(i, s) for i, s in enumerate(sends) if keys[len(to_run) + i] not in kept]
+            if sends
+            else ()
+        )
         tracing = self.tracing
         span = None if tracing is NO_TRACING else tracing.step(session.session_id, step)
         if span is not None:
@@ -397,7 +428,13 @@ class Engine:
         try:
             try:
                 await self._run_nodes(
-                    missing_nodes, state.snapshot(), step, session, bus, kept
+                    missing_nodes,
+                    state.snapshot(),
+                    step,
+                    session,
+                    bus,
+                    kept,
+                    missing_sends,
                 )
             except _StepInterrupted as paused:
                 session.interrupts = paused.interrupts
@@ -418,19 +455,21 @@ class Engine:
                 )
                 self._fail(session, event, exc, bus, step)
 
-            partials = [kept[name] for name in to_run]
+            partials = [kept[key] for key in keys]
             try:
                 if _has_update(partials):
-                    outcome = apply_barrier(
-                        state, to_run, partials, self.graph.reducers
-                    )
+                    outcome = apply_barrier(state, keys, partials, self.graph.reducers)
                 else:
                     outcome = BarrierOutcome(state)
                 new_state = outcome.state
+                commands = outcome.frontier_commands
+                if sends and commands:
+                    # A sent task's command is its node's (keys are name[i]).
+                    commands = tuple((k.partition("[")[0], c) for k, c in commands)
                 frontier_outcome = next_frontier(
                     self.graph,
-                    to_run,
-                    outcome.frontier_commands,
+                    ran,
+                    commands,
                     new_state.snapshot(),
                     session.join_progress,
                 )
@@ -457,6 +496,7 @@ class Engine:
             session.step = step
             session.state = new_state
             session.frontier = frontier_outcome.frontier
+            session.sends = frontier_outcome.sends
             session.join_progress = frontier_outcome.join_progress
             if kept:
                 session.pending = {}
@@ -496,7 +536,7 @@ class Engine:
             raise
         if span is not None:
             span.__exit__(None, None, None)
-        return StepOutcome(step, to_run, skipped, outcome, frontier_outcome)
+        return StepOutcome(step, ran, skipped, outcome, frontier_outcome)
 
     def _report_gated(
         self, session: Session, gated: tuple[str, ...], step: int, bus: EventBus
@@ -578,12 +618,14 @@ class Engine:
         session: Session,
         bus: EventBus,
         finished: dict[str, NodePartial | None],
+        sends: Sequence[tuple[int, Send]] = (),
     ) -> None:
         """Run the nodes of one superstep concurrently; record each result.
 
-        Each node's partial goes into ``finished`` (by name) the moment the
-        node returns, so a failure or a cancellation keeps what already
-        finished.
+        Each node's partial goes into ``finished`` (by `task_key`) the moment
+        the node returns, so a failure or a cancellation keeps what already
+        finished. ``sends`` are the step's `Send` tasks still to run, with
+        their index: after the named nodes, in send order.
 
         Nodes are taken from a queue in frontier order by workers. The first worker
         is the calling task itself; another worker task is started only when a
@@ -592,11 +634,18 @@ class Engine:
         that finish without blocking therefore cost no task at all, while nodes
         that wait on I/O all wait concurrently.
         """
-        specs = [self.graph.nodes[name] for name in names]
+        nodes = self.graph.nodes
+        specs = [nodes[name] for name in names]
+        tasks: list[tuple[int, Any] | None] = []
+        if sends:
+            tasks = [None] * len(specs)
+            for index, send in sends:
+                specs.append(nodes[send.node])
+                tasks.append((index, send.payload))
         count = len(specs)
         if count == 0:
             return
-        if count == 1:
+        if count == 1 and not tasks:
             spec = specs[0]
             try:
                 finished[spec.name] = await self._call(
@@ -640,18 +689,24 @@ class Engine:
                     while pending and not failures:
                         index = pending.popleft()
                         spec = specs[index]
-                        call = self._call(spec, snapshot, step, session, bus)
-                        try:
-                            finished[spec.name] = await _on_suspend(
-                                call, spawn_if_needed
+                        sent = tasks[index] if tasks else None
+                        if sent is None:
+                            key = spec.name
+                            call = self._call(spec, snapshot, step, session, bus)
+                        else:
+                            key = task_key(spec.name, sent[0])
+                            call = self._call(
+                                spec, snapshot, step, session, bus, sent[0], sent[1]
                             )
+                        try:
+                            finished[key] = await _on_suspend(call, spawn_if_needed)
                         except InterruptSignal as signal:
                             # Siblings go on: every interrupt of the step is
                             # collected and can be answered together.
                             interrupted.append((index, signal.interrupt))
                         except Exception as exc:
-                            failures.append(_NodeFailed(spec.name, exc))
-                            nursery.cancel_scope.cancel(f"node {spec.name!r} failed")
+                            failures.append(_NodeFailed(key, exc))
+                            nursery.cancel_scope.cancel(f"node {key!r} failed")
                             return
                 finally:
                     if limiter is not None:
@@ -673,8 +728,13 @@ class Engine:
         step: int,
         session: Session,
         bus: EventBus,
+        task: int | None = None,
+        payload: Any = None,
     ) -> NodePartial | None:
-        """Call ``spec`` once, or more per its retry policy; enforce its timeout."""
+        """Call ``spec`` once, or more per its retry policy; enforce its timeout.
+
+        ``task`` and ``payload``: the `Send` this call runs, if any.
+        """
         retry = spec.retry
         attempt = 1
         sid = session.session_id
@@ -690,12 +750,14 @@ class Engine:
                 attempt,
                 session,
                 self.persist,
+                task,
+                payload,
             )
             with self.tracing.node(sid, step, spec.name, attempt) as span:
                 if emit is not None:
                     emit(
                         lifecycle.node_start(
-                            self._now(), sid, spec.name, step, attempt, None
+                            self._now(), sid, spec.name, step, attempt, task
                         )
                     )
                     started = time.perf_counter()
@@ -719,7 +781,7 @@ class Engine:
                                 spec.name,
                                 step,
                                 attempt,
-                                None,
+                                task,
                                 time.perf_counter() - started,
                                 partial,
                             )
@@ -740,7 +802,7 @@ class Engine:
                                     spec.name,
                                     step,
                                     attempt,
-                                    None,
+                                    task,
                                     describe_exception(exc),
                                 )
                             )
@@ -755,7 +817,7 @@ class Engine:
                                 spec.name,
                                 step,
                                 attempt,
-                                None,
+                                task,
                                 describe_exception(exc),
                                 delay,
                             )
@@ -796,10 +858,15 @@ class Engine:
         # only once per _YIELD_INTERVAL of wall time (nodes that await real I/O
         # yield on their own anyway).
         last_yield = time.perf_counter()
-        while not is_complete(session.frontier):
+        while not is_complete(session.frontier, session.sends):
             await trio.lowlevel.checkpoint_if_cancelled()
             if interrupt_before:
-                node = breakpoint_match(session.frontier, interrupt_before)
+                node = breakpoint_match(
+                    [*session.frontier, *(s.node for s in session.sends)]
+                    if session.sends
+                    else session.frontier,
+                    interrupt_before,
+                )
                 if node is not None and session.breakpoint_hit != session.step + 1:
                     session.breakpoint_hit = session.step + 1
                     raise Paused("before_node", node=node)

@@ -16,8 +16,10 @@ from typing import Any
 from .._codec import (
     converter,
     decode_extra,
+    decode_target,
     decode_value,
     encode_extra,
+    encode_target,
     encode_value,
 )
 from .._core.errors import CheckpointError, ErrorEvent, StateError
@@ -46,7 +48,10 @@ def encode_partial(partial: NodePartial | None) -> dict[str, Any] | None:
         out["errors"] = [converter.unstructure(e, ErrorEvent) for e in partial.errors]
     if partial.frontier is not None:
         kind = "replace" if isinstance(partial.frontier, Replace) else "append"
-        out["frontier"] = {"kind": kind, "targets": list(partial.frontier.targets)}
+        out["frontier"] = {
+            "kind": kind,
+            "targets": [encode_target(t) for t in partial.frontier.targets],
+        }
     return out
 
 
@@ -66,7 +71,7 @@ def decode_partial(data: Any) -> NodePartial | None:
         kind = command.get("kind") if isinstance(command, Mapping) else None
         if kind not in ("replace", "append"):
             raise StateError(f"a stored frontier command is malformed: {command!r}")
-        targets = command.get("targets", [])
+        targets = [decode_target(t) for t in command.get("targets", [])]
         frontier = Replace(targets) if kind == "replace" else Append(targets)
     return NodePartial(
         messages=[converter.structure(m, Message) for m in data["messages"]]
@@ -119,7 +124,12 @@ def encode_pending(session: Session) -> dict[str, Any] | None:
         "writes": writes,
         "error": error,
         "interrupts": [
-            {"id": i.id, "node": i.node, "payload": encode_value(i.payload)}
+            {
+                "id": i.id,
+                "node": i.node,
+                "payload": encode_value(i.payload),
+                **({} if i.task is None else {"task": i.task}),
+            }
             for i in session.interrupts
         ],
         "answers": {
@@ -132,6 +142,12 @@ def encode_pending(session: Session) -> dict[str, Any] | None:
         },
         "breakpoint": session.breakpoint_hit,
     }
+
+
+def _task_index(value: Any) -> int | None:
+    if value is None or (type(value) is int and value >= 0):
+        return value
+    raise StateError(f"an interrupt's task index {value!r} is not an int >= 0")
 
 
 def restore_pending(session: Session, record: Mapping[str, Any] | None) -> None:
@@ -163,7 +179,10 @@ def restore_pending(session: Session, record: Mapping[str, Any] | None) -> None:
             session.error = converter.structure(error, ErrorEvent)
         session.interrupts = tuple(
             Interrupt(
-                id=str(i["id"]), node=str(i["node"]), payload=decode_value(i["payload"])
+                id=str(i["id"]),
+                node=str(i["node"]),
+                payload=decode_value(i["payload"]),
+                task=_task_index(i.get("task")),
             )
             for i in record.get("interrupts") or ()
         )

@@ -32,7 +32,7 @@ from .._core.errors import (
 from .._core.frontier import is_complete, next_frontier, start_frontier
 from .._core.graph import END, START, display
 from .._core.reducers import apply_barrier
-from .._core.session import Interrupt, Resume, Session, check_session_id
+from .._core.session import Interrupt, Resume, Session, check_session_id, task_key
 from .._core.state import NodePartial, VersionedState
 from .._core.values import require_storable
 from .._trio import open_service_nursery, require_trio
@@ -158,6 +158,10 @@ def _session_state(
         node
         for node in session.frontier
         if node not in (START, END) and node not in pending
+    ) + tuple(
+        send.node
+        for i, send in enumerate(session.sends)
+        if task_key(send.node, i) not in pending
     )
     return SessionState(
         session_id=session.session_id,
@@ -206,7 +210,7 @@ def _answer(session: Session, resume: Resume) -> None:
     # An interrupt's position among its node's answers is its index in its id.
     for interrupt in session.interrupts:
         if interrupt.id in answers:
-            session.answers.setdefault(interrupt.node, []).append(answers[interrupt.id])
+            session.answers.setdefault(interrupt.key, []).append(answers[interrupt.id])
     session.interrupts = tuple(i for i in session.interrupts if i.id not in answers)
 
 
@@ -573,6 +577,7 @@ class AppRunner:
                     session.join_progress,
                 )
                 session.frontier = frontier.frontier
+                session.sends = frontier.sends
                 session.join_progress = frontier.join_progress
                 session.versions_seen[as_node] = gate
                 _drop_pending(session)
@@ -1018,7 +1023,9 @@ class AppRunner:
                 outcome = await self._engine.step(session, self.event_bus)
                 if outcome is not None:
                     await self._autosave(session, outcome)
-                    done = is_complete(outcome.frontier.frontier)
+                    done = is_complete(
+                        outcome.frontier.frontier, outcome.frontier.sends
+                    )
                     if done and self._writer is not None:
                         await self._writer.flush()
             except Paused as paused:

@@ -44,11 +44,11 @@ from typing import Any, Literal, NamedTuple
 import attrs
 from cattrs.errors import BaseValidationError
 
-from .._codec import converter, dumps, encode_extra, loads
+from .._codec import converter, decode_target, dumps, encode_extra, encode_target, loads
 from .._codec import decode_value as _decode_value
 from .._codec import encode_value as _encode_value
 from .._core.errors import CheckpointError, ErrorEvent, StateError
-from .._core.state import History, Message, VersionedState, Versions
+from .._core.state import History, Message, Send, VersionedState, Versions
 from .record import Checkpoint
 
 SNAPSHOT_EVERY = 64
@@ -403,7 +403,11 @@ def encode_row(checkpoint: Checkpoint, base: Stored | None) -> tuple[StepRow, St
         messages_json=messages_json,
         errors_json=errors_json,
         seen_json=seen_json,
-        frontier_json=_json(list(checkpoint.frontier)),
+        frontier_json=_json(
+            [*checkpoint.frontier, *map(encode_target, checkpoint.sends)]
+            if checkpoint.sends
+            else list(checkpoint.frontier)
+        ),
         joins_json=_json({k: sorted(v) for k, v in checkpoint.join_progress.items()}),
         ran_nodes_json=_json(list(checkpoint.ran_nodes)),
         skipped_nodes_json=_json(list(checkpoint.skipped_nodes)),
@@ -554,6 +558,25 @@ def _as_dict(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{what} must hold an object, got {type(value).__name__}")
     return value
+
+
+def _frontier(value: Any) -> tuple[list[str], list[Send]]:
+    """A stored frontier: node names, then the sent tasks (``{"send": ...}``)."""
+    names: list[str] = []
+    sends: list[Send] = []
+    for entry in _as_list(value, "frontier"):
+        if isinstance(entry, str):
+            if sends:
+                raise ValueError("frontier names come before its sent tasks")
+            names.append(entry)
+        else:
+            try:
+                target = decode_target(entry)
+            except StateError as exc:
+                raise ValueError(str(exc)) from None
+            assert isinstance(target, Send)
+            sends.append(target)
+    return names, sends
 
 
 def _names(value: Any, what: str) -> list[str]:
@@ -887,6 +910,7 @@ class _Fold:
                 f" row says {parsed.counts[0]} and {parsed.counts[1]}"
             )
         joins = _as_dict(loads(row.joins_json), "join progress")
+        frontier, sends = _frontier(loads(row.frontier_json))
         m, x, e = parsed.versions
         versions = Versions(messages=m, extra=x, errors=e)
         state = VersionedState._trusted(messages, chained.extra, errors, versions)
@@ -894,7 +918,8 @@ class _Fold:
             session_id=row.session_id,
             step=row.step,
             state=state,
-            frontier=_names(loads(row.frontier_json), "frontier"),
+            frontier=frontier,
+            sends=sends,
             versions_seen=chained.seen,
             join_progress={k: _names(v, "join progress") for k, v in joins.items()},
             concurrency_limit=self.concurrency_limit,

@@ -18,7 +18,7 @@ import trio
 
 from .._core.errors import CheckpointConflict, CheckpointError
 from .._core.session import Session
-from .._core.state import VersionedState
+from .._core.state import Send, VersionedState
 
 
 def _utcnow() -> _dt.datetime:
@@ -69,6 +69,14 @@ def _origin(value: Any) -> tuple[str, int] | None:
     return (value[0], value[1])
 
 
+def _sends(value: Any) -> tuple[Send, ...]:
+    sends = tuple(value)
+    for send in sends:
+        if not isinstance(send, Send):
+            raise CheckpointError(f"sends holds Send items, got {send!r}")
+    return sends
+
+
 def _optional_step(value: Any) -> int | None:
     if value is None:
         return None
@@ -104,6 +112,8 @@ class Checkpoint:
             in a failed or cancelled step, the last error ...), or ``None``.
             Only a session's latest step carries one; saving a following step
             clears it.
+        sends: The `Send` tasks of the next superstep (with their payloads),
+            in send order.
         forked_from: ``(session_id, step)`` the session was forked from, or
             ``None``. A property of the session: stores keep the one its first
             checkpoint names.
@@ -131,6 +141,7 @@ class Checkpoint:
         default=None, converter=_frozen_pending
     )
     forked_from: tuple[str, int] | None = attrs.field(default=None, converter=_origin)
+    sends: tuple[Send, ...] = attrs.field(default=(), converter=_sends)
 
     @classmethod
     def from_session(
@@ -183,6 +194,7 @@ class Checkpoint:
             "parent_step": _optional_step(parent_step),
             "pending": _frozen_pending(pending),
             "forked_from": forked_from,
+            "sends": tuple(session.sends),
         }
         for name, value in fields.items():
             object.__setattr__(checkpoint, name, value)
@@ -195,6 +207,7 @@ class Checkpoint:
             state=self.state,
             step=self.step,
             frontier=self.frontier,
+            sends=self.sends,
             versions_seen=dict(self.versions_seen),
             join_progress=dict(self.join_progress),
         )
