@@ -36,6 +36,7 @@ from weavegraph import (
     PostgresCheckpointer,
     Resume,
     RuntimeConfig,
+    Send,
     SQLiteCheckpointer,
     StateSnapshot,
     VersionedState,
@@ -709,3 +710,37 @@ def test_serve_a_factory(tmp_path: Path, targets: str) -> None:
     out, returncode = result
     assert returncode == "130"
     assert f"serving {targets}:make_app_async on {url}" in out
+
+
+def test_show_lists_a_paused_fan_outs_sends(db: str) -> None:
+    async def plan(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial()
+
+    async def work(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial()
+
+    async def run() -> None:
+        async with open_store(db) as store:
+            app = (
+                GraphBuilder()
+                .add_node("plan", plan)
+                .add_node("work", work)
+                .add_edge(START, "plan")
+                .add_conditional_edge(
+                    "plan", lambda s: [Send("work", {"doc": d}) for d in "ab"]
+                )
+                .add_edge("work", END)
+                .compile(RuntimeConfig(checkpointer=store, interrupt_before=["work"]))
+            )
+            await app.invoke(VersionedState(), session_id="fan")
+
+    trio.run(run)
+    code, text = cli("runs", "show", "fan", "--db", db)
+    assert code == 0 and "step      1 (open)" in text
+    assert 'sent      work[0]: {"doc":"a"}' in text
+    assert 'sent      work[1]: {"doc":"b"}' in text
+    shown = json.loads(cli("runs", "show", "fan", "--db", db, "--json")[1])
+    assert shown["sends"] == [
+        {"send": "work", "payload": {"doc": "a"}},
+        {"send": "work", "payload": {"doc": "b"}},
+    ]

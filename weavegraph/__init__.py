@@ -76,6 +76,8 @@ from .events.types import Event as Event
 from .events.types import LLMEvent as LLMEvent
 from .events.types import NodeEvent as NodeEvent
 from .events.types import event_from_json as event_from_json
+from .scale.queue import RunQueue as RunQueue
+from .scale.worker import serve_worker as serve_worker
 
 __version__ = "0.1.0"
 
@@ -118,6 +120,8 @@ __all__ = (
     "InMemoryCheckpointer",
     "SQLiteCheckpointer",
     "PostgresCheckpointer",
+    "RunQueue",
+    "serve_worker",
     # events
     "Event",
     "NodeEvent",

@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TextIO
 import attrs
 import trio
 
-from ._codec import converter, dumps, encode_value
+from ._codec import converter, dumps, encode_target, encode_value
 from ._core.errors import WeavegraphError
 from ._core.frontier import is_complete
 from ._core.graph import END, START
@@ -141,6 +141,7 @@ def _summary(cp: Checkpoint) -> dict[str, Any]:
         "step": cp.step,
         "parent_step": cp.parent_step,
         "frontier": list(cp.frontier),
+        "sends": [encode_target(s) for s in cp.sends],
         "ran_nodes": list(cp.ran_nodes),
         "interrupts": [
             {"id": i.id, "node": i.node, "payload": encode_value(i.payload)}
@@ -212,11 +213,18 @@ async def _show(store: Any, args: argparse.Namespace, out: TextIO) -> None:
         return
     waiting = _interrupts(cp)
     status = (
-        "interrupted" if waiting else "complete" if is_complete(cp.frontier) else "open"
+        "interrupted"
+        if waiting
+        else "complete"
+        if is_complete(cp.frontier, cp.sends)
+        else "open"
     )
     out.write(f"session   {cp.session_id}\n")
     out.write(f"step      {cp.step} ({status})\n")
     out.write(f"frontier  {', '.join(cp.frontier) or '-'}\n")
+    for index, send in enumerate(cp.sends):
+        payload = dumps(encode_value(send.payload))
+        out.write(f"sent      {send.node}[{index}]: {payload:.200}\n")
     if cp.forked_from is not None:
         origin, at = cp.forked_from
         out.write(f"forked    from {origin} at step {at}\n")

@@ -1010,7 +1010,7 @@ class SSEApp:
             return False
         top = newest.checkpoints[0]
         total = newest.total
-        status = "completed" if is_complete(top.frontier) else "stored"
+        status = "completed" if is_complete(top.frontier, top.sends) else "stored"
         end = stream_end_event(
             session_id, status, top.step, timestamp=top.created_at.timestamp()
         )
