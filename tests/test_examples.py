@@ -35,6 +35,11 @@ EXPECTED = {
         "cancelled from asyncio: the trio run was cancelled too",
         "extra -> {'weather': 'Lisbon: 21°C'}",
     ],
+    "map_reduce.py": [
+        "first run failed: ConnectionError: the model dropped sqlite.md",
+        "task 2: sqlite.md summarised",
+        "calls: attrs.md=1, hypercorn.md=2, sqlite.md=2, trio.md=1",
+    ],
     "research_assistant.py": [
         "[synthesise @ step 3] combining 3 findings",
         "revision 2: approve",
