@@ -49,8 +49,9 @@ EXPECTED = {
 }
 
 
-# Servers run until stopped; each has a test of its own.
-SERVERS = {"sse_server.py"}
+# Servers run until stopped, and workers.py needs a PostgreSQL URL; each has a
+# test of its own (workers.py: tests/scale/test_example.py).
+SERVERS = {"sse_server.py", "workers.py"}
 
 
 def test_every_example_is_covered() -> None:
