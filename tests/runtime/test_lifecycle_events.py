@@ -85,8 +85,16 @@ async def test_retries_and_errors_are_events_not_just_log_lines() -> None:
     assert [e.metadata["attempt"] for e in retries] == [1, 2]
     assert retries[0].metadata["error"] == "ValueError: try 1"
     assert retries[0].metadata["delay"] == pytest.approx(0.01)
-    starts = [e.metadata["attempt"] for e in seen if e.scope_label == "node.start"]
-    assert starts == [1, 2, 3, 1]
+    starts = [e for e in seen if e.scope_label == "node.start"]
+    assert [e.metadata["attempt"] for e in starts] == [1, 2, 3, 1]
+    assert [e.message for e in starts] == [
+        "flaky started",
+        "flaky started (attempt 2)",
+        "flaky started (attempt 3)",
+        "broken started",
+    ]
+    ends = [e.message for e in seen if e.scope_label == "node.end"]
+    assert ends == ["flaky finished"]
     (error,) = [e for e in seen if e.scope_label == "node.error"]
     assert error.metadata["node"] == "broken"
     assert error.metadata["error"] == "RuntimeError: always"

@@ -753,7 +753,7 @@ class Engine:
                 task,
                 payload,
             )
-            with self.tracing.node(sid, step, spec.name, attempt) as span:
+            with self.tracing.node(sid, step, spec.name, attempt, task) as span:
                 if emit is not None:
                     emit(
                         lifecycle.node_start(

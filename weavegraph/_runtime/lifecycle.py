@@ -23,7 +23,7 @@ scope (node code cannot emit these) and structured metadata:
 
 from __future__ import annotations
 
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Any, Final
 
 from .._core.state import NodePartial
@@ -48,18 +48,10 @@ _set_message = DiagnosticEvent.__dict__["message"].__set__
 _set_timestamp = DiagnosticEvent.__dict__["timestamp"].__set__
 _set_metadata = DiagnosticEvent.__dict__["metadata"].__set__
 
-
-def _event(
-    scope: str, message: str, metadata: dict[str, Any], timestamp: float
-) -> DiagnosticEvent:
-    # Built through the slots (like the fast node events): one per node
-    # attempt is the hot path. Timestamps are whole microseconds.
-    event = _new(DiagnosticEvent)
-    _set_scope(event, scope)
-    _set_message(event, message)
-    _set_timestamp(event, quantize_timestamp(timestamp))
-    _set_metadata(event, MappingProxyType(metadata))
-    return event
+# Two of these are built per node attempt while anyone listens: each is made
+# right here through the event's slots (like ``ctx.emit``'s node events), with
+# a plain dict as its metadata (nothing else holds it) and a message that
+# needs no number formatting. Timestamps are whole microseconds.
 
 
 def node_start(
@@ -71,9 +63,15 @@ def node_start(
     task: int | None,
 ) -> DiagnosticEvent:
     """``node.start``: an attempt of ``node`` begins."""
-    return _event(
-        NODE_START,
-        f"{node} started (step {step}, attempt {attempt})",
+    event = _new(DiagnosticEvent)
+    _set_scope(event, NODE_START)
+    _set_message(
+        event,
+        node + " started" if attempt == 1 else f"{node} started (attempt {attempt})",
+    )
+    _set_timestamp(event, quantize_timestamp(timestamp))
+    _set_metadata(
+        event,
         {
             "node": node,
             "step": step,
@@ -81,8 +79,8 @@ def node_start(
             "task": task,
             "session_id": session_id,
         },
-        timestamp,
     )
+    return event
 
 
 def channels_of(partial: NodePartial | None) -> list[str]:
@@ -112,9 +110,12 @@ def node_end(
     partial: NodePartial | None,
 ) -> DiagnosticEvent:
     """``node.end``: an attempt of ``node`` returned its partial."""
-    return _event(
-        NODE_END,
-        f"{node} finished in {duration * 1000:.3g} ms",
+    event = _new(DiagnosticEvent)
+    _set_scope(event, NODE_END)
+    _set_message(event, node + " finished")
+    _set_timestamp(event, quantize_timestamp(timestamp))
+    _set_metadata(
+        event,
         {
             "node": node,
             "step": step,
@@ -122,10 +123,21 @@ def node_end(
             "task": task,
             "session_id": session_id,
             "duration": duration,
-            "channels": channels_of(partial),
+            "channels": [] if partial is None else channels_of(partial),
         },
-        timestamp,
     )
+    return event
+
+
+def _event(
+    scope: str, message: str, metadata: dict[str, Any], timestamp: float
+) -> DiagnosticEvent:
+    event = _new(DiagnosticEvent)
+    _set_scope(event, scope)
+    _set_message(event, message)
+    _set_timestamp(event, quantize_timestamp(timestamp))
+    _set_metadata(event, metadata)
+    return event
 
 
 def node_retry(
@@ -184,9 +196,9 @@ def step_end(
     timestamp: float,
     session_id: str,
     step: int,
-    ran: list[str],
-    updated: tuple[str, ...],
-    next_frontier: tuple[str, ...],
+    ran: Sequence[str],
+    updated: Sequence[str],
+    next_frontier: Sequence[str],
 ) -> DiagnosticEvent:
     """``step.end``: a superstep committed."""
     return _event(

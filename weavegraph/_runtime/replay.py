@@ -28,7 +28,8 @@ def normalize_event(event: Event) -> dict[str, Any]:
     """The event's normalized JSON without what differs between equal runs.
 
     That is its ``timestamp``, and for ``node.end`` lifecycle events the
-    measured ``duration`` (also in the message).
+    measured ``duration`` (also in the message of events recorded by earlier
+    versions).
     """
     data = event.to_json()
     del data["timestamp"]
@@ -36,7 +37,8 @@ def normalize_event(event: Event) -> dict[str, Any]:
         data["metadata"] = {
             k: v for k, v in data["metadata"].items() if k != "duration"
         }
-        data["message"] = data["message"].split(" finished in ", 1)[0] + " finished"
+        if " finished in " in data["message"]:
+            data["message"] = data["message"].split(" finished in ", 1)[0] + " finished"
     return data
 
 
