@@ -49,9 +49,10 @@ EXPECTED = {
 }
 
 
-# Servers run until stopped, and workers.py needs a PostgreSQL URL; each has a
-# test of its own (workers.py: tests/scale/test_example.py).
-SERVERS = {"sse_server.py", "workers.py"}
+# Servers run until stopped, workers.py needs a PostgreSQL URL and tool_agent.py a
+# model endpoint; each has a test of its own (workers.py: tests/scale/test_example.py,
+# tool_agent.py: tests/test_tool_agent.py).
+SERVERS = {"sse_server.py", "workers.py", "tool_agent.py"}
 
 
 def test_every_example_is_covered() -> None:
