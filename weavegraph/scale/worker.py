@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import trio
 
+from .._codec import dumps
 from .._core.errors import ConfigError, LeaseLost, QueueError
 from .._runtime.app import App
 from ..checkpoint.postgres import PostgresCheckpointer
@@ -224,30 +225,33 @@ class EventWriter:
             ([c.run_id for c in claims], [c.token for c in claims]),
         )
         live = {int(row[0]) for row in cur.fetchall()}
-        ids: list[int] = []
-        seqs: list[int] = []
-        texts: list[str] = []
+        rows: list[str] = []
         lasts: dict[int, int] = {}
         for log, first, items in batch:
             run_id = log.claim.run_id
             if run_id not in live or not items:
                 continue
-            ids += [run_id] * len(items)
-            seqs += range(first, first + len(items))
-            texts += items
+            # Each event's JSON goes in as it is: one JSON array parameter
+            # (cheap to send), split by the server, every text kept verbatim.
+            rows += [f"[{run_id},{first + i},{text}]" for i, text in enumerate(items)]
             lasts[run_id] = first + len(items) - 1
         if lasts:
+            # One statement: the events, the runs' newest numbers, the wake-up.
             cur.execute(
-                "INSERT INTO weavegraph_run_events (run_id, seq, event_json)"
-                " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[])",
-                (ids, seqs, texts),
-            )
-            order = sorted(lasts)
-            cur.execute(
-                "UPDATE weavegraph_runs AS r SET last_seq = v.last"
-                " FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, last)"
-                " WHERE r.id = v.id",
-                (order, [lasts[i] for i in order]),
+                "WITH added AS (INSERT INTO weavegraph_run_events"
+                " (run_id, seq, event_json)"
+                " SELECT (e->>0)::bigint, (e->>1)::bigint, (e->2)::text"
+                " FROM json_array_elements(%s::json) AS e),"
+                " moved AS (UPDATE weavegraph_runs AS r SET last_seq = (v->>1)::bigint"
+                " FROM json_array_elements(%s::json) AS v"
+                " WHERE r.id = (v->>0)::bigint)"
+                " SELECT pg_notify(%s, %s)",
+                (
+                    "[" + ",".join(rows) + "]",
+                    dumps([[i, lasts[i]] for i in sorted(lasts)]),
+                    EVENTS_CHANNEL,
+                    "batch",
+                ),
             )
             keep = self._keep
             cuts = {i: last - keep for i, last in lasts.items() if keep and last > keep}
@@ -258,7 +262,6 @@ class EventWriter:
                     " WHERE e.run_id = v.id AND e.seq <= v.cut",
                     (list(cuts), list(cuts.values())),
                 )
-            cur.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, "batch"))
         conn.commit()
         return live
 
@@ -531,16 +534,23 @@ class Worker:
         def finish(conn: Any) -> tuple[bool, list[Claim]]:
             cur = conn.cursor()
             cur.execute(
-                "UPDATE weavegraph_runs SET status = %s, error = %s, worker = NULL,"
-                " lease_expires = NULL, finished_at = clock_timestamp()"
+                "WITH ended AS (UPDATE weavegraph_runs SET status = %s, error = %s,"
+                " worker = NULL, lease_expires = NULL,"
+                " finished_at = clock_timestamp()"
                 " WHERE id = %s AND lease_token = %s AND status = 'running'"
-                " RETURNING id",
-                (status, error, claim.run_id, claim.token),
+                " RETURNING id)"
+                " SELECT (SELECT count(*) FROM ended), pg_notify(%s, %s)",
+                (
+                    status,
+                    error,
+                    claim.run_id,
+                    claim.token,
+                    QUEUE_CHANNEL,
+                    f"done:{claim.run_id}",
+                ),
             )
-            done = cur.fetchone() is not None
-            cur.execute(
-                "SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, f"done:{claim.run_id}")
-            )
+            row = cur.fetchone()
+            done = row is not None and row[0] == 1
             claims = self._claim_rows(cur, 1) if refill else []
             conn.commit()
             return done, claims
