@@ -62,6 +62,7 @@ bench: $(VENV)/.installed-bench postgres-bin
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/event_bus.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/scale.py
 
 # Every benchmark once at tiny sizes, results still checked, so none can rot;
 # here every peer must be installed. A failing benchmark fails `make test`.
@@ -70,6 +71,7 @@ bench-quick: $(VENV)/.installed-bench postgres-bin
 	$(BIN)/python bench/checkpoint.py --quick
 	$(BIN)/python bench/event_bus.py --quick
 	$(BIN)/python bench/serve.py --quick
+	$(BIN)/python bench/scale.py --quick
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
