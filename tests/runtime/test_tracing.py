@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from helpers import chain_app, hi
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -28,8 +29,22 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import StatusCode
 
+from weavegraph import (
+    END,
+    START,
+    GraphBuilder,
+    InMemoryCheckpointer,
+    NodeContext,
+    NodePartial,
+    RetryPolicy,
+    RuntimeConfig,
+    Send,
+    StateSnapshot,
+    WorkflowError,
+)
 from weavegraph._core.errors import NodeTimeoutError
 from weavegraph._core.session import Interrupt
+from weavegraph._runtime import engine
 from weavegraph._runtime import tracing as tracing_module
 from weavegraph._runtime.activation import InterruptSignal
 from weavegraph._runtime.tracing import (
@@ -650,3 +665,234 @@ def test_the_span_names_and_attributes_are_documented() -> None:
     ]
     for name in names:
         assert f"``{name}``" in doc, name
+
+
+# ------------------------------------------------------- through real runs
+# The engine uses one `Tracing` per setting for the whole process, made for
+# the global provider; these tests put one made for their own provider in its
+# place, so real runs of real apps export to the in-memory exporter.
+
+
+@pytest.fixture
+def run_traced(traced: Traced, monkeypatch: pytest.MonkeyPatch) -> Iterator[Traced]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(traced.exporter))
+    live = Tracing.create(True, tracer_provider=provider, pauses=(engine.Paused,))
+    monkeypatch.setitem(engine._TRACINGS, True, live)
+    yield Traced(live, traced.exporter, traced.tracer)
+    provider.shutdown()
+
+
+def by_name(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name == name]
+
+
+async def test_a_run_has_a_span_per_run_step_and_node_attempt(
+    run_traced: Traced,
+) -> None:
+    app = chain_app(["a", "b"], RuntimeConfig(session_id="traced-1"))
+    await app.invoke(hi())
+    spans = run_traced.spans()
+    (run,) = by_name(spans, "weavegraph.run")
+    steps = by_name(spans, "weavegraph.step")
+    nodes = by_name(spans, "weavegraph.node")
+    assert attrs_of(run) == {
+        SESSION_ID: "traced-1",
+        GRAPH_HASH: app.graph.graph_hash,
+        STATUS: "completed",
+    }
+    assert [attrs_of(s) for s in steps] == [
+        {SESSION_ID: "traced-1", STEP: step, STATUS: "completed"} for step in (1, 2)
+    ]
+    assert [attrs_of(s) for s in nodes] == [
+        {
+            SESSION_ID: "traced-1",
+            STEP: step,
+            NODE: node,
+            ATTEMPT: 1,
+            STATUS: "completed",
+        }
+        for step, node in ((1, "a"), (2, "b"))
+    ]
+    assert [parent_of(s) for s in steps] == [span_id(run)] * 2
+    assert [parent_of(s) for s in nodes] == [span_id(s) for s in steps]
+    for span in spans:
+        assert_clean(span, "completed")
+
+
+async def test_concurrent_nodes_and_sent_tasks_are_children_of_their_step(
+    run_traced: Traced,
+) -> None:
+    async def plan(snapshot: StateSnapshot, ctx: NodeContext) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def fetch(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        await trio.sleep(0.001)  # every task waits: they overlap
+        return NodePartial(extra={f"got{ctx.task_index}": ctx.payload})
+
+    app = (
+        GraphBuilder()
+        .add_node("plan", plan)
+        .add_node("fetch", fetch)
+        .add_edge(START, "plan")
+        .add_conditional_edge("plan", lambda s: [Send("fetch", x) for x in "xyz"])
+        .add_edge("fetch", END)
+        .compile()
+    )
+    final = await app.invoke(hi())
+    assert final.extra == {"got0": "x", "got1": "y", "got2": "z"}
+    spans = run_traced.spans()
+    step2 = run_traced.one("weavegraph.step", step=2)
+    fetches = [s for s in by_name(spans, "weavegraph.node") if attrs_of(s)[STEP] == 2]
+    assert sorted(attrs_of(s)[TASK] for s in fetches) == [0, 1, 2]
+    assert {attrs_of(s)[NODE] for s in fetches} == {"fetch"}
+    assert [parent_of(s) for s in fetches] == [span_id(step2)] * 3
+    assert TASK not in attrs_of(run_traced.one("weavegraph.node", node="plan"))
+
+
+async def test_retries_errors_and_timeouts_of_real_nodes(
+    run_traced: Traced, autojump_clock: trio.testing.MockClock
+) -> None:
+    attempts = 0
+
+    async def flaky(snapshot: StateSnapshot, ctx: NodeContext) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise ConnectionError(f"down {attempts}")
+
+    async def slow(snapshot: StateSnapshot, ctx: NodeContext) -> None:
+        await trio.sleep(10)
+
+    app = (
+        GraphBuilder()
+        .add_node("flaky", flaky, retry=RetryPolicy(max_attempts=3, backoff=0.5))
+        .add_node("slow", slow, timeout=2.0)
+        .add_edge(START, "flaky")
+        .add_edge("flaky", "slow")
+        .add_edge("slow", END)
+        .compile()
+    )
+    with pytest.raises(WorkflowError, match="timed out"):
+        await app.invoke(hi())
+    flaky_spans = [
+        run_traced.one("weavegraph.node", node="flaky", attempt=n) for n in (1, 2, 3)
+    ]
+    for n, span in enumerate(flaky_spans[:2], start=1):
+        assert events(span)[-1] == (
+            "weavegraph.retry",
+            {
+                "weavegraph.attempt": n,
+                "weavegraph.error": f"ConnectionError: down {n}",
+                "weavegraph.retry.delay": pytest.approx(0.5 * 2 ** (n - 1)),
+            },
+        )
+        assert span.status.status_code is StatusCode.ERROR
+    assert_clean(flaky_spans[2], "completed")
+    slow_span = run_traced.one("weavegraph.node", node="slow")
+    assert attrs_of(slow_span)[TIMEOUT] == 2.0
+    assert slow_span.status.status_code is StatusCode.ERROR
+    assert slow_span.status.description == "node 'slow' timed out after 2s"
+    (exception,) = [a for name, a in events(slow_span) if name == "exception"]
+    assert exception["exception.type"].endswith(".NodeTimeoutError")
+    run = run_traced.one("weavegraph.run")
+    assert attrs_of(run)[STATUS] == "error"
+    assert run.status.status_code is StatusCode.ERROR
+    assert "timed out" in (run.status.description or "")
+    assert attrs_of(run_traced.one("weavegraph.step", step=2))[STATUS] == "error"
+
+
+async def test_the_callers_span_is_the_parent_of_a_real_run(
+    run_traced: Traced,
+) -> None:
+    with run_traced.tracer.start_as_current_span("request") as request:
+        await chain_app(["a"]).invoke(hi())
+    run = run_traced.one("weavegraph.run")
+    assert parent_of(run) == request.get_span_context().span_id
+    request_span = run_traced.one("request")
+    assert run.context is not None and request_span.context is not None
+    assert run.context.trace_id == request_span.context.trace_id
+
+
+async def test_a_span_opened_by_node_code_is_a_child_of_the_node(
+    run_traced: Traced,
+) -> None:
+    async def call_out(snapshot: StateSnapshot, ctx: NodeContext) -> None:
+        with run_traced.tracer.start_as_current_span("http get"):
+            await trio.lowlevel.checkpoint()
+
+    app = (
+        GraphBuilder()
+        .add_node("call", call_out)
+        .add_edge(START, "call")
+        .add_edge("call", END)
+        .compile()
+    )
+    await app.invoke(hi())
+    node = run_traced.one("weavegraph.node")
+    assert parent_of(run_traced.one("http get")) == span_id(node)
+
+
+async def test_an_interrupted_run_is_not_an_error(run_traced: Traced) -> None:
+    async def ask(snapshot: StateSnapshot, ctx: NodeContext) -> None:
+        await ctx.interrupt("ok?")
+
+    app = (
+        GraphBuilder()
+        .add_node("ask", ask)
+        .add_edge(START, "ask")
+        .add_edge("ask", END)
+        .compile(RuntimeConfig(checkpointer=InMemoryCheckpointer()))
+    )
+    await app.invoke(hi(), session_id="paused")
+    for name in ("weavegraph.run", "weavegraph.step", "weavegraph.node"):
+        assert_clean(run_traced.one(name), "interrupted")
+
+
+async def test_tracing_false_produces_no_spans(run_traced: Traced) -> None:
+    app = chain_app(["a", "b"], RuntimeConfig(tracing=False))
+    await app.invoke(hi())
+    async with app.invoke_streaming(hi()) as (run, stream):
+        async for _ in stream:
+            pass
+        await run.join()
+    assert run_traced.spans() == []
+    await chain_app(["a"]).invoke(hi())  # the same process, tracing on
+    assert len(by_name(run_traced.spans(), "weavegraph.run")) == 1
+
+
+def test_real_runs_use_the_global_provider_once_it_is_set() -> None:
+    # No provider: runs open no spans (the node sees no current span); once the
+    # application sets one, the next run of the same app is traced through it.
+    out = run_python(
+        """
+        import trio
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+        from weavegraph import END, START, GraphBuilder, VersionedState
+
+        seen = []
+
+        async def node(snapshot, ctx):
+            seen.append(trace.get_current_span().get_span_context().is_valid)
+
+        app = (GraphBuilder().add_node("n", node).add_edge(START, "n")
+               .add_edge("n", END).compile())
+        trio.run(app.invoke, VersionedState())
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        trio.run(app.invoke, VersionedState())
+        print(seen)
+        print(sorted(s.name for s in exporter.get_finished_spans()))
+        """
+    )
+    assert out.splitlines() == [
+        "[False, True]",
+        "['weavegraph.node', 'weavegraph.run', 'weavegraph.step']",
+    ]

@@ -131,7 +131,7 @@ class RunSpan:
         recorded on it.
 
         Raises:
-            ValueError: ``status`` is not one of `STATUSES`.
+            ConfigError: ``status`` is not one of `STATUSES`.
         """
         if status not in STATUSES:
             raise ConfigError(f"unknown run status {status!r}")
