@@ -21,13 +21,14 @@ from typing import Any
 
 import attrs
 import httpx2
+import openai
 import pytest
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from weavegraph import END, Message, Send, VersionedState
-from weavegraph.errors import ConfigError
+from weavegraph.errors import ConfigError, WorkflowError
 from weavegraph.serve import serve_sse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,7 @@ class Turn:
     deltas: list[dict[str, Any]]
     finish: str = "stop"
     hold: bool = False
+    status: int = 200
 
 
 def text(*tokens: str) -> list[dict[str, Any]]:
@@ -114,6 +116,17 @@ class ChatEndpoint:
         request = json.loads(body)
         self.requests.append(request)
         turn = self.turns[len(self.requests) - 1]
+        if turn.status != 200:
+            error = {"error": {"message": "bad key", "type": "invalid_request_error"}}
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": turn.status,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await self._frame(send, json.dumps(error), more=False)
+            return
         await send(
             {
                 "type": "http.response.start",
@@ -325,6 +338,16 @@ async def test_a_client_leaving_the_server_closes_the_request_to_the_model() -> 
             with trio.fail_after(10):
                 await endpoint.disconnected.wait()
             nursery.cancel_scope.cancel()
+
+
+async def test_an_endpoint_error_fails_the_run_with_it() -> None:
+    endpoint = ChatEndpoint([Turn([], status=401)])
+    async with running_endpoint(endpoint) as url:
+        with pytest.raises(WorkflowError) as failed:
+            await agent.build(settings(url)).invoke(agent.conversation("?"))
+    assert "model" in str(failed.value)
+    assert isinstance(failed.value.__cause__, openai.AuthenticationError)
+    assert len(endpoint.requests) == 1  # a refused key is not retried
 
 
 def test_settings_come_from_the_environment() -> None:
