@@ -249,6 +249,7 @@ async def stream_reply(
     Raises:
         UsageError: the ``openai`` package is not installed.
         openai.APIError: the endpoint failed (the node fails with it).
+        StateError: the model's tool arguments are not a JSON object.
     """
     try:
         import openai
@@ -271,6 +272,8 @@ async def stream_reply(
         async with stream:
             async for chunk in stream:
                 for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue  # one reply was asked for
                     delta = choice.delta
                     if delta.content:
                         text.append(delta.content)
@@ -290,11 +293,12 @@ async def stream_reply(
             "content": "".join(text),
             "tool_calls": [
                 {
-                    "id": c["id"],
+                    # Some local servers send no ids; the answers need one each.
+                    "id": c["id"] or f"{stream_id}-call-{index}",
                     "type": "function",
                     "function": {"name": c["name"], "arguments": c["arguments"]},
                 }
-                for _, c in sorted(calls.items())
+                for index, c in sorted(calls.items())
             ],
         }
     )

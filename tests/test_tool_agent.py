@@ -71,9 +71,13 @@ def text(*tokens: str) -> list[dict[str, Any]]:
     return [{"content": token} for token in tokens]
 
 
-def tool_call(index: int, id: str, name: str, pieces: Iterable[str]) -> list[Any]:
+def tool_call(
+    index: int, id: str | None, name: str, pieces: Iterable[str]
+) -> list[Any]:
     """A call as the API streams it: id, type and name, then argument pieces."""
-    first = {"index": index, "id": id, "type": "function"}
+    first: dict[str, Any] = {"index": index, "type": "function"}
+    if id is not None:  # some local servers send none
+        first["id"] = id
     out: list[dict[str, Any]] = [
         {"tool_calls": [{**first, "function": {"name": name, "arguments": ""}}]}
     ]
@@ -298,6 +302,30 @@ async def test_a_bad_call_is_answered_with_the_error() -> None:
     assert answer.tool_call_id == "call_x"
     assert answer.content.startswith("error: no capital known for 'Atlantis'")
     assert endpoint.requests[1]["messages"][3]["content"] == answer.content
+
+
+async def test_calls_without_ids_get_ids_of_their_own() -> None:
+    endpoint = ChatEndpoint(
+        [
+            Turn(
+                [
+                    *tool_call(0, None, "capital", ['{"country": "Peru"}']),
+                    *tool_call(1, None, "capital", ['{"country": "Kenya"}']),
+                ]
+            ),
+            Turn(text("Lima and Nairobi.")),
+        ]
+    )
+    async with running_endpoint(endpoint) as url:
+        final = await agent.build(settings(url)).invoke(agent.conversation("?"))
+    ids = ["turn-0-call-0", "turn-0-call-1"]
+    assert [c.id for c in final.messages[2].tool_calls] == ids
+    assert [(m.tool_call_id, m.content) for m in final.messages[3:5]] == [
+        ("turn-0-call-0", "Lima"),
+        ("turn-0-call-1", "Nairobi"),
+    ]
+    sent = endpoint.requests[1]["messages"]
+    assert [m.get("tool_call_id") for m in sent[3:]] == ids
 
 
 async def test_cancelling_the_run_closes_the_request_to_the_model() -> None:
