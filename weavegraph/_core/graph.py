@@ -125,6 +125,8 @@ class NodeSpec:
     destinations: tuple[str, ...] | None = None
     label: str = ""
     gated: bool = True
+    subgraph: Graph | None = attrs.field(default=None, eq=False, repr=False)
+    """The child graph when the node runs a compiled app (a subgraph)."""
 
 
 @attrs.frozen

@@ -13,15 +13,16 @@ from collections.abc import (
     Collection,
     Iterable,
     Iterator,
+    Sequence,
 )
 from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 import attrs
 import trio
 
-from .._core.errors import ConfigError, StateError
-from .._core.graph import BaseGraphBuilder, Graph
+from .._core.errors import ConfigError, InvalidNodeError, StateError
+from .._core.graph import BaseGraphBuilder, Graph, Node, NodeFunction, RetryPolicy
 from .._core.session import Resume, check_session_id
 from .._core.state import VersionedState
 from .._trio import open_service_nursery, require_trio
@@ -32,6 +33,7 @@ from ..events.types import STREAM_END_SCOPE, Event
 from .config import RuntimeConfig
 from .engine import Engine
 from .invocation import Invocation
+from .subgraph import InputMap, OutputMap, Subgraph
 
 if TYPE_CHECKING:
     from ..events.bus import EventBus
@@ -98,6 +100,64 @@ class GraphBuilder(BaseGraphBuilder):
                .add_edge("greet", END)
                .compile())
     """
+
+    def add_node(
+        self,
+        name: str,
+        node: NodeFunction | Node | App,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        destinations: Sequence[str] | None = None,
+        gated: bool = True,
+        input: InputMap | None = None,
+        output: OutputMap | None = None,
+    ) -> Self:
+        """Register ``node`` under ``name``; see `BaseGraphBuilder.add_node`.
+
+        ``node`` may also be a compiled `App`: a subgraph. The child graph then
+        runs as this one node. By default it starts from the parent's snapshot
+        (messages and extra) and what it adds or changes merges back as the
+        node's partial; ``input(snapshot) -> VersionedState`` and
+        ``output(child_final_state, snapshot) -> NodePartial`` map explicitly.
+        See ``docs/howto-subgraphs.md``.
+
+        Raises:
+            InvalidNodeError: as for any node, or ``input``/``output`` given
+                for a node that is not an `App`, or not callable.
+        """
+        if isinstance(node, App):
+            for what, fn in (("input", input), ("output", output)):
+                if fn is not None and not callable(fn):
+                    raise InvalidNodeError(
+                        f"node {name!r}: {what}= must be a function, got {fn!r}"
+                    )
+            super().add_node(
+                name,
+                Subgraph(node, input, output),
+                timeout=timeout,
+                retry=retry,
+                destinations=destinations,
+                gated=gated,
+            )
+            spec = self._nodes[name]
+            self._nodes[name] = attrs.evolve(
+                spec, label=f"subgraph:{node.graph.graph_hash}", subgraph=node.graph
+            )
+            return self
+        if input is not None or output is not None:
+            raise InvalidNodeError(
+                f"node {name!r}: input= and output= map the state of a subgraph;"
+                " they apply only when the node is a compiled App"
+            )
+        return super().add_node(
+            name,
+            node,
+            timeout=timeout,
+            retry=retry,
+            destinations=destinations,
+            gated=gated,
+        )
 
     def compile(self, config: RuntimeConfig | None = None) -> App:
         """Validate the topology and return a runnable ``App``.

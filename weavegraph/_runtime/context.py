@@ -82,7 +82,8 @@ class NodeContext:
             for a node scheduled by edges, routers or commands).
         task_index: The index of that `Send` among the step's sends (``None``
             for an ordinarily scheduled node). Every event a sent task emits
-            carries it as ``metadata["task"]``.
+            carries it as ``metadata["task"]``; inside a subgraph, every event
+            carries ``metadata["path"]`` (the subgraph nodes, then this node).
 
     The ``emit*`` methods never wait and never fail because nobody listens; they
     raise `EventBusClosed` only when used after the run ended, and
@@ -95,9 +96,11 @@ class NodeContext:
         "_bus",
         "_clock",
         "_emit",
+        "_host",
         "_persist",
         "_scope_ok",
         "_session",
+        "_tags",
         "attempt",
         "node_id",
         "payload",
@@ -118,6 +121,7 @@ class NodeContext:
         persist: Persist | None = None,
         task_index: int | None = None,
         payload: Any = None,
+        host: Any = None,
     ) -> None:
         # The activation (interrupt answers, task results) is made on first use:
         # most nodes never ask.
@@ -130,6 +134,17 @@ class NodeContext:
         self.attempt = attempt
         self.task_index = task_index
         self.payload = payload
+        # The runner's handle for subgraph nodes (their child runs).
+        self._host = host
+        # What every event of a sent task or a subgraph's node carries.
+        tags: dict[str, Any] | None = None
+        if task_index is not None:
+            tags = {"task": task_index}
+        path = host.path if host is not None else ()
+        if path:
+            key = node_id if task_index is None else f"{node_id}[{task_index}]"
+            tags = {**(tags or {}), "path": [*path, key]}
+        self._tags = tags
         self._bus = bus
         self._emit = bus.emit  # bound once: emit is the hot path
         # The last scope that passed the reserved-scope check. A chatty node
@@ -214,8 +229,8 @@ class NodeContext:
         _set_message(event, message)
         _set_node_id(event, self.node_id)
         _set_step(event, self.step)
-        if self.task_index is not None:
-            metadata["task"] = self.task_index
+        if self._tags is not None:
+            metadata.update(self._tags)
         _set_metadata(event, metadata or _EMPTY)
         clock = self._clock
         _set_timestamp(
@@ -246,8 +261,8 @@ class NodeContext:
         _set_message(event, message)
         _set_node_id(event, self.node_id)
         _set_step(event, self.step)
-        if self.task_index is not None:
-            metadata["task"] = self.task_index
+        if self._tags is not None:
+            metadata.update(self._tags)
         _set_metadata(event, metadata or _EMPTY)
         clock = self._clock
         _set_timestamp(
@@ -288,8 +303,8 @@ class NodeContext:
         """
         if scope is not self._scope_ok:
             self._check_scope(scope)
-        if self.task_index is not None:
-            metadata["task"] = self.task_index
+        if self._tags is not None:
+            metadata.update(self._tags)
         self._bus.emit(
             DiagnosticEvent(
                 scope=scope,
@@ -314,8 +329,8 @@ class NodeContext:
         _set_llm_session_id(event, self.session_id)
         _set_llm_node_id(event, self.node_id)
         _set_stream_id(event, stream_id)
-        if self.task_index is not None:
-            metadata = {**metadata, "task": self.task_index}
+        if self._tags is not None:
+            metadata = {**metadata, **self._tags}
         _set_llm_metadata(event, metadata)
         clock = self._clock
         _set_llm_timestamp(
@@ -345,8 +360,8 @@ class NodeContext:
         _set_llm_session_id(event, self.session_id)
         _set_llm_node_id(event, self.node_id)
         _set_stream_id(event, stream_id)
-        if self.task_index is not None:
-            metadata["task"] = self.task_index
+        if self._tags is not None:
+            metadata.update(self._tags)
         _set_llm_metadata(event, metadata or _EMPTY)
         clock = self._clock
         _set_llm_timestamp(

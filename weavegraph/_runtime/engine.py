@@ -56,7 +56,7 @@ from .._core.state import (
 )
 from ..events.bus import EventBus
 from ..events.steps import step_item_emitter
-from ..events.types import STREAM_END_SCOPE, DiagnosticEvent, stream_end_event
+from ..events.types import STREAM_END_SCOPE, DiagnosticEvent, Event, stream_end_event
 from . import lifecycle
 from .activation import InterruptSignal, Persist
 from .config import RuntimeConfig
@@ -253,6 +253,21 @@ def _on_suspend(
                 return done.value  # type: ignore[no-any-return]
 
 
+def _with_path(
+    emit: Callable[[Event], None], path: list[str]
+) -> Callable[[Event], None]:
+    """``emit`` for the lifecycle events of a subgraph's node: with its path."""
+
+    def emit_with_path(event: Event) -> None:
+        emit(
+            attrs.evolve(
+                event, metadata=MappingProxyType({**event.metadata, "path": path})
+            )
+        )
+
+    return emit_with_path
+
+
 class Engine:
     """Runs supersteps of one compiled graph under one configuration."""
 
@@ -261,6 +276,8 @@ class Engine:
         self.config = config
         self.persist: Persist | None = None
         """Awaited after a durable task recorded its result (stores it)."""
+        self.host: Any = None
+        """The runner's handle for subgraph nodes (``path``, child runs)."""
         self.lifecycle = config.lifecycle_events
         self.step_items = step_item_emitter(config.stream_modes)
         """Publishes the ``updates``/``values`` items of a step (``None``: none)."""
@@ -739,7 +756,11 @@ class Engine:
         attempt = 1
         sid = session.session_id
         # Lifecycle events nobody could see are not built at all.
-        emit = bus.emit if self.lifecycle and bus.listening and not bus.closed else None
+        emit: Callable[[Event], None] | None = (
+            bus.emit if self.lifecycle and bus.listening and not bus.closed else None
+        )
+        if emit is not None and self.host is not None and self.host.path:
+            emit = _with_path(emit, [*self.host.path, task_key(spec.name, task)])
         while True:
             ctx = NodeContext(
                 spec.name,
@@ -752,6 +773,7 @@ class Engine:
                 self.persist,
                 task,
                 payload,
+                self.host,
             )
             with self.tracing.node(sid, step, spec.name, attempt, task) as span:
                 if emit is not None:

@@ -259,7 +259,7 @@ class _RunEnd:
 
     __slots__ = ("bus", "scope", "sent", "session", "session_id")
 
-    def __init__(self, bus: EventBus, session_id: str, scope: str) -> None:
+    def __init__(self, bus: EventBus, session_id: str, scope: str | None) -> None:
         self.bus = bus
         self.session_id = session_id
         self.scope = scope
@@ -292,6 +292,8 @@ class _RunEnd:
         if self.sent:
             return
         self.sent = True
+        if self.scope is None:  # a subgraph's run: the parent's run ends streams
+            return
         if step is None:
             step = self.session.step if self.session is not None else 0
         if self.bus.closed:
@@ -329,6 +331,57 @@ class _RunEnd:
                 ),
             )
         self.bus.emit(event)
+
+
+class _Children:
+    """What a runner gives its subgraph nodes: their path, a store, runners."""
+
+    __slots__ = ("_memory", "path", "runner")
+
+    def __init__(self, runner: AppRunner, path: tuple[str, ...]) -> None:
+        self.runner = runner
+        self.path = path
+        self._memory: Checkpointer | None = None
+
+    def child_store(self) -> Checkpointer:
+        """The parent's store, or (without one) a memory store of this runner."""
+        if self.runner.checkpointer is not None:
+            return self.runner.checkpointer
+        if self._memory is None:
+            from ..checkpoint.memory import InMemoryCheckpointer
+
+            self._memory = InMemoryCheckpointer()
+        return self._memory
+
+    def child_runner(
+        self,
+        app: App,
+        store: Checkpointer,
+        nursery: trio.Nursery,
+        path: tuple[str, ...],
+    ) -> AppRunner:
+        """A runner of ``app`` on the parent's bus, its tasks in ``nursery``."""
+        parent = self.runner.config
+        config = attrs.evolve(
+            app.config,
+            checkpointer=None,
+            lifecycle_events=parent.lifecycle_events,
+            tracing=parent.tracing,
+            clock=parent.clock if parent.clock is not None else app.config.clock,
+        )
+        runner = AppRunner(
+            app,
+            checkpointer=store,
+            bus=self.runner.event_bus,
+            autosave=True,
+            config=config,
+            nursery=nursery,
+        )
+        runner._nested = True
+        runner._engine.host = _Children(runner, path)
+        if self._memory is not None:
+            runner._engine.host._memory = self._memory
+        return runner
 
 
 @attrs.define
@@ -369,6 +422,8 @@ class AppRunner:
             else None
         )
         self._engine.persist = self._persist
+        self._engine.host = _Children(self, ())
+        self._nested = False
 
     # ------------------------------------------------------------ persistence
 
@@ -816,7 +871,7 @@ class AppRunner:
     async def _complete(
         self,
         session_id: str,
-        end_scope: str,
+        end_scope: str | None,
         *,
         create: bool = False,
         state: VersionedState | None = None,
@@ -847,7 +902,7 @@ class AppRunner:
     async def _run(
         self,
         session_id: str,
-        end_scope: str,
+        end_scope: str | None,
         *,
         create: bool = False,
         state: VersionedState | None = None,
@@ -949,8 +1004,8 @@ class AppRunner:
 
     def _announce(self, report: PausedReport) -> None:
         """Each pending interrupt as an event, so a stream shows what is asked."""
-        if self.event_bus.closed:
-            return
+        if self.event_bus.closed or self._nested:
+            return  # a subgraph's: its parent node asks it
         for interrupt in report.interrupts:
             self.event_bus.emit(
                 DiagnosticEvent(
