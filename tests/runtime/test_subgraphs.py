@@ -302,3 +302,20 @@ async def test_the_graph_hash_includes_the_child() -> None:
     assert first.graph.graph_hash != second.graph.graph_hash
     again = chain(["x", "sub"], calls, sub=chain(["a"], calls).compile()).compile()
     assert again.graph.graph_hash == first.graph.graph_hash
+
+
+def test_diagrams_draw_the_child_as_a_cluster() -> None:
+    calls: Counter[str] = Counter()
+    inner = chain(["search"], calls).compile()
+    middle = chain(["inner"], calls, inner=inner).compile()
+    app = chain(["plan", "research"], calls, research=middle).compile()
+    mermaid = app.graph.to_mermaid()
+    # research is n2 (START, plan, research, END sorted); its child nested.
+    assert 'subgraph n2_graph ["research"]' in mermaid
+    assert '        subgraph n2_1_graph ["inner"]' in mermaid
+    assert '            n2_1_1["search"]' in mermaid
+    assert "    n2 -.- n2_graph" in mermaid
+    dot = app.graph.to_dot()
+    assert 'subgraph "cluster_2_" {' in dot and 'label="research";' in dot
+    assert '"2_1_1" [ label="search" ];' in dot
+    assert dot.count("{") == dot.count("}")

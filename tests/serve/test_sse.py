@@ -298,3 +298,31 @@ async def test_post_runs_on_a_stored_session_takes_a_new_turn() -> None:
         "two",
         "re: two",
     ]
+
+
+async def test_graph_shows_subgraphs_nested() -> None:
+    inner = (
+        GraphBuilder()
+        .add_node("search", ticker().graph.nodes["tick"].body)
+        .add_edge(START, "search")
+        .add_edge("search", END)
+        .compile()
+    )
+    outer = (
+        GraphBuilder()
+        .add_node("research", inner)
+        .add_edge(START, "research")
+        .add_edge("research", END)
+        .compile()
+    )
+    graph = (await fetch(sse_app(outer), "GET", "/graph")).json()
+    assert graph["nodes"] == ["START", "research", "END"]
+    assert graph["subgraphs"] == {
+        "research": {
+            "nodes": ["START", "search", "END"],
+            "edges": [["START", "search"], ["search", "END"]],
+            "conditional": [],
+            "subgraphs": {},
+        }
+    }
+    assert 'subgraph n1_graph ["research"]' in graph["mermaid"]

@@ -629,9 +629,16 @@ class Graph:
         return order
 
     def to_mermaid(self) -> str:
-        """A Mermaid ``flowchart`` of the graph (dotted arrows: conditional edges)."""
+        """A Mermaid ``flowchart`` of the graph (dotted arrows: conditional edges).
+
+        A subgraph node is drawn as itself plus a cluster holding its child
+        graph (recursively), linked to it by a dotted line.
+        """
+        return "\n".join(["flowchart TD", *self._mermaid("n", "    ")]) + "\n"
+
+    def _mermaid(self, prefix: str, indent: str) -> list[str]:
         names = sorted({START, END, *self.nodes}, key=_sort_key)
-        ids = {name: f"n{i}" for i, name in enumerate(names)}
+        ids = {name: f"{prefix}{i}" for i, name in enumerate(names)}
 
         def label(name: str) -> str:
             text = display(name).replace('"', "#quot;")
@@ -639,51 +646,90 @@ class Graph:
                 return f'{ids[name]}(["{text}"])'
             return f'{ids[name]}["{text}"]'
 
-        lines = ["flowchart TD"]
-        lines += [f"    {label(n)}" for n in names]
+        lines = [f"{indent}{label(n)}" for n in names]
         for source, target in self.edge_list():
-            lines.append(f"    {ids[source]} --> {ids[target]}")
+            lines.append(f"{indent}{ids[source]} --> {ids[target]}")
         for cond in sorted(self.conditionals, key=lambda c: _sort_key(c.source)):
             targets = cond.declared_targets()
             if targets is None:
-                lines.append(f"    {ids[cond.source]} -. router .-> {ids[cond.source]}")
+                lines.append(
+                    f"{indent}{ids[cond.source]} -. router .-> {ids[cond.source]}"
+                )
                 continue
             for target in targets:
                 if target in ids:
-                    lines.append(f"    {ids[cond.source]} -.-> {ids[target]}")
-        return "\n".join(lines) + "\n"
+                    lines.append(f"{indent}{ids[cond.source]} -.-> {ids[target]}")
+        for name in names:
+            child = self.nodes[name].subgraph if name in self.nodes else None
+            if child is None:
+                continue
+            cluster = f"{ids[name]}_graph"
+            text = display(name).replace('"', "#quot;")
+            lines.append(f'{indent}subgraph {cluster} ["{text}"]')
+            lines += child._mermaid(f"{ids[name]}_", indent + "    ")
+            lines.append(f"{indent}end")
+            lines.append(f"{indent}{ids[name]} -.- {cluster}")
+        return lines
 
     def to_dot(self) -> str:
-        """A Graphviz DOT digraph (dashed edges: declared router targets)."""
-        names = sorted({START, END, *self.nodes}, key=_sort_key)
-        ids = {name: i for i, name in enumerate(names)}
+        """A Graphviz DOT digraph (dashed edges: declared router targets).
 
-        def quote(text: str) -> str:
-            return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
+        A subgraph node's child graph is a cluster (recursively), reached from
+        the node by a dotted edge.
+        """
         lines = [
             "digraph {",
             "    rankdir=TB;",
             "    node [shape=box, style=rounded];",
         ]
+        lines += self._dot("", "    ")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def _dot(self, prefix: str, indent: str) -> list[str]:
+        names = sorted({START, END, *self.nodes}, key=_sort_key)
+        ids = {
+            name: f"{prefix}{i}" if prefix else str(i) for i, name in enumerate(names)
+        }
+
+        def quote(text: str) -> str:
+            return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        def node_id(name: str) -> str:
+            return ids[name] if not prefix else quote(ids[name])
+
+        lines = []
         for name in names:
             extra = ""
             if name == START:
                 extra = ' style="filled" fillcolor="lightgreen"'
             elif name == END:
                 extra = ' style="filled" fillcolor="lightcoral"'
-            lines.append(f"    {ids[name]} [ label={quote(display(name))}{extra} ];")
+            lines.append(
+                f"{indent}{node_id(name)} [ label={quote(display(name))}{extra} ];"
+            )
         lines.append("")
         for source, target in self.edge_list():
-            lines.append(f"    {ids[source]} -> {ids[target]};")
+            lines.append(f"{indent}{node_id(source)} -> {node_id(target)};")
         lines.extend(
-            f"    {ids[cond.source]} -> {ids[target]} [style=dashed];"
+            f"{indent}{node_id(cond.source)} -> {node_id(target)} [style=dashed];"
             for cond in sorted(self.conditionals, key=lambda c: _sort_key(c.source))
             for target in cond.declared_targets() or ()
             if target in ids
         )
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+        for name in names:
+            child = self.nodes[name].subgraph if name in self.nodes else None
+            if child is None:
+                continue
+            inner = f"{ids[name]}_"
+            lines.append(f"{indent}subgraph {quote('cluster_' + inner)} {{")
+            lines.append(f"{indent}    label={quote(display(name))};")
+            lines += child._dot(inner, indent + "    ")
+            lines.append(f"{indent}}}")
+            lines.append(
+                f"{indent}{node_id(name)} -> {quote(inner + '0')} [style=dotted];"
+            )
+        return lines
 
     @property
     def graph_hash(self) -> str:

@@ -72,7 +72,7 @@ from .._core.errors import (
     describe_exception,
 )
 from .._core.frontier import is_complete
-from .._core.graph import END, START, display
+from .._core.graph import END, START, Graph, display
 from .._core.session import Resume, check_session_id
 from .._core.state import Message, VersionedState
 from .._runtime.app import App
@@ -194,6 +194,27 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return 1024
     return max(16, min(1024, (soft - 32) // 2))
+
+
+def _topology(graph: Graph) -> dict[str, Any]:
+    """Nodes, edges and routers of ``graph``; ``subgraphs`` holds the same for
+    each subgraph node's child graph (by node name, recursively)."""
+    return {
+        "nodes": [display(n) for n in graph.topological_order()],
+        "edges": [[display(a), display(b)] for a, b in graph.edge_list()],
+        "conditional": [
+            {
+                "source": display(c.source),
+                "targets": [display(t) for t in c.declared_targets() or ()],
+            }
+            for c in graph.conditionals
+        ],
+        "subgraphs": {
+            name: _topology(spec.subgraph)
+            for name, spec in sorted(graph.nodes.items())
+            if spec.subgraph is not None
+        },
+    }
 
 
 class SSEApp:
@@ -489,15 +510,7 @@ class SSEApp:
         return {
             "graph": graph_name,
             "graphs": sorted(self.apps),
-            "nodes": [display(n) for n in graph.topological_order()],
-            "edges": [[display(a), display(b)] for a, b in graph.edge_list()],
-            "conditional": [
-                {
-                    "source": display(c.source),
-                    "targets": [display(t) for t in c.declared_targets() or ()],
-                }
-                for c in graph.conditionals
-            ],
+            **_topology(graph),
             "mermaid": graph.to_mermaid(),
             "graph_hash": graph.graph_hash,
         }
