@@ -656,9 +656,11 @@ class Graph:
                     f"{indent}{ids[cond.source]} -. router .-> {ids[cond.source]}"
                 )
                 continue
-            for target in targets:
-                if target in ids:
-                    lines.append(f"{indent}{ids[cond.source]} -.-> {ids[target]}")
+            lines.extend(
+                f"{indent}{ids[cond.source]} -.-> {ids[target]}"
+                for target in targets
+                if target in ids
+            )
         for name in names:
             child = self.nodes[name].subgraph if name in self.nodes else None
             if child is None:
