@@ -7,6 +7,7 @@ and leaves no file behind.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import signal
@@ -743,4 +744,44 @@ def test_show_lists_a_paused_fan_outs_sends(db: str) -> None:
     assert shown["sends"] == [
         {"send": "work", "payload": {"doc": "a"}},
         {"send": "work", "payload": {"doc": "b"}},
+    ]
+
+
+def test_steps_lists_subgraph_steps_with_their_path(db: str) -> None:
+    async def node(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial(extra={ctx.node_id: True})
+
+    def line(*names: str) -> GraphBuilder:
+        builder = GraphBuilder()
+        for name in names:
+            builder.add_node(name, node)
+        builder.add_edge(START, names[0])
+        for a, b in itertools.pairwise(names):
+            builder.add_edge(a, b)
+        return builder.add_edge(names[-1], END)
+
+    async def run() -> None:
+        async with open_store(db) as store:
+            inner = line("search", "rank").compile()
+            outer = (
+                GraphBuilder()
+                .add_node("plan", node)
+                .add_node("research", inner)
+                .add_edge(START, "plan")
+                .add_edge("plan", "research")
+                .add_edge("research", END)
+                .compile(RuntimeConfig(checkpointer=store))
+            )
+            await outer.invoke(VersionedState(), session_id="job")
+
+    trio.run(run)
+    code, text = cli("runs", "steps", "job", "--db", db)
+    assert code == 0
+    lines = text.splitlines()
+    at = lines.index("subgraph runs (1):")
+    assert lines[at + 1].split() == ["PATH", "STEP", "RAN", "UPDATED", "NEXT"]
+    assert [r.split()[:3] for r in lines[at + 3 :]] == [
+        ["research@2", "0", "-"],
+        ["research@2", "1", "search"],
+        ["research@2", "2", "rank"],
     ]

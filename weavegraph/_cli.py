@@ -331,6 +331,39 @@ async def _steps(store: Any, args: argparse.Namespace, out: TextIO) -> None:
     _table(rows, out)
     more = " (more: raise --offset)" if page.has_next else ""
     out.write(f"{len(page.checkpoints)} of {page.total} steps{more}\n")
+    await _child_steps(store, args, out)
+
+
+async def _child_steps(store: Any, args: argparse.Namespace, out: TextIO) -> None:
+    """The steps of the session's subgraph runs, each with its path.
+
+    A subgraph node's run is stored as the session ``parent:node@step`` (nested
+    ones append to it), so the path is the id past the parent's.
+    """
+    prefix = f"{args.session}:"
+    children = sorted(
+        s.session_id
+        for s in await store.list_sessions()
+        if s.session_id.startswith(prefix)
+    )
+    if not children:
+        return
+    rows: list[tuple[str, ...]] = [("PATH", "STEP", "RAN", "UPDATED", "NEXT")]
+    for child in children:
+        path = " / ".join(child[len(prefix) :].split(":"))
+        steps = await store.query_steps(child, limit=args.limit, ran_node=args.node)
+        rows += [
+            (
+                path,
+                str(cp.step),
+                ",".join(cp.ran_nodes) or "-",
+                ",".join(cp.updated_channels) or "-",
+                ",".join(cp.frontier) or "-",
+            )
+            for cp in reversed(steps.checkpoints)
+        ]
+    out.write(f"subgraph runs ({len(children)}):\n")
+    _table(rows, out)
 
 
 _ACTIONS: dict[str, Callable[[Any, argparse.Namespace, TextIO], Awaitable[None]]] = {
