@@ -21,6 +21,7 @@ from weavegraph.errors import (
     QueueError,
     RunAlreadyActive,
     RunCancelledError,
+    RunFailedError,
     StateError,
     UnknownAppError,
 )
@@ -338,3 +339,34 @@ async def test_opening_twice_migrates_once(postgres_dsn: str) -> None:
             "SELECT value FROM weavegraph_meta WHERE key = 'queue_schema_version'"
         ).fetchone()  # type: ignore[misc]
     assert version == "1"
+
+
+async def test_a_run_that_keeps_losing_its_workers_is_failed(
+    postgres_dsn: str,
+) -> None:
+    async with RunQueue(postgres_dsn, apps=APPS) as queue:
+        await queue.submit("chain", "poison")
+        with psycopg.connect(postgres_dsn) as conn:
+            conn.execute("UPDATE weavegraph_runs SET attempts = 5")
+        async with worker(postgres_dsn):
+            with pytest.raises(RunFailedError, match="abandoned after 5 claims"):
+                await queue.wait("poison")
+    assert await steps_of(postgres_dsn, "poison") == []
+
+
+async def test_a_cancelled_run_of_a_dead_worker_is_not_run_again(
+    postgres_dsn: str,
+) -> None:
+    async with RunQueue(postgres_dsn, apps=APPS) as queue:
+        await queue.submit("chain", "orphan")
+        # As if a worker had claimed it and died: running, its lease expired.
+        with psycopg.connect(postgres_dsn) as conn:
+            conn.execute(
+                "UPDATE weavegraph_runs SET status = 'running', attempts = 1,"
+                " lease_token = 1, lease_expires = clock_timestamp(), base_step = -1"
+            )
+        assert await queue.cancel("orphan") is True
+        async with worker(postgres_dsn):
+            with pytest.raises(RunCancelledError, match="before it ran"):
+                await queue.wait("orphan")
+    assert await steps_of(postgres_dsn, "orphan") == []

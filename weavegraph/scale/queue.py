@@ -289,30 +289,42 @@ class RunQueue:
         text = encode_input(input)
         known = self._apps
 
+        def unknown(names: list[str]) -> UnknownAppError:
+            return UnknownAppError(
+                f"unknown app {app_name!r}: "
+                + (
+                    f"the apps are {', '.join(names)}"
+                    if names
+                    else "no worker has registered an app yet (start a worker"
+                    " first, or give RunQueue(apps=...))"
+                )
+            )
+
         def insert(conn: Any) -> Any:
             import psycopg
 
+            if known is not None and app_name not in known:
+                raise unknown(sorted(known))
             cur = conn.cursor()
-            if known is None:
-                cur.execute("SELECT name FROM weavegraph_apps ORDER BY name")
-                names = [r[0] for r in cur.fetchall()]
-            else:
-                names = sorted(known)
-            if app_name not in names:
-                raise UnknownAppError(
-                    f"unknown app {app_name!r}: "
-                    + (
-                        f"the apps are {', '.join(names)}"
-                        if names
-                        else "no worker has registered an app yet (start a worker"
-                        " first, or give RunQueue(apps=...))"
-                    )
-                )
+            # One statement: the app check, the row, the workers' wake-up.
+            registered = (
+                "true"
+                if known is not None
+                else ("EXISTS (SELECT 1 FROM weavegraph_apps WHERE name = %(app)s)")
+            )
             try:
                 cur.execute(
-                    "INSERT INTO weavegraph_runs (session_id, app, input_json, status)"
-                    f" VALUES (%s, %s, %s, 'queued') RETURNING {_STATUS_COLUMNS}",
-                    (session_id, app_name, text),
+                    "WITH queued AS (INSERT INTO weavegraph_runs"
+                    " (session_id, app, input_json, status)"
+                    " SELECT %(sid)s, %(app)s, %(input)s, 'queued'"
+                    f" WHERE {registered} RETURNING {_STATUS_COLUMNS})"
+                    " SELECT *, pg_notify(%(channel)s, 'run:' || id) FROM queued",
+                    {
+                        "sid": session_id,
+                        "app": app_name,
+                        "input": text,
+                        "channel": QUEUE_CHANNEL,
+                    },
                 )
             except psycopg.errors.UniqueViolation:
                 conn.rollback()
@@ -327,9 +339,14 @@ class RunQueue:
                     session_id, "queued or running" if found is None else found[0]
                 ) from None
             row = cur.fetchone()
-            cur.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, f"run:{row[0]}"))
+            if row is None:
+                conn.rollback()
+                cur.execute("SELECT name FROM weavegraph_apps ORDER BY name")
+                names = [r[0] for r in cur.fetchall()]
+                conn.rollback()
+                raise unknown(names)
             conn.commit()
-            return row
+            return row[:-1]
 
         return _status(await self._db.run(insert))
 
