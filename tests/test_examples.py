@@ -40,6 +40,15 @@ EXPECTED = {
         "task 2: sqlite.md summarised",
         "calls: attrs.md=1, hypercorn.md=2, sqlite.md=2, trio.md=1",
     ],
+    "subgraphs.py": [
+        '    subgraph n1_graph ["research"]',
+        "first run failed: workflow failed in node 'summarise' at step 2:"
+        " ConnectionError: the model is overloaded",
+        "research/summarise: summarising",
+        "ARTICLE: Read trio.readthedocs.io and attrs.org.",
+        "sessions stored: a1, a1:research@1",
+        "calls: search=1, summarise=2, write=1",
+    ],
     "research_assistant.py": [
         "[synthesise @ step 3] combining 3 findings",
         "revision 2: approve",
