@@ -319,3 +319,77 @@ def test_diagrams_draw_the_child_as_a_cluster() -> None:
     assert 'subgraph "cluster_2_" {' in dot and 'label="research";' in dot
     assert '"2_1_1" [ label="search" ];' in dot
     assert dot.count("{") == dot.count("}")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_subgraph_per_sent_task(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    async def look(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        ctx.emit("look", snapshot.extra["q"])
+        return NodePartial(extra={"seen": [snapshot.extra["q"]]})
+
+    child = (
+        GraphBuilder()
+        .add_node("look", look)
+        .add_edge(START, "look")
+        .add_edge("look", END)
+        .with_key_reducer("seen", "append")
+        .compile()
+    )
+
+    async def plan(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial()
+
+    def per_topic(snapshot: StateSnapshot) -> list[Send]:
+        return [Send("research", {"q": q}) for q in ("trio", "attrs", "sqlite")]
+
+    async with open_store(kind, tmp_path, request) as store:
+        app = (
+            GraphBuilder()
+            .add_node("plan", plan)
+            .add_node(
+                "research",
+                child,
+                output=lambda final, s: NodePartial(
+                    extra={"seen": final.extra["seen"]}
+                ),
+            )
+            .add_edge(START, "plan")
+            .add_conditional_edge("plan", per_topic)
+            .add_edge("research", END)
+            .with_key_reducer("seen", "append")
+            .compile(RuntimeConfig(checkpointer=store))
+        )
+        final, events = await collect_events(app, hi())
+        children = sorted(
+            s.session_id for s in await store.list_sessions() if ":" in s.session_id
+        )
+    assert [c.split(":", 1)[1] for c in children] == [
+        "research@2.0",
+        "research@2.1",
+        "research@2.2",
+    ]
+    paths = sorted(e.metadata["path"] for e in events if e.scope_label == "look")
+    assert paths == [
+        ["research[0]", "look"],
+        ["research[1]", "look"],
+        ["research[2]", "look"],
+    ]
+    # Each child started from its payload; the outputs merge in send order.
+    assert list(final.extra["seen"]) == ["trio", "attrs", "sqlite"]
+
+    def explicit(snapshot: StateSnapshot, payload: Any) -> VersionedState:
+        return VersionedState(extra={"q": payload["q"].upper()})
+
+    mapped = (
+        GraphBuilder()
+        .add_node("plan", plan)
+        .add_node("research", child, input=explicit)
+        .add_edge(START, "plan")
+        .add_conditional_edge("plan", per_topic)
+        .add_edge("research", END)
+        .compile()
+    )
+    state = await mapped.invoke(hi())
+    assert state.extra["seen"] == ["SQLITE"]  # no parent reducer: the last wins

@@ -3,8 +3,8 @@
 ``GraphBuilder().add_node("research", child_app)`` wraps the child in a
 `Subgraph` body. Each activation of the node runs the child as a session of
 its own, nested in the parent's: its id is derived from the parent session, the
-node (or sent task) and the step, so the same activation always finds the same
-child session again.
+node (and sent task) and the step (``parent:node@step``), so the same
+activation always finds the same child session again.
 
 - **Structured.** The child's runner, its writer and all its nodes run in a
   nursery inside the parent node's task: cancelling the parent (a client gone,
@@ -21,6 +21,9 @@ child session again.
   several; answer those with a mapping of child interrupt id to value), and the
   answer resumes the child. Each run and resume of the child is a durable task
   of the parent node, so no answer is ever given twice.
+- **Sends.** A `Send` to a subgraph node runs one child per task; by default
+  the task's payload, when a mapping, is merged into the child's starting
+  ``extra`` (``input(snapshot, payload)`` maps it explicitly).
 - **Events.** Child events go to the parent's bus with ``metadata["path"]``
   (``["research", "search"]``); the child sends no stream-end of its own.
 """
@@ -28,6 +31,7 @@ child session again.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -45,8 +49,10 @@ if TYPE_CHECKING:
     from .context import NodeContext
     from .runner import AppRunner
 
-InputMap = Callable[[StateSnapshot], VersionedState]
-"""``input=``: the child's starting state from the parent's snapshot."""
+InputMap = Callable[..., VersionedState]
+"""``input=``: the child's starting state from the parent's snapshot —
+``input(snapshot)``, or ``input(snapshot, payload)`` to read a `Send`'s
+payload too (``None`` for a node not sent)."""
 OutputMap = Callable[[VersionedState, StateSnapshot], NodePartial]
 """``output=``: the node's partial from the child's final state (and the
 parent's snapshot the node started from)."""
@@ -55,22 +61,41 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_ID = 128
 
 
-def child_session_id(parent: str, key: str, step: int) -> str:
-    """The child session of the node (or sent task) ``key`` at ``step``.
+def child_session_id(parent: str, node: str, task: int | None, step: int) -> str:
+    """The child session of ``node`` (its sent task ``task``) at ``step``.
 
-    ``parent:key@step`` when that is a valid session id; otherwise (a node name
-    with other characters, or too long) a digest keeps it short and unique.
+    ``parent:node@step`` (``parent:node@step.task`` for a sent task) when
+    that is a valid session id; otherwise (a node name with other characters,
+    or an id too long) a digest keeps it short and unique.
     """
-    plain = f"{parent}:{key}@{step}"
-    if len(plain) <= _MAX_ID and not _SAFE.search(key):
+    where = f"{step}" if task is None else f"{step}.{task}"
+    plain = f"{parent}:{node}@{where}"
+    if len(plain) <= _MAX_ID and not _SAFE.search(node):
         return plain
     digest = hashlib.sha256(plain.encode()).hexdigest()[:20]
-    readable = _SAFE.sub("-", key)[:24]
-    return f"{parent[: _MAX_ID - 48]}:{readable}~{digest}@{step}"
+    readable = _SAFE.sub("-", node)[:24].strip(".-") or "node"
+    return f"{parent[: _MAX_ID - 64]}:{readable}.{digest}@{where}"
 
 
-def _start_state(snapshot: StateSnapshot) -> VersionedState:
-    return VersionedState(messages=list(snapshot.messages), extra=dict(snapshot.extra))
+def _start_state(snapshot: StateSnapshot, payload: Any) -> VersionedState:
+    extra = dict(snapshot.extra)
+    if isinstance(payload, Mapping):  # a Send's payload: the task's own input
+        extra.update(payload)
+    return VersionedState(messages=list(snapshot.messages), extra=extra)
+
+
+def _takes_payload(fn: Callable[..., Any]) -> bool:
+    """Whether an ``input=`` function takes ``(snapshot, payload)``."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)
 
 
 def _changes(start: VersionedState, final: VersionedState) -> NodePartial:
@@ -107,8 +132,13 @@ class Subgraph:
         if host is None:
             raise StateError("a subgraph node runs only inside a weavegraph run")
         key = task_key(ctx.node_id, ctx.task_index)
-        sid = child_session_id(ctx.session_id, key, ctx.step)
-        start = _start_state(snapshot) if self.input is None else self.input(snapshot)
+        sid = child_session_id(ctx.session_id, ctx.node_id, ctx.task_index, ctx.step)
+        if self.input is None:
+            start = _start_state(snapshot, ctx.payload)
+        elif _takes_payload(self.input):
+            start = self.input(snapshot, ctx.payload)
+        else:
+            start = self.input(snapshot)
         if not isinstance(start, VersionedState):
             raise StateError(
                 f"the input= of subgraph node {ctx.node_id!r} returned {start!r};"
