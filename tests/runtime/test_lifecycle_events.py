@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
+import trio.testing
 from helpers import chain_app, hi
 
 from weavegraph import (
     END,
     START,
+    STREAM_END_SCOPE,
     GraphBuilder,
     NodeContext,
     NodePartial,
     RetryPolicy,
     RuntimeConfig,
+    Send,
     StateSnapshot,
     WorkflowError,
     event_from_json,
+    open_runner,
 )
+from weavegraph._runtime import lifecycle as lifecycle_module
 from weavegraph.errors import ConfigError, ReservedScopeError
 from weavegraph.testing import collect_events
 
@@ -141,3 +148,88 @@ async def test_node_code_cannot_emit_lifecycle_scopes() -> None:
     )
     await app.invoke(hi())
     assert len(caught) == 2 and "lifecycle" in str(caught[0])
+
+
+async def test_nothing_is_built_while_nobody_listens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+    for name in ("node_start", "node_end", "step_end"):
+        real = getattr(lifecycle_module, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            built.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(lifecycle_module, name, spy)
+    app = chain_app(["a", "b"])
+    await app.invoke(hi())  # no stream, no sink
+    assert built == []
+    await collect_events(app, hi())  # a sink listens
+    assert built == ["node_start", "node_end", "step_end"] * 2
+
+
+async def test_sent_tasks_and_timeouts_in_lifecycle_events(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def plan(snapshot: StateSnapshot, ctx: NodeContext) -> None:
+        return None
+
+    async def work(snapshot: StateSnapshot, ctx: NodeContext) -> None:
+        if ctx.payload == "slow":
+            await trio.sleep(10)
+
+    app = (
+        GraphBuilder()
+        .add_node("plan", plan)
+        .add_node("work", work, timeout=1.0)
+        .add_edge(START, "plan")
+        .add_conditional_edge(
+            "plan", lambda s: [Send("work", p) for p in ("ok", "slow")]
+        )
+        .add_edge("work", END)
+        .compile()
+    )
+    seen = []
+    with pytest.raises(WorkflowError, match="timed out"):
+        async with app.invoke_streaming(hi()) as (run, events):
+            seen = [e async for e in events]
+            await run.join()
+    step2 = [
+        (e.scope_label, e.metadata["task"])
+        for e in lifecycle(seen)
+        if e.metadata.get("step") == 2 and e.scope_label != "step.end"
+    ]
+    assert step2 == [
+        ("node.start", 0),
+        ("node.end", 0),
+        ("node.start", 1),
+        ("node.error", 1),
+    ]
+    (error,) = [e for e in seen if e.scope_label == "node.error"]
+    assert error.metadata["error"] == "node 'work' timed out after 1s"
+
+
+async def test_a_subscriber_can_keep_only_lifecycle_events() -> None:
+    async def talk(snapshot: StateSnapshot, ctx: NodeContext) -> None:
+        for i in range(3):
+            ctx.emit_llm_chunk("s", f"t{i}")
+        ctx.emit_llm_final("s")
+
+    app = (
+        GraphBuilder()
+        .add_node("talk", talk)
+        .add_edge(START, "talk")
+        .add_edge("talk", END)
+        .compile()
+    )
+    async with open_runner(app) as runner:
+        bus = runner.event_bus
+        only = bus.subscribe(stop_at_stream_end=True, scopes=("node.*", "step.end"))
+        tokens = bus.subscribe(stop_at_stream_end=True, types=("llm",))
+        await runner.create_session("s", hi())
+        await runner.run_until_complete("s")
+        kept = [e.scope_label async for e in only]
+        chunks = [e.scope_label async for e in tokens]
+    assert kept == ["node.start", "node.end", "step.end", STREAM_END_SCOPE]
+    assert chunks == ["llm.chunk"] * 3 + ["llm.final", STREAM_END_SCOPE]
