@@ -2,7 +2,10 @@
 
 Node bodies only count their calls, so the time is the engine's own bookkeeping:
 ``chain`` (N nodes in a row, per step), ``fan-out`` (N branches and a join, per
-branch), ``loop`` (one node a router sends back to itself N times, per iteration).
+branch), ``loop`` (one node a router sends back to itself N times, per iteration),
+``map-reduce`` (a planner sends N items to one node, a task per item with its
+payload — weavegraph's and LangGraph's ``Send``, pydantic-graph's ``map`` — and a
+reducer reads the N results, per item).
 Raw trio awaits weavegraph's very node functions in the same shape, with no graph
 (for the fan-out one task per branch: a floor for task-per-node engines only).
 LangGraph runs on asyncio, the others on trio. Timed: the invoke call.
@@ -17,9 +20,10 @@ count) without the lossless policy's backlog path, which costs the reader more.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 import attrs
 import trio
@@ -27,7 +31,12 @@ from _common import Case, expect, header, measure, options, peer, ratio, table, 
 
 import weavegraph as wg
 
-SHAPES = {"chain": "step", "fan-out": "branch", "loop": "iteration"}
+SHAPES = {
+    "chain": "step",
+    "fan-out": "branch",
+    "loop": "iteration",
+    "map-reduce": "item",
+}
 ENGINES = ("weavegraph", "raw trio", "langgraph", "pydantic-graph")
 
 
@@ -85,6 +94,20 @@ def build_weavegraph(
         for name in branches:
             b.add_node(name, noop).add_edge("fan", name)
         b.add_edge(branches, "join").add_edge("join", wg.END)
+    elif shape == "map-reduce":
+
+        async def work(snapshot: Any, ctx: Any) -> wg.NodePartial:
+            calls.calls += 1
+            return wg.NodePartial(extra={"out": [ctx.payload * 2]})
+
+        async def reduce(snapshot: Any, ctx: Any) -> wg.NodePartial:
+            calls.calls += 1
+            return wg.NodePartial(extra={"count": len(snapshot.extra["out"])})
+
+        b.add_node("plan", noop).add_node("work", work).add_node("reduce", reduce)
+        b.add_edge(wg.START, "plan").add_edge("work", "reduce")
+        b.add_conditional_edge("plan", lambda s: [wg.Send("work", i) for i in range(n)])
+        b.add_edge("reduce", wg.END).with_key_reducer("out", "append")
     else:
         b.add_node("tick", tick).add_edge(wg.START, "tick")
         b.add_conditional_edge("tick", route)
@@ -124,7 +147,7 @@ RUN_BUFFER = 1 << 16  # holds a whole run's events: nothing is dropped
 
 def lifecycle_count(shape: str, n: int) -> int:
     """Lifecycle events of one run: two per node attempt, one per step."""
-    if shape == "fan-out":
+    if shape in ("fan-out", "map-reduce"):
         return 2 * (n + 2) + 3
     return 3 * n
 
@@ -152,12 +175,33 @@ def build_raw_trio(shape: str, n: int, calls: Counter) -> Built:
             if route(snapshot) == wg.END:
                 return snapshot
 
-    invoke = {"chain": chain, "fan-out": fan_out, "loop": loop}[shape]
+    async def map_reduce(snapshot: RawSnapshot) -> RawSnapshot:
+        await noop(snapshot, None)
+        out: list[Any] = [None] * n
+
+        async def work(i: int) -> None:
+            calls.calls += 1
+            out[i] = i * 2
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(work, i)
+        await noop(snapshot, None)
+        snapshot.extra["count"] = len(out)
+        return snapshot
+
+    invoke = {
+        "chain": chain,
+        "fan-out": fan_out,
+        "loop": loop,
+        "map-reduce": map_reduce,
+    }[shape]
     return "trio", RawSnapshot, invoke, lambda snap: snap.extra.get("count", 0)
 
 
 class LgState(TypedDict, total=False):
     count: int
+    out: Annotated[list[int], operator.add]
 
 
 def build_langgraph(lg: Any, shape: str, n: int, calls: Counter) -> Built:
@@ -189,6 +233,26 @@ def build_langgraph(lg: Any, shape: str, n: int, calls: Counter) -> Built:
             g.add_edge("fan", name)
         g.add_edge(branches, "join")
         g.add_edge("join", lg.END)
+    elif shape == "map-reduce":
+        from langgraph.types import Send
+
+        async def work(item: dict[str, int]) -> dict[str, Any]:
+            calls.calls += 1
+            return {"out": [item["item"] * 2]}
+
+        async def reduce(state: LgState) -> dict[str, Any]:
+            calls.calls += 1
+            return {"count": len(state["out"])}
+
+        g.add_node("plan", noop)
+        g.add_node("work", work)
+        g.add_node("reduce", reduce)
+        g.add_edge(lg.START, "plan")
+        g.add_conditional_edges(
+            "plan", lambda s: [Send("work", {"item": i}) for i in range(n)], ["work"]
+        )
+        g.add_edge("work", "reduce")
+        g.add_edge("reduce", lg.END)
     else:
         g.add_node("tick", tick)
         g.add_edge(lg.START, "tick")
@@ -230,6 +294,28 @@ def build_pydantic_graph(pg: Any, shape: str, n: int, calls: Counter) -> Built:
         g.add(g.edge_from(*branches).to(collect))
         g.add_edge(collect, join)
         g.add_edge(join, g.end_node)
+    elif shape == "map-reduce":
+
+        async def plan(ctx: Any) -> list[int]:
+            calls.calls += 1
+            return list(range(n))
+
+        async def work(ctx: Any) -> int:
+            calls.calls += 1
+            return int(ctx.inputs) * 2
+
+        async def reduce(ctx: Any) -> None:
+            calls.calls += 1
+            ctx.state.count = len(ctx.inputs)
+
+        planner, worker = g.step(plan, node_id="plan"), g.step(work, node_id="work")
+        collect = g.join(pg.reduce_list_append, initial_factory=list, node_id="out")
+        reducer = g.step(reduce, node_id="reduce")
+        g.add_edge(g.start_node, planner)
+        g.add(g.edge_from(planner).map().to(worker))
+        g.add_edge(worker, collect)
+        g.add_edge(collect, reducer)
+        g.add_edge(reducer, g.end_node)
     else:
         step = g.step(tick, node_id="tick")
         again = g.match(int, matches=lambda count: count < n).to(step)
@@ -251,7 +337,7 @@ def build_pydantic_graph(pg: Any, shape: str, n: int, calls: Counter) -> Built:
 def make_case(engine: str, build: Callable[..., Built], shape: str, n: int) -> Case:
     calls = Counter()
     loop, make_input, invoke, count = build(shape, n, calls)
-    expected = n + 2 if shape == "fan-out" else n
+    expected = n + 2 if shape in ("fan-out", "map-reduce") else n
 
     async def run(watch: Any) -> tuple[Any, int]:
         calls.calls = 0
@@ -263,8 +349,8 @@ def make_case(engine: str, build: Callable[..., Built], shape: str, n: int) -> C
     def check(result: tuple[Any, int]) -> None:
         out, ran = result
         expect(ran == expected, f"node bodies ran {ran} times, expected {expected}")
-        if shape == "loop":
-            expect(count(out) == n, f"the loop counted to {count(out)}, not {n}")
+        if shape in ("loop", "map-reduce"):
+            expect(count(out) == n, f"{shape} counted {count(out)}, not {n}")
 
     return Case(f"{engine}/{shape}", run, check, units=n, loop=loop)
 
@@ -273,8 +359,8 @@ def main() -> None:
     args = options(
         __doc__.splitlines()[0],
         sizes=(
-            {"chain": 100, "fan-out": 1000, "loop": 1000},
-            {"chain": 10, "fan-out": 50, "loop": 50},
+            {"chain": 100, "fan-out": 1000, "loop": 1000, "map-reduce": 1000},
+            {"chain": 10, "fan-out": 50, "loop": 50, "map-reduce": 50},
         ),
     )
     header("bench/engine.py", args, ["weavegraph", "langgraph", "pydantic-graph"])
