@@ -371,3 +371,37 @@ async def test_a_stepped_run_that_fails_or_is_cancelled_ends_its_stream() -> Non
             with trio.fail_after(5):
                 seen = [e async for e in events]
             assert stream_ends(seen) == [status]
+
+
+async def test_resume_and_fork_events() -> None:
+    calls: Counter[str] = Counter()
+    store = InMemoryCheckpointer()
+    app = review_app(store, calls)
+    await app.invoke(hi(), session_id="ev")
+    async with open_runner(app, checkpointer=store) as runner:
+        asked = (await runner.get_state("ev")).interrupts[0].id
+        events = runner.event_stream(stop_at_stream_end=True)
+        await runner.resume("ev", "approve")
+        seen = [e async for e in events]
+        (resumed,) = [e for e in seen if e.scope_label == "session.resume"]
+        assert seen[0] is resumed  # before any node of the run
+        assert dict(resumed.metadata) == {
+            "session_id": "ev",
+            "step": 2,
+            "after": "interrupt",
+            "answered": [asked],
+            "kept": [],
+        }
+        events = runner.event_stream()
+        await runner.fork("ev", 1, "ev-2")
+        (forked,) = [events.receive_nowait()]
+        assert forked.scope_label == "session.fork"
+        assert dict(forked.metadata) == {
+            "session_id": "ev-2",
+            "forked_from": {"session_id": "ev", "step": 1},
+            "next": ["review"],
+        }
+        events.close()
+    # A fresh run says nothing of the kind; node code may not send these scopes.
+    _, fresh = await collect_events(review_app(None, calls), hi())
+    assert not [e for e in fresh if e.scope_label in ("session.resume", "session.fork")]

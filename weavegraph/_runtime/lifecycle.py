@@ -16,6 +16,10 @@ scope (node code cannot emit these) and structured metadata:
                 and will not be retried
 ``step.end``    ``step``, ``ran`` (nodes, in order), ``updated`` (channels whose
                 version grew), ``next`` (the next frontier), ``session_id``
+``session.*``   ``session.interrupt`` (a pending question), ``session.resume``
+                (a run continues a paused, failed or stopped session) and
+                ``session.fork`` (a session forked from another): the runner
+                sends these, see `weavegraph._runtime.runner`
 ==============  ===============================================================
 
 ``RuntimeConfig(lifecycle_events=False)`` turns them off.
@@ -35,9 +39,11 @@ NODE_RETRY: Final = "node.retry"
 NODE_ERROR: Final = "node.error"
 STEP_END: Final = "step.end"
 INTERRUPT: Final = "session.interrupt"
+RESUME: Final = "session.resume"
+FORK: Final = "session.fork"
 
 LIFECYCLE_SCOPES: Final = frozenset(
-    {NODE_START, NODE_END, NODE_RETRY, NODE_ERROR, STEP_END, INTERRUPT}
+    {NODE_START, NODE_END, NODE_RETRY, NODE_ERROR, STEP_END, INTERRUPT, RESUME, FORK}
 )
 """Scopes of the runtime's lifecycle events, refused to node code."""
 

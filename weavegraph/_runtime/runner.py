@@ -45,6 +45,7 @@ from ..events.types import (
     DiagnosticEvent,
     stream_end_event,
 )
+from . import lifecycle
 from .app import App
 from .config import RuntimeConfig
 from .engine import Engine, Paused, StepOutcome, StepReport
@@ -733,6 +734,22 @@ class AppRunner:
         self._sessions[new_session_id] = slot
         await self._save(session, None)
         await self.flush()
+        bus = self.event_bus
+        if self._engine.lifecycle and bus.listening and not bus.closed:
+            bus.emit(
+                DiagnosticEvent(
+                    scope=lifecycle.FORK,
+                    message=f"session {new_session_id!r} forked from"
+                    f" {session_id!r} at step {step}",
+                    metadata=MappingProxyType(
+                        {
+                            "session_id": new_session_id,
+                            "forked_from": {"session_id": session_id, "step": step},
+                            "next": list(session.frontier),
+                        }
+                    ),
+                )
+            )
         return await self.get_state(new_session_id)
 
     def list_sessions(self) -> list[str]:
@@ -942,8 +959,11 @@ class AppRunner:
             slot = self._slot(session_id)
             end.session = slot.session
             async with _Held(slot.lock):
+                asked = slot.session.interrupts
                 if resume is not None:
                     _answer(slot.session, resume)
+                if self._says(slot.session, resume):
+                    self._resumed(slot.session, asked)
                 # The step budget is per invocation: a turn or a resume.
                 slot.session.budget_start = slot.session.step
                 try:
@@ -1000,6 +1020,52 @@ class AppRunner:
             state=session.state,
             report=paused.outcome.report() if paused.outcome is not None else None,
             interrupts=paused.interrupts,
+        )
+
+    def _says(self, session: Session, resume: Resume | None) -> bool:
+        """Whether a run of ``session`` continues an earlier attempt (and
+        someone may hear about it)."""
+        return (
+            self._engine.lifecycle
+            and not self._nested
+            and self.event_bus.listening
+            and not self.event_bus.closed
+            and (
+                resume is not None
+                or bool(session.interrupts or session.answers or session.pending)
+                or session.error is not None
+                or session.breakpoint_hit is not None
+            )
+        )
+
+    def _resumed(self, session: Session, asked: tuple[Interrupt, ...]) -> None:
+        """``session.resume``: what this run continues from."""
+        waiting = {i.id for i in session.interrupts}
+        answered = [i.id for i in asked if i.id not in waiting]
+        after = (
+            "interrupt"
+            if asked
+            else "failure"
+            if session.error is not None
+            else "breakpoint"
+            if session.breakpoint_hit is not None
+            else "stop"
+        )
+        self.event_bus.emit(
+            DiagnosticEvent(
+                scope=lifecycle.RESUME,
+                message=f"session {session.session_id!r} resumes at step"
+                f" {session.step + 1} after {after}",
+                metadata=MappingProxyType(
+                    {
+                        "session_id": session.session_id,
+                        "step": session.step + 1,
+                        "after": after,
+                        "answered": answered,
+                        "kept": sorted(session.pending),
+                    }
+                ),
+            )
         )
 
     def _announce(self, report: PausedReport) -> None:
