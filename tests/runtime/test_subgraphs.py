@@ -185,6 +185,27 @@ async def test_cancelling_the_parent_cancels_everything_in_the_child() -> None:
         await started.wait()
         run.cancel("the client left")
     assert sorted(cleaned) == [0, 1, 2]
+    # And a failing sibling of the subgraph node cancels the child too.
+    cleaned.clear()
+    started = trio.Event()
+
+    async def fails(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        await started.wait()
+        raise RuntimeError("sibling failed")
+
+    siblings = (
+        GraphBuilder()
+        .add_node("research", child)
+        .add_node("other", fails)
+        .add_edge(START, "research")
+        .add_edge(START, "other")
+        .add_edge("research", END)
+        .add_edge("other", END)
+        .compile()
+    )
+    with pytest.raises(WorkflowError, match="sibling failed"):
+        await siblings.invoke(hi())
+    assert sorted(cleaned) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("kind", STORES[1:])
