@@ -414,3 +414,16 @@ async def test_a_subgraph_per_sent_task(
     )
     state = await mapped.invoke(hi())
     assert state.extra["seen"] == ["SQLITE"]  # no parent reducer: the last wins
+
+
+async def test_without_a_store_finished_children_are_not_kept() -> None:
+    calls: Counter[str] = Counter()
+    inner = chain(["search"], calls).compile()
+    middle = chain(["inner"], calls, inner=inner).compile()
+    app = chain(["plan", "research"], calls, research=middle).compile()
+    async with open_runner(app) as runner:
+        await runner.create_session("m", hi())
+        final = await runner.run_until_complete("m")
+        memory = runner._engine.host._memory
+        assert memory is not None and await memory.list_sessions() == []
+    assert isinstance(final, VersionedState) and calls["search"] == 1

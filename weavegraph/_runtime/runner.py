@@ -354,6 +354,10 @@ class _Children:
             self._memory = InMemoryCheckpointer()
         return self._memory
 
+    def keeps_in_memory(self, store: Checkpointer) -> bool:
+        """Whether ``store`` is the memory store of a runner without one."""
+        return self._memory is not None and store is self._memory
+
     def child_runner(
         self,
         app: App,

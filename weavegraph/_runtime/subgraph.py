@@ -169,6 +169,10 @@ class Subgraph:
                 cancelled = False
             finally:
                 await runner._close(cancelled)
+        if host.keeps_in_memory(store):
+            # Without a store of the parent's, a finished child is not kept:
+            # the node's partial (pending until its step commits) has it all.
+            await store.delete_session(sid)
         if self.output is None:
             return _changes(start, final)
         partial = self.output(final, snapshot)
