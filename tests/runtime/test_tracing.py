@@ -896,3 +896,44 @@ def test_real_runs_use_the_global_provider_once_it_is_set() -> None:
         "[False, True]",
         "['weavegraph.node', 'weavegraph.run', 'weavegraph.step']",
     ]
+
+
+async def test_a_subgraph_nodes_run_is_a_child_of_its_span(run_traced: Traced) -> None:
+    inner = chain_app(["leaf"])
+    outer = (
+        GraphBuilder()
+        .add_node("sub", inner)
+        .add_node("after", appender_node)
+        .add_edge(START, "sub")
+        .add_edge("sub", "after")
+        .add_edge("after", END)
+        .compile(RuntimeConfig(session_id="outer"))
+    )
+    await outer.invoke(hi())
+    spans = run_traced.spans()
+    runs = by_name(spans, "weavegraph.run")
+    (top,) = [s for s in runs if attrs_of(s)[SESSION_ID] == "outer"]
+    (child,) = [s for s in runs if attrs_of(s)[SESSION_ID] != "outer"]
+    sub = run_traced.one("weavegraph.node", node="sub")
+    leaf = run_traced.one("weavegraph.node", node="leaf")
+    after = run_traced.one("weavegraph.node", node="after")
+    assert parent_of(child) == span_id(sub)
+    assert attrs_of(child)[GRAPH_HASH] == inner.graph.graph_hash
+    assert attrs_of(top)[GRAPH_HASH] == outer.graph.graph_hash
+    (child_step,) = [
+        s
+        for s in by_name(spans, "weavegraph.step")
+        if attrs_of(s)[SESSION_ID] == attrs_of(child)[SESSION_ID]
+    ]
+    assert parent_of(child_step) == span_id(child)
+    assert parent_of(leaf) == span_id(child_step)
+    outer_step = run_traced.one("weavegraph.step", step=1, session_id="outer")
+    assert parent_of(outer_step) == span_id(top)
+    assert parent_of(sub) == span_id(outer_step)
+    assert parent_of(after) == span_id(run_traced.one("weavegraph.step", step=2))
+    for span in spans:
+        assert_clean(span, "completed")
+
+
+async def appender_node(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+    return NodePartial(extra={"after": True})
