@@ -238,17 +238,66 @@ function layout(names, edges) {
 
 const isWaypoint = (id) => id.startsWith("\u0001");
 
+// A node's place in the graph, as the map keys below spell it: its names from
+// the top graph down (["research", "search"] for a subgraph's child node).
+const KEY_SEP = "\u0000";
+const keyOf = (names) => names.join(KEY_SEP);
+
+const NODE_H = 34, GAP_X = 26, GAP_Y = 60;
+const HEADER = 28;                    // a subgraph node's title bar, above its child graph
+const OUTER_PAD = 24, INNER_PAD = 10; // around the whole picture; around a child graph
+
 function drawGraph(info) {
-  const names = [...info.nodes];
+  view.nodeElements.clear();
+  const level = drawLevel(info, [], OUTER_PAD, 160);
+  const nested = view.nodeElements.size - level.count;
+  const picture = svg("svg", {
+    viewBox: `0 0 ${level.width} ${level.height}`,
+    width: level.width,
+    height: level.height,
+    role: "img",
+    "aria-label": `Graph ${info.graph}: ${level.count} nodes, ${level.edges} edges`
+      + (nested ? `, and ${nested} nodes inside its subgraphs` : ""),
+  },
+    svg("defs", {},
+      svg("marker", {
+        id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
+        markerWidth: 7, markerHeight: 7, orient: "auto",
+      }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" })),
+    ),
+    level.group,
+  );
+  $("graph").replaceChildren(picture);
+  applyNodeClasses();
+}
+
+/**
+ * Lay out and draw one graph level (`prefix`: the names of the subgraph nodes
+ * it is inside, none for the top graph). A subgraph node is a box holding its
+ * child graph's own drawing, any depth down. Returns the level's SVG group,
+ * its size and how many nodes and edges it drew.
+ */
+function drawLevel(info, prefix, PAD, minWidth) {
+  const names = [...(info.nodes || [])];
   const edges = graphEdges(info);
   for (const e of edges) {            // tolerate an edge naming a node the list lacks
     for (const n of [e.from, e.to]) if (!names.includes(n)) names.push(n);
   }
   const { layer, layers, via, up, down } = layout(names, edges);
 
-  const H = 34, GAP_X = 26, GAP_Y = 60, PAD = 24;
+  // Each subgraph node's child graph, drawn first: its size sets the node's.
+  const subgraphs = info.subgraphs || {};
+  const inner = new Map();
+  for (const n of names) {
+    if (Object.hasOwn(subgraphs, n) && subgraphs[n]) {
+      inner.set(n, drawLevel(subgraphs[n], [...prefix, n], INNER_PAD, 0));
+    }
+  }
+  const labelWidth = (n) =>
+    Math.max(n === "START" || n === "END" ? 70 : 84, Math.round(n.length * 7.9 + 30));
   const width = (n) => isWaypoint(n) ? 8
-    : Math.max(n === "START" || n === "END" ? 70 : 84, Math.round(n.length * 7.9 + 30));
+    : inner.has(n) ? Math.max(labelWidth(n), inner.get(n).width) : labelWidth(n);
+  const height = (n) => inner.has(n) ? HEADER + inner.get(n).height : NODE_H;
 
   // Horizontal centres: rows start centred, then each node moves towards the mean
   // of its neighbours in the row above (then below), keeping its row's order.
@@ -283,16 +332,24 @@ function drawGraph(info) {
     left = Math.min(left, c - width(n) / 2);
     far = Math.max(far, c + width(n) / 2);
   }
-  const shift = PAD - left + Math.max(0, (160 - (far - left)) / 2);
+  if (!cx.size) left = far = 0;
+  const shift = PAD - left + Math.max(0, (minWidth - (far - left)) / 2);
+  // Rows are as tall as their tallest box; a waypoint spans its whole row, so
+  // the edge through it passes beside every box of that row.
+  const rowHeight = layers.map((row) =>
+    Math.max(NODE_H, ...row.filter((n) => !isWaypoint(n)).map(height)));
   const box = new Map();
+  let top = PAD;
   layers.forEach((row, i) => {
-    const y = PAD + i * (H + GAP_Y);
     for (const n of row) {
       const w = width(n), x = cx.get(n) - w / 2 + shift;
-      box.set(n, { x, y, w, h: H, cx: x + w / 2, cy: y + H / 2 });
+      const h = isWaypoint(n) ? rowHeight[i] : height(n);
+      const y = top + (rowHeight[i] - h) / 2;
+      box.set(n, { x, y, w, h, cx: x + w / 2, cy: y + h / 2 });
     }
+    top += rowHeight[i] + GAP_Y;
   });
-  const inner = Math.max(160, far - left);
+  const innerWidth = Math.max(minWidth, far - left);
 
   // Spread the ends of several edges leaving or entering one node along its side.
   const outs = new Map(), ins = new Map();
@@ -309,7 +366,7 @@ function drawGraph(info) {
     return b.cx + (k < 2 ? 0 : (i - (k - 1) / 2) * Math.min(16, (b.w - 24) / (k - 1)));
   };
 
-  let right = PAD + inner;
+  let right = PAD + innerWidth;
   let loops = 0;
   const paths = edges.map((e) => {
     const a = box.get(e.from), b = box.get(e.to);
@@ -353,54 +410,115 @@ function drawGraph(info) {
     }, svg("title", {}, `${e.from} → ${e.to}${e.conditional ? " (conditional)" : ""}`));
   });
 
-  view.nodeElements.clear();
+  const clusters = [];
   const nodes = names.map((n) => {
     const b = box.get(n);
     const terminal = n === "START" || n === "END";
+    const path = [...prefix, n];
+    const shown = path.join(" › ");
+    const child = inner.get(n);
     const g = svg("g", {
-      class: "node" + (terminal ? " terminal" : ""),
+      class: "node" + (terminal ? " terminal" : "") + (child ? " subgraph" : ""),
       transform: `translate(${b.x} ${b.y})`,
-      dataset: { node: n },
+      dataset: { node: n, path: path.join("/"), depth: String(prefix.length) },
     },
-      svg("title", {}, terminal ? n : `node ${n}`),
+      svg("title", {}, terminal ? shown : `${child ? "subgraph node" : "node"} ${shown}`),
       svg("rect", { width: b.w, height: b.h, rx: terminal ? b.h / 2 : 8 }),
-      svg("text", { x: b.w / 2, y: b.h / 2 }, n),
+      svg("text", { x: b.w / 2, y: child ? HEADER / 2 : b.h / 2 }, n),
     );
-    view.nodeElements.set(n, g);
+    if (child) {
+      clusters.push(svg("g", { class: "cluster", transform: `translate(${b.x} ${b.y + HEADER})` }, child.group));
+    }
+    view.nodeElements.set(keyOf(path), { g, width: b.w, terminal, badge: null });
     return g;
   });
 
-  const totalW = right + PAD;
-  const totalH = PAD * 2 + layers.length * H + Math.max(0, layers.length - 1) * GAP_Y;
-  const picture = svg("svg", {
-    viewBox: `0 0 ${totalW} ${totalH}`,
-    width: totalW,
-    height: totalH,
-    role: "img",
-    "aria-label": `Graph ${info.graph}: ${info.nodes.length} nodes, ${edges.length} edges`,
-  },
-    svg("defs", {},
-      svg("marker", {
-        id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
-        markerWidth: 7, markerHeight: 7, orient: "auto",
-      }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" })),
-    ),
-    svg("g", { class: "edges" }, ...paths),
-    svg("g", { class: "nodes" }, ...nodes),
-  );
-  $("graph").replaceChildren(picture);
-  applyNodeClasses();
+  return {
+    group: svg("g", { class: "level", dataset: { path: prefix.join("/") } },
+      svg("g", { class: "edges" }, ...paths),
+      svg("g", { class: "nodes" }, ...nodes),
+      ...clusters),
+    width: right + PAD,
+    height: top - GAP_Y + PAD,
+    count: names.length,
+    edges: edges.length,
+  };
+}
+
+/**
+ * Where an event of `node` happened: its path as the events spell it (sent
+ * tasks as name[i], from metadata.path, else the node and metadata.task), and
+ * the drawn node each step of it names (task indices apart).
+ */
+function locate(meta, node) {
+  const own = Number.isInteger(meta.task) ? meta.task : null;
+  const raw = Array.isArray(meta.path) && meta.path.length && meta.path.every((s) => typeof s === "string")
+    ? meta.path
+    : [own === null ? node : `${node}[${own}]`];
+  const names = [], tasks = [];
+  let level = view.graph;
+  for (const part of raw) {
+    const known = (level && level.nodes) || [];
+    let name = part, task = null;
+    const sent = /^(.*)\[(\d+)\]$/.exec(part);
+    if (!known.includes(part) && sent && known.includes(sent[1])) {
+      name = sent[1];
+      task = Number(sent[2]);
+    }
+    names.push(name);
+    tasks.push(task);
+    const below = level && level.subgraphs;
+    level = below && Object.hasOwn(below, name) ? below[name] : null;
+  }
+  if (own !== null) tasks[tasks.length - 1] = own;
+  return { raw, names, tasks, nested: raw.length > 1 };
 }
 
 /** Re-apply the current run's highlight (after the graph is redrawn). */
 function applyNodeClasses() {
-  for (const [name, g] of view.nodeElements) {
-    g.classList.toggle("done", run.done.has(name) && !run.running.has(name));
-    g.classList.toggle("running", run.running.has(name));
-    g.classList.toggle("retrying", run.retrying.has(name));
-    g.classList.toggle("failed", run.failed.has(name));
-    g.classList.toggle("waiting", run.waiting.has(name));
+  const active = new Map();           // drawn node key -> {tasks: [...], retrying}
+  for (const item of run.running.values()) {
+    const entry = active.get(item.key) || active.set(item.key, { tasks: [], retrying: false }).get(item.key);
+    if (item.task !== null) entry.tasks.push(item.task);
+    if (item.retrying) entry.retrying = true;
   }
+  for (const [key, node] of view.nodeElements) {
+    const g = node.g;
+    const on = active.get(key);
+    g.classList.toggle("done", run.done.has(key) && !on);
+    g.classList.toggle("running", Boolean(on));
+    g.classList.toggle("retrying", Boolean(on && on.retrying));
+    g.classList.toggle("failed", run.failed.has(key));
+    g.classList.toggle("waiting", run.waiting.has(key));
+    showTasks(node, on ? on.tasks.sort((a, b) => a - b) : []);
+  }
+}
+
+/** The badge of a node running as sent tasks: how many run now, and which. */
+function showTasks(node, tasks) {
+  node.g.dataset.tasks = String(tasks.length);
+  if (!tasks.length) {
+    if (node.badge) node.badge.group.setAttribute("visibility", "hidden");
+    return;
+  }
+  if (!node.badge) {
+    const text = svg("text", { y: 0 });
+    const rect = svg("rect", { y: -9, height: 18, rx: 9 });
+    const title = svg("title");
+    const group = svg("g", { class: "tasks" }, title, rect, text);
+    node.g.append(group);
+    node.badge = { group, rect, text, title };
+  }
+  const { group, rect, text, title } = node.badge;
+  const label = `×${tasks.length}`;
+  const w = Math.round(label.length * 6.6 + 12);
+  group.setAttribute("visibility", "visible");
+  // On the top right corner, clear of the edges that end at the top centre.
+  group.setAttribute("transform", `translate(${node.width - w / 2 + 4} 0)`);
+  rect.setAttribute("x", String(-w / 2));
+  rect.setAttribute("width", String(w));
+  text.textContent = label;
+  title.textContent = `${tasks.length} sent task${tasks.length === 1 ? "" : "s"} running: ${tasks.join(", ")}`;
 }
 
 // ======================================================================= run state
@@ -420,12 +538,16 @@ function newRun() {
     counts: {},
     lastStep: null,
     // The highlight follows the runtime's lifecycle events: node.start adds a
-    // node, node.retry keeps it (retrying), node.end and node.error remove it.
-    running: new Set(),
-    retrying: new Set(),  // running nodes whose earlier attempt failed
-    failed: new Set(),    // nodes whose last attempt failed for good
-    done: new Set(),
-    waiting: new Set(),   // nodes paused on an interrupt
+    // running task, node.retry keeps it (retrying), node.end and node.error
+    // remove it. Tasks are keyed by their path as the events spell it
+    // ("research\0work[2]"); each names the drawn node it runs (`key`), its
+    // sent-task index (or null) and whether it waits for another attempt. A
+    // subgraph's child task marks the subgraph node's own task running too,
+    // until the subgraph node's node.end.
+    running: new Map(),
+    failed: new Set(),    // drawn nodes whose last attempt failed for good
+    done: new Set(),      // drawn nodes that have run
+    waiting: new Set(),   // drawn nodes paused on an interrupt
     updates: 0,           // "updates" items received (one per step)
     values: null,         // the newest "values" item's state
     ran: new Map(),       // node -> {steps: Set, events: n}, in order of first sight
@@ -524,7 +646,14 @@ function handleFrame(current, frame) {
   const type = data.type || frame.event;
   run.events++;
   run.counts[type] = (run.counts[type] || 0) + 1;
-  if (meta.session_id && !run.sessionId) learnSession(meta.session_id);
+  // Runtime events name their node in `node`; a node's own events in `node_id`.
+  const node = meta.node_id || (type === "diagnostic" && typeof meta.node === "string" ? meta.node : null);
+  const where = node ? locate(meta, node) : null;
+  // A subgraph's events carry their path and the child's own session and step
+  // numbers: they never stand for the run's.
+  const nested = Array.isArray(meta.path) && meta.path.length > 1
+    || Boolean(run.sessionId && meta.session_id && meta.session_id !== run.sessionId);
+  if (meta.session_id && !run.sessionId && !nested) learnSession(meta.session_id);
 
   if (type === "diagnostic" && data.scope === STREAM_END_SCOPE) {
     const end = readEnd(data);
@@ -533,38 +662,36 @@ function handleFrame(current, frame) {
     return;
   }
 
-  // Runtime events name their node in `node`; a node's own events in `node_id`.
-  const node = meta.node_id || (type === "diagnostic" && typeof meta.node === "string" ? meta.node : null);
-  listEvent({ id: frame.id, type, scope: data.scope, node, message: data.message });
-  if (Number.isInteger(meta.step) && (type === "node" || type === "updates" || type === "values" || data.scope === STEP_END_SCOPE)) {
+  listEvent({ id: frame.id, type, scope: data.scope, node, where, message: data.message });
+  if (!nested && Number.isInteger(meta.step) && (type === "node" || type === "updates" || type === "values" || data.scope === STEP_END_SCOPE)) {
     run.lastStep = Math.max(run.lastStep ?? 0, meta.step);
   }
   if (type === "updates") showUpdates(meta.step, meta.updates || {});
   else if (type === "values") showValues(meta.step, meta.state || {});
-  else if (type === "diagnostic" && node) lifecycle(data.scope, node, meta.step);
-  if ((type === "node" || type === "llm") && node) noteNode(node, meta.step, true);
-  if (type === "llm") appendModelOutput(node, meta, data);
+  else if (type === "diagnostic" && where) lifecycle(data.scope, where, meta.step);
+  if ((type === "node" || type === "llm") && where) noteNode(where.names.join(" › "), meta.step, true);
+  if (type === "llm") appendModelOutput(where ? where.raw.join(" › ") : null, meta, data);
   updateProgress();
 }
 
-/** A lifecycle event of `node`: what the "running" highlight shows. */
-function lifecycle(scope, node, step) {
+/** A lifecycle event of the task at `where` (see locate): what the highlight shows. */
+function lifecycle(scope, where, step) {
+  const key = keyOf(where.names);
   if (scope === NODE_START_SCOPE) {
-    noteNode(node, step, false);
-    startNode(node);
+    noteNode(where.names.join(" › "), step, false);
+    startTask(where, false);
   } else if (scope === NODE_RETRY_SCOPE) {
-    startNode(node);             // still running: it waits for its next attempt
-    run.retrying.add(node);
-    applyNodeClasses();
+    startTask(where, true);      // still running: it waits for its next attempt
   } else if (scope === NODE_END_SCOPE) {
-    stopNode(node, true);
+    stopTask(where, true);
   } else if (scope === NODE_ERROR_SCOPE) {
-    run.failed.add(node);
-    stopNode(node, false);
+    run.failed.add(key);
+    stopTask(where, false);
   } else if (scope === INTERRUPT_SCOPE) {
-    noteNode(node, step, false);
-    stopNode(node, false);
-    markWaiting(node);
+    noteNode(where.names.join(" › "), step, false);
+    stopTask(where, false);
+    run.waiting.add(key);
+    applyNodeClasses();
   }
 }
 
@@ -585,28 +712,42 @@ function noteNode(node, step, own) {
   if (Number.isInteger(step)) entry.steps.add(step);
 }
 
-/** `node` runs (an attempt started, or it waits to retry). */
-function startNode(node) {
-  if (!run.done.has("START")) run.done.add("START");
-  run.running.add(node);
-  run.failed.delete(node);
-  run.waiting.delete(node);
+/**
+ * The task at `where` runs (an attempt started, or it waits to retry,
+ * `retrying`); so does every subgraph node it is inside, and each level it
+ * runs in has left its START.
+ */
+function startTask(where, retrying) {
+  for (let depth = 1; depth <= where.raw.length; depth++) {
+    const names = where.names.slice(0, depth);
+    run.done.add(keyOf([...names.slice(0, -1), "START"]));
+    const id = keyOf(where.raw.slice(0, depth));
+    const task = run.running.get(id)
+      || run.running.set(id, { key: keyOf(names), task: where.tasks[depth - 1], retrying: false }).get(id);
+    if (depth === where.raw.length) {
+      if (retrying) task.retrying = true;   // until the task ends
+      run.failed.delete(task.key);
+      run.waiting.delete(task.key);
+    }
+  }
   applyNodeClasses();
 }
 
-/** `node` stopped running; `finished`: it returned (it has run). */
-function stopNode(node, finished) {
-  run.running.delete(node);
-  run.retrying.delete(node);
-  if (finished) run.done.add(node);
+/**
+ * The task at `where` stopped running, and with it anything still marked
+ * running inside it (a subgraph node's child tasks); `finished`: it returned
+ * (it has run, and a subgraph node's child graph reached its END).
+ */
+function stopTask(where, finished) {
+  const id = keyOf(where.raw);
+  for (const other of [...run.running.keys()]) {
+    if (other === id || other.startsWith(id + KEY_SEP)) run.running.delete(other);
+  }
+  if (finished) {
+    run.done.add(keyOf(where.names));
+    if (view.nodeElements.has(keyOf([...where.names, "END"]))) run.done.add(keyOf([...where.names, "END"]));
+  }
   applyNodeClasses();
-}
-
-/** `node` asked a question (an interrupt): it waits for an answer. */
-function markWaiting(node) {
-  run.waiting.add(node);
-  const g = view.nodeElements.get(node);
-  if (g) g.classList.add("waiting");
 }
 
 /** One partial's JSON form, as short lines: what the node changed. */
@@ -626,7 +767,7 @@ function describePartial(partial) {
 function showUpdates(step, updates) {
   run.updates++;
   const nodes = Object.entries(updates).map(([node, partial]) => {
-    noteNode(node, step, false);
+    noteNode(locate({}, node).names.join(" › "), step, false);  // a sent task's key: name[i]
     return el("div", { class: "update", dataset: { node } },
       el("code", {}, node),
       el("ul", {}, ...describePartial(partial || {}).map((line) => el("li", {}, line))));
@@ -678,14 +819,23 @@ function appendModelOutput(node, meta, data) {
   }
 }
 
-function listEvent({ id = null, type, scope = "", node = null, message = "", end = false, ok = true }) {
+/**
+ * List one event; `where` (see locate) names its node by its path, sent tasks
+ * as name[i]: "research › work[2]".
+ */
+function listEvent({ id = null, type, scope = "", node = null, where = null, message = "", end = false, ok = true }) {
   const list = $("events");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 24;
-  const item = el("li", { dataset: { type, scope, node: node || "" }, class: end ? "stream-end" : null },
+  const shown = where ? where.raw.join(" › ") : node || "";
+  const task = where ? where.tasks[where.tasks.length - 1] : null;
+  const dataset = { type, scope, node: node || "" };
+  if (where) dataset.path = where.raw.join("/");
+  if (task !== null && task !== undefined) dataset.task = String(task);
+  const item = el("li", { dataset, class: end ? "stream-end" : null },
     el("span", { class: "ev-id" }, id ? "#" + id : ""),
     el("span", { class: "badge" }, type),
     el("span", { class: "ev-scope", title: scope }, scope),
-    el("span", { class: "ev-node", title: node || "" }, node || ""),
+    el("span", { class: "ev-node" + (where && where.nested ? " nested" : ""), title: shown + (task !== null && task !== undefined ? ` (sent task ${task})` : "") }, shown),
     el("span", { class: "ev-message" }, message),
   );
   if (id) item.dataset.id = id;
@@ -713,12 +863,11 @@ function readEnd(data) {
 
 function finish(end) {
   run.end = end;
-  if (end.session && !run.sessionId) learnSession(end.session);
+  if (end.session && end.session !== run.sessionId) learnSession(end.session);
   if (Number.isFinite(end.step)) run.lastStep = end.step;
   // Nothing runs after the end (a node cut short by a cancellation sent no
   // node.end: it is no longer highlighted, and not marked as run either).
   run.running.clear();
-  run.retrying.clear();
   if (end.status === "completed") run.done.add("END");
   applyNodeClasses();
   for (const stream of run.streams.values()) {
@@ -777,7 +926,6 @@ async function loadFinalState(end) {
 function lost(current, reason) {
   if (current !== run || run.end) return;
   run.running.clear();
-  run.retrying.clear();
   applyNodeClasses();
   run.close = null;
   listEvent({ type: "client", message: reason });
