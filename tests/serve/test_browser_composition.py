@@ -421,3 +421,43 @@ async def test_a_fan_out_shows_how_many_sent_tasks_run() -> None:
                 ]
                 assert page.errors() == []
             nursery.cancel_scope.cancel()
+
+
+def failing_child() -> App:
+    """START -> research -> END, research a subgraph whose node ``boom`` fails."""
+
+    async def boom(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        raise RuntimeError("the search index is gone")
+
+    return single("research", single("boom", boom).compile()).compile()
+
+
+async def test_a_failing_child_node_marks_it_and_its_parent_failed() -> None:
+    serve = partial(serve_sse, {"failing": failing_child()}, port=0)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(serve)
+            async with chromium() as devtools:
+                page = await open_page(devtools)
+                await page.call("Page.navigate", url=urls[0] + "/")
+                await page.wait_for("document.body.dataset.state === 'ready'")
+                await page.wait_for(
+                    "document.querySelectorAll('#graph g.node').length === 6"
+                )
+                await start_run(page)
+                await page.wait_for("document.body.dataset.state === 'done'")
+                status = await page.js("document.getElementById('status').textContent")
+                assert status.startswith("error"), status
+                nodes = by_path(await page.js(READ_NODES))
+                assert "failed" in nodes["research/boom"]["classes"]
+                assert "failed" in nodes["research"]["classes"]
+                assert all("running" not in n["classes"] for n in nodes.values())
+                assert "done" not in nodes["research/END"]["classes"]
+                errors = [
+                    (e["node"], e["path"])
+                    for e in await page.js(READ_EVENTS)
+                    if e["scope"] == "node.error"
+                ]
+                assert errors == [("boom", "research/boom"), ("research", "research")]
+                assert page.errors() == []
+            nursery.cancel_scope.cancel()
