@@ -40,9 +40,10 @@ from ._core.state import Append as Append
 from ._core.state import Message as Message
 from ._core.state import NodePartial as NodePartial
 from ._core.state import Replace as Replace
-from ._core.state import Send as Send
 from ._core.state import Role as Role
+from ._core.state import Send as Send
 from ._core.state import StateSnapshot as StateSnapshot
+from ._core.state import ToolCall as ToolCall
 from ._core.state import VersionedState as VersionedState
 from ._runtime.app import App as App
 from ._runtime.app import GraphBuilder as GraphBuilder
@@ -92,6 +93,7 @@ __all__ = (
     "RetryPolicy",
     # state
     "Message",
+    "ToolCall",
     "Role",
     "VersionedState",
     "StateSnapshot",
