@@ -207,9 +207,12 @@ def step_end(
     next_frontier: Sequence[str],
 ) -> DiagnosticEvent:
     """``step.end``: a superstep committed."""
-    return _event(
-        STEP_END,
-        f"step {step} ran {', '.join(ran) or 'nothing'}",
+    event = _new(DiagnosticEvent)
+    _set_scope(event, STEP_END)
+    _set_message(event, f"step {step} ran {', '.join(ran) or 'nothing'}")
+    _set_timestamp(event, quantize_timestamp(timestamp))
+    _set_metadata(
+        event,
         {
             "step": step,
             "ran": list(ran),
@@ -217,5 +220,5 @@ def step_end(
             "next": list(next_frontier),
             "session_id": session_id,
         },
-        timestamp,
     )
+    return event
