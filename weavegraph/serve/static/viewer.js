@@ -345,7 +345,7 @@ function drawLevel(info, prefix, PAD, minWidth) {
       const w = width(n), x = cx.get(n) - w / 2 + shift;
       const h = isWaypoint(n) ? rowHeight[i] : height(n);
       const y = top + (rowHeight[i] - h) / 2;
-      box.set(n, { x, y, w, h, cx: x + w / 2, cy: y + h / 2 });
+      box.set(n, { x, y, w, h, cx: x + w / 2, cy: y + h / 2, top, bottom: top + rowHeight[i] });
     }
     top += rowHeight[i] + GAP_Y;
   });
@@ -376,8 +376,15 @@ function drawLevel(info, prefix, PAD, minWidth) {
       d = `M ${x} ${y - 7} C ${x + 34} ${y - 26}, ${x + 34} ${y + 26}, ${x + 2} ${y + 8}`;
       right = Math.max(right, x + 34);
     } else if (via.has(e)) {
+      // Straight down to the bottom of the source's row, curves only in the
+      // gaps between rows, straight down again from the top of the target's
+      // row: an edge never cuts a box of a taller row.
       let px = spread(outs.get(e.from), e, a, 0), py = a.y + a.h;
       d = `M ${px} ${py}`;
+      if (a.bottom > py) {
+        d += ` L ${px} ${a.bottom}`;
+        py = a.bottom;
+      }
       const curveTo = (x, y) => {
         const bend = Math.max(18, (y - py) / 2);
         d += ` C ${px} ${py + bend}, ${x} ${y - bend}, ${x} ${y}`;
@@ -390,7 +397,9 @@ function drawLevel(info, prefix, PAD, minWidth) {
         d += ` L ${w.cx} ${w.y + w.h}`;
         py = w.y + w.h;
       }
-      curveTo(spread(ins.get(e.to), e, b, 1), b.y - 2);
+      const x = spread(ins.get(e.to), e, b, 1), end = Math.min(b.top, b.y - 2);
+      curveTo(x, end);
+      if (end < b.y - 2) d += ` L ${x} ${b.y - 2}`;
     } else {
       // A loop back up: around the right of every box it passes.
       loops++;
@@ -400,7 +409,9 @@ function drawLevel(info, prefix, PAD, minWidth) {
       }
       const out = edge + 22 + 12 * loops;
       right = Math.max(right, out);
-      d = `M ${a.x + a.w} ${a.cy} C ${out} ${a.cy}, ${out} ${b.cy}, ${b.x + b.w + 2} ${b.cy}`;
+      const r = Math.max(0, Math.min(12, (a.cy - b.cy) / 2));
+      d = `M ${a.x + a.w} ${a.cy} L ${out - r} ${a.cy} Q ${out} ${a.cy}, ${out} ${a.cy - r}`
+        + ` L ${out} ${b.cy + r} Q ${out} ${b.cy}, ${out - r} ${b.cy} L ${b.x + b.w + 2} ${b.cy}`;
     }
     return svg("path", {
       d,
