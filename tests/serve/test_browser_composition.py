@@ -309,6 +309,15 @@ async def test_subgraph_nodes_are_drawn_inside_and_run_with_their_parent() -> No
                     ("node.end", shown("research", "work[1]"), "research/work[1]", "1"),
                 ]
                 assert lifecycle[7:] == [("node.end", "research", "research", None)]
+                # A child step's end is listed under its subgraph node.
+                step_ends = [
+                    (e["shown"], e["path"]) for e in events if e["scope"] == "step.end"
+                ]
+                assert step_ends == [
+                    ("research", "research"),
+                    ("research", "research"),
+                    ("", None),
+                ]
                 own = [e for e in events if e["scope"] == "work"]
                 assert [(e["shown"], e["task"]) for e in own] == [
                     (shown("research", "work[0]"), "0"),

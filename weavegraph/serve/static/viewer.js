@@ -563,6 +563,7 @@ function newRun() {
     values: null,         // the newest "values" item's state
     ran: new Map(),       // node -> {steps: Set, events: n}, in order of first sight
     streams: new Map(),   // node + stream id -> {node, streamId, text, final, error, element}
+    children: new Map(),  // a child graph's session id -> where (see locate) one of its nodes ran
     end: null,
     close: null,          // closes this run's connection (the Stop button)
     closeOnEnd: null,     // stops EventSource from reconnecting once the run ended
@@ -673,7 +674,18 @@ function handleFrame(current, frame) {
     return;
   }
 
-  listEvent({ id: frame.id, type, scope: data.scope, node, where, message: data.message });
+  // A child graph's own events (its step.end) name no node: the list shows
+  // them under the subgraph node whose child session they come from.
+  let listed = where;
+  if (where && where.nested && meta.session_id) run.children.set(meta.session_id, where);
+  else if (!where && nested && run.children.has(meta.session_id)) {
+    const child = run.children.get(meta.session_id);
+    listed = {
+      raw: child.raw.slice(0, -1), names: child.names.slice(0, -1),
+      tasks: child.tasks.slice(0, -1), nested: child.raw.length > 2,
+    };
+  }
+  listEvent({ id: frame.id, type, scope: data.scope, node, where: listed, message: data.message });
   if (!nested && Number.isInteger(meta.step) && (type === "node" || type === "updates" || type === "values" || data.scope === STEP_END_SCOPE)) {
     run.lastStep = Math.max(run.lastStep ?? 0, meta.step);
   }
