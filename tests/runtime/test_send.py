@@ -275,3 +275,32 @@ async def test_a_paused_fan_out_keeps_its_sends(tmp_path: Path) -> None:
         assert stored is not None and len(stored.sends) == len(DOCS)
         final = await app.invoke(None, session_id="p")
     assert final.extra["report"] == WANT_REPORT
+
+
+async def test_sent_tasks_in_updates_and_step_end() -> None:
+    async def plan(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial()
+
+    async def work(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial(extra={f"w{ctx.payload}": ctx.payload})
+
+    app = (
+        GraphBuilder()
+        .add_node("plan", plan)
+        .add_node("work", work)
+        .add_edge(START, "plan")
+        .add_conditional_edge("plan", lambda s: [Send("work", i) for i in range(3)])
+        .add_edge("work", END)
+        .compile()
+    )
+    async with app.invoke_streaming(hi(), modes=["events", "updates"]) as (run, ev):
+        seen = [e async for e in ev]
+        await run.join()
+    updates = [e for e in seen if e.scope_label == "step.updates"]
+    assert [sorted(u.updates) for u in updates] == [
+        ["plan"],
+        ["work[0]", "work[1]", "work[2]"],
+    ]
+    assert updates[1].updates["work[2]"].extra == {"w2": 2}
+    ends = [e.metadata["ran"] for e in seen if e.scope_label == "step.end"]
+    assert ends == [["plan"], ["work[0]", "work[1]", "work[2]"]]

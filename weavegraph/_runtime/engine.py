@@ -531,7 +531,7 @@ class Engine:
                         self._now(),
                         session.session_id,
                         step,
-                        to_run,
+                        keys,
                         outcome.updated_channels,
                         frontier_outcome.frontier,
                     )
@@ -543,7 +543,7 @@ class Engine:
                     self._now(),
                     session.session_id,
                     step,
-                    to_run,
+                    keys,
                     partials,
                     new_state,
                 )
