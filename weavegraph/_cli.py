@@ -608,9 +608,19 @@ async def _worker(args: argparse.Namespace, out: TextIO) -> int:
             f"--db must be a PostgreSQL URL (postgresql://...), got {args.db!r}:"
             " the run queue lives in PostgreSQL"
         )
+    from .scale.queue import EventRetention
+
     apps = await _worker_apps(args.targets)
+    retention = EventRetention(
+        max_events=args.keep_events or None, max_age=args.events_max_age or None
+    )
     return await run_worker(
-        apps, args.db, concurrency=args.concurrency, lease=args.lease, out=out
+        apps,
+        args.db,
+        concurrency=args.concurrency,
+        lease=args.lease,
+        retention=retention,
+        out=out,
     )
 
 
@@ -653,6 +663,20 @@ def _add_worker_parser(commands: Any) -> None:
         type=float,
         default=10.0,
         help="seconds a claim lasts unless renewed (renewed every third)",
+    )
+    worker.add_argument(
+        "--keep-events",
+        type=_count(0),
+        default=10_000,
+        metavar="N",
+        help="events kept per run, the newest (0: all)",
+    )
+    worker.add_argument(
+        "--events-max-age",
+        type=float,
+        default=7 * 24 * 3600.0,
+        metavar="SECONDS",
+        help="delete events older than this (0: never)",
     )
 
 

@@ -95,7 +95,7 @@ def _read_line(stream: IO[str], deadline: float) -> str:
         selector.close()
 
 
-def worker(dsn: str, *, concurrency: int = 4, lease: float = 2.0) -> Proc:
+def worker(dsn: str, *extra: str, concurrency: int = 4, lease: float = 2.0) -> Proc:
     """A worker process serving `scale_apps.APPS`, started and announced."""
     proc = Proc(
         "worker",
@@ -106,6 +106,7 @@ def worker(dsn: str, *, concurrency: int = 4, lease: float = 2.0) -> Proc:
         str(concurrency),
         "--lease",
         str(lease),
+        *extra,
     )
     line = proc.wait_for_line()
     assert line.startswith("worker "), line

@@ -163,6 +163,31 @@ async def test_sigterm_hands_the_runs_back_without_losing_a_step(
     assert contiguous(steps) and len(steps) == 31
 
 
+async def test_the_worker_command_bounds_the_event_log(postgres_dsn: str) -> None:
+    proc = procs.worker(postgres_dsn, "--keep-events", "3")
+    try:
+        async with RunQueue(postgres_dsn) as queue:
+            await queue.submit("chain", "bounded")
+            with trio.fail_after(30):
+                await queue.wait("bounded")
+            status = await queue.status("bounded")
+            kept = [seq async for seq, _ in queue.events("bounded")]
+    finally:
+        proc.stop()
+    assert status is not None and status.last_seq > 3
+    assert kept == [status.last_seq - 2, status.last_seq - 1, status.last_seq]
+
+
+def test_the_worker_command_refuses_a_bad_retention(
+    capsys: Any, postgres_dsn: str
+) -> None:
+    from weavegraph._cli import main
+
+    argv = ["worker", "scale_apps:APPS", "--db", postgres_dsn]
+    assert main([*argv, "--events-max-age", "-5"]) == 2
+    assert "max_age must be" in capsys.readouterr().err
+
+
 def test_the_worker_command_needs_postgres(capsys: Any) -> None:
     from weavegraph._cli import main
 

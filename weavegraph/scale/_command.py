@@ -10,6 +10,7 @@ from typing import TextIO
 import trio
 
 from .._runtime.app import App
+from .queue import EventRetention
 from .worker import Worker, serve_worker
 
 
@@ -19,6 +20,7 @@ async def run_worker(
     *,
     concurrency: int,
     lease: float,
+    retention: EventRetention | None = None,
     out: TextIO,
 ) -> int:
     """Serve ``apps`` from the queue at ``dsn``; on SIGTERM or SIGINT hand the
@@ -28,7 +30,12 @@ async def run_worker(
         async with trio.open_nursery() as nursery:
             worker: Worker = await nursery.start(
                 functools.partial(
-                    serve_worker, apps, dsn, concurrency=concurrency, lease=lease
+                    serve_worker,
+                    apps,
+                    dsn,
+                    concurrency=concurrency,
+                    lease=lease,
+                    retention=retention,
                 )
             )
             out.write(
