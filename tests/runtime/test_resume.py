@@ -97,7 +97,8 @@ async def run_to_end(
 def after_step(
     events: list[Event], step: int, kept: frozenset[str] = frozenset()
 ) -> list[dict[str, Any]]:
-    """Normalized events, minus those of steps up to ``step``.
+    """Normalized events, minus those of steps up to ``step`` (and the
+    resumed run's ``session.resume``).
 
     Node events (and lifecycle events) of ``kept`` nodes in step ``step + 1``
     are left out too: those nodes finished before the cut and their partials
@@ -109,6 +110,8 @@ def after_step(
     def dropped(event: Event) -> bool:
         if event.is_stream_end:
             return False
+        if event.scope_label == "session.resume":
+            return True  # only a resumed run says what it continues from
         metadata = event.to_json()["metadata"]
         seen = metadata.get("step")
         if seen is not None and seen <= step:
