@@ -470,3 +470,45 @@ async def test_a_failing_child_node_marks_it_and_its_parent_failed() -> None:
                 assert errors == [("boom", "research/boom"), ("research", "research")]
                 assert page.errors() == []
             nursery.cancel_scope.cancel()
+
+
+async def test_a_top_level_fan_out_shows_its_sent_tasks() -> None:
+    gate = trio.Event()
+
+    async def plan(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial()
+
+    app = (
+        GraphBuilder()
+        .add_node("plan", plan)
+        .add_node("work", waits_for(gate, "work"))
+        .add_edge(START, "plan")
+        .add_conditional_edge(
+            "plan", lambda snapshot: [Send("work", i) for i in range(3)], ["work"]
+        )
+        .add_edge("work", END)
+        .compile()
+    )
+    serve = partial(serve_sse, {"top": app}, port=0)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(serve)
+            async with chromium() as devtools:
+                page = await open_page(devtools)
+                await page.call("Page.navigate", url=urls[0] + "/")
+                await page.wait_for("document.body.dataset.state === 'ready'")
+                await start_run(page)
+                await page.wait_for(tasks_are("work", 3))
+                nodes = by_path(await page.js(READ_NODES))
+                assert "running" in nodes["work"]["classes"]
+                assert nodes["work"]["badge"]["text"] == TIMES + "3"
+                gate.set()
+                await page.wait_for("document.body.dataset.state === 'done'")
+                assert (
+                    await page.js("document.getElementById('status').textContent")
+                    == "completed"
+                )
+                nodes = by_path(await page.js(READ_NODES))
+                assert "done" in nodes["work"]["classes"]
+                assert nodes["work"]["tasks"] == "0"
+            nursery.cancel_scope.cancel()
