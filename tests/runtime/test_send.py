@@ -304,3 +304,50 @@ async def test_sent_tasks_in_updates_and_step_end() -> None:
     assert updates[1].updates["work[2]"].extra == {"w2": 2}
     ends = [e.metadata["ran"] for e in seen if e.scope_label == "step.end"]
     assert ends == [["plan"], ["work[0]", "work[1]", "work[2]"]]
+
+
+@pytest.mark.parametrize("kind", STORES[1:])
+async def test_a_cancelled_fan_out_resumes_the_same_tasks(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    calls: Counter[str] = Counter()
+    finished = trio.Event()
+    first_run = [True]
+
+    async def plan(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial()
+
+    async def work(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        calls[ctx.payload] += 1
+        if first_run[0] and ctx.payload != "quick":
+            await trio.sleep_forever()  # cancelled with the run
+        if ctx.payload == "quick":
+            finished.set()
+        return NodePartial(extra={"done": [ctx.payload]})
+
+    async with open_store(kind, tmp_path, request) as store:
+        app = (
+            GraphBuilder()
+            .add_node("plan", plan)
+            .add_node("work", work)
+            .add_edge(START, "plan")
+            .add_conditional_edge(
+                "plan", lambda s: [Send("work", p) for p in ("slow", "quick", "late")]
+            )
+            .add_edge("work", END)
+            .with_key_reducer("done", "append")
+            .compile(RuntimeConfig(checkpointer=store))
+        )
+        async with app.invoke_streaming(hi(), session_id="cx") as (run, _):
+            await finished.wait()
+            run.cancel("the client left")
+        first_run[0] = False
+        stored = await store.load_latest("cx")
+        assert stored is not None and [s.payload for s in stored.sends] == [
+            "slow",
+            "quick",
+            "late",
+        ]
+        final = await app.invoke(None, session_id="cx")
+    assert list(final.extra["done"]) == ["slow", "quick", "late"]
+    assert calls == Counter({"slow": 2, "quick": 1, "late": 2})
