@@ -98,9 +98,10 @@ async def _sample(case: Case) -> tuple[float, Any]:
 async def measure(cases: Sequence[Case], runs: int) -> dict[str, float]:
     """Median seconds per unit of every case, by name (see the module docstring).
 
-    Objects alive before timing are moved out of the collector's reach
-    (``gc.freeze``) so that no row pays for the others' imports, and a collection
-    runs before every sample.
+    Before every sample a collection runs and what survives it is moved out of
+    the collector's reach (``gc.freeze``), so that no row pays for the imports,
+    caches or leftovers of the others: each sample's collections see only what
+    it allocates itself.
     """
     for case in cases:
         _, value = await _sample(case)
@@ -111,12 +112,11 @@ async def measure(cases: Sequence[Case], runs: int) -> dict[str, float]:
         except CheckFailed as exc:
             raise CheckFailed(f"{case.name}: {exc}") from None
     samples: dict[str, list[float]] = {case.name: [] for case in cases}
-    gc.collect()
-    gc.freeze()
     try:
         for _ in range(runs):
             for case in cases:
                 gc.collect()
+                gc.freeze()
                 elapsed, _ = await _sample(case)
                 samples[case.name].append(elapsed / case.units)
     finally:

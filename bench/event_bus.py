@@ -83,8 +83,9 @@ def e2e_case(name: str, n: int, producer: str) -> Case:
             await ctx.emit_async("tick", "m")
 
     node = emit if producer == "emit" else emit_async
-    config = wg.RuntimeConfig(
-        event_bus=wg.EventBusConfig(capacity=CAPACITY, overflow="block")
+    config = wg.RuntimeConfig(  # only the node's events (lifecycle: engine.py)
+        event_bus=wg.EventBusConfig(capacity=CAPACITY, overflow="block"),
+        lifecycle_events=False,
     )
     app = (
         wg.GraphBuilder()
