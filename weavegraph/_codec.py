@@ -30,10 +30,19 @@ from typing import Any
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from ._core.errors import ErrorDetail, ErrorEvent, ErrorScope, StateError
+from ._core.errors import (
+    ErrorDetail,
+    ErrorEvent,
+    ErrorScope,
+    StateError,
+    WeavegraphError,
+)
 from ._core.state import (
+    Append,
     History,
     Message,
+    NodePartial,
+    Replace,
     Send,
     StateSnapshot,
     ToolCall,
@@ -483,6 +492,74 @@ def decode_target(data: Any) -> str | Send:
     ):
         return Send(data["send"], decode_value(data["payload"]))
     raise StateError(f"a frontier target is a node name or a sent task, got {data!r}")
+
+
+def partial_to_json(partial: NodePartial) -> dict[str, Any]:
+    """A partial's JSON form: only the channels it writes.
+
+    ``messages`` (every field of each message), ``extra`` (the value encoding;
+    ``null`` deletes a key), ``errors`` and ``frontier`` (``{"kind": "replace"
+    | "append", "targets": [...]}``, each target a name or a sent task as
+    `encode_target` writes it). A partial that writes nothing is ``{}``. The
+    one form of pending writes and of ``updates`` stream items.
+
+    Raises:
+        StateError: its ``extra`` holds a value outside the storable domain.
+    """
+    out: dict[str, Any] = {}
+    if partial.messages is not None:
+        out["messages"] = [converter.unstructure(m, Message) for m in partial.messages]
+    if partial.extra is not None:
+        out["extra"] = encode_extra(partial.extra)
+    if partial.errors is not None:
+        out["errors"] = [converter.unstructure(e, ErrorEvent) for e in partial.errors]
+    if partial.frontier is not None:
+        kind = "replace" if isinstance(partial.frontier, Replace) else "append"
+        out["frontier"] = {
+            "kind": kind,
+            "targets": [encode_target(t) for t in partial.frontier.targets],
+        }
+    return out
+
+
+def partial_from_json(data: Any) -> NodePartial:
+    """The partial whose `partial_to_json` form is ``data``.
+
+    Raises:
+        StateError: ``data`` is not such a form.
+    """
+    if not isinstance(data, Mapping):
+        raise StateError(f"a partial's JSON form is an object, got {data!r:.80}")
+    unknown = set(data) - {"messages", "extra", "errors", "frontier"}
+    if unknown:
+        raise StateError(
+            f"a partial has messages, extra, errors and frontier; got {sorted(unknown)}"
+        )
+    try:
+        frontier: Replace | Append | None = None
+        command = data.get("frontier")
+        if command is not None:
+            kind = command.get("kind") if isinstance(command, Mapping) else None
+            if kind not in ("replace", "append"):
+                raise StateError(f"malformed frontier command {command!r:.80}")
+            targets = [decode_target(t) for t in command.get("targets", [])]
+            frontier = Replace(targets) if kind == "replace" else Append(targets)
+        messages = data.get("messages")
+        errors = data.get("errors")
+        return NodePartial(
+            messages=None
+            if messages is None
+            else [converter.structure(m, Message) for m in messages],
+            extra=None if "extra" not in data else decode_extra(data["extra"]),
+            errors=None
+            if errors is None
+            else [converter.structure(e, ErrorEvent) for e in errors],
+            frontier=frontier,
+        )
+    except StateError:
+        raise
+    except (WeavegraphError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise StateError(f"malformed partial {data!r:.80}: {exc}") from exc
 
 
 def decode_extra(data: Any) -> Mapping[str, Any]:

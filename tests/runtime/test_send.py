@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,33 @@ async def test_a_cancelled_fan_out_resumes_the_same_tasks(
         final = await app.invoke(None, session_id="cx")
     assert list(final.extra["done"]) == ["slow", "quick", "late"]
     assert calls == Counter({"slow": 2, "quick": 1, "late": 2})
+
+
+async def test_a_command_with_sends_travels_as_json() -> None:
+    from weavegraph import event_from_json
+
+    async def plan(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial(frontier=Replace([Send("work", {"n": 1}), "work"]))
+
+    async def work(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial()
+
+    app = (
+        GraphBuilder()
+        .add_node("plan", plan, destinations=["work"])
+        .add_node("work", work)
+        .add_edge(START, "plan")
+        .add_edge("work", END)
+        .compile()
+    )
+    async with app.invoke_streaming(hi(), modes=["updates"]) as (run, ev):
+        seen = [e async for e in ev]
+        await run.join()
+    first = next(e for e in seen if e.scope_label == "step.updates")
+    text = json.dumps(first.to_json())
+    assert '{"send": "work", "payload": {"n": 1}}' in text
+    again = event_from_json(json.loads(text))
+    assert again == first
+    command = again.updates["plan"].frontier
+    assert isinstance(command, Replace)
+    assert command.targets == (Send("work", {"n": 1}), "work")

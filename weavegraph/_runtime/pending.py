@@ -15,16 +15,14 @@ from typing import Any
 
 from .._codec import (
     converter,
-    decode_extra,
-    decode_target,
     decode_value,
-    encode_extra,
-    encode_target,
     encode_value,
+    partial_from_json,
+    partial_to_json,
 )
 from .._core.errors import CheckpointError, ErrorEvent, StateError
 from .._core.session import Interrupt, Session
-from .._core.state import Append, Message, NodePartial, Replace
+from .._core.state import NodePartial
 
 logger = logging.getLogger("weavegraph.runner")
 
@@ -37,22 +35,7 @@ def encode_partial(partial: NodePartial | None) -> dict[str, Any] | None:
     Raises:
         StateError: its ``extra`` holds a value outside the storable domain.
     """
-    if partial is None:
-        return None
-    out: dict[str, Any] = {}
-    if partial.messages is not None:
-        out["messages"] = [converter.unstructure(m, Message) for m in partial.messages]
-    if partial.extra is not None:
-        out["extra"] = encode_extra(partial.extra)
-    if partial.errors is not None:
-        out["errors"] = [converter.unstructure(e, ErrorEvent) for e in partial.errors]
-    if partial.frontier is not None:
-        kind = "replace" if isinstance(partial.frontier, Replace) else "append"
-        out["frontier"] = {
-            "kind": kind,
-            "targets": [encode_target(t) for t in partial.frontier.targets],
-        }
-    return out
+    return None if partial is None else partial_to_json(partial)
 
 
 def decode_partial(data: Any) -> NodePartial | None:
@@ -61,28 +44,7 @@ def decode_partial(data: Any) -> NodePartial | None:
     Raises:
         StateError: ``data`` is malformed.
     """
-    if data is None:
-        return None
-    if not isinstance(data, Mapping):
-        raise StateError(f"a stored partial is an object, got {data!r:.80}")
-    command = data.get("frontier")
-    frontier: Replace | Append | None = None
-    if command is not None:
-        kind = command.get("kind") if isinstance(command, Mapping) else None
-        if kind not in ("replace", "append"):
-            raise StateError(f"a stored frontier command is malformed: {command!r}")
-        targets = [decode_target(t) for t in command.get("targets", [])]
-        frontier = Replace(targets) if kind == "replace" else Append(targets)
-    return NodePartial(
-        messages=[converter.structure(m, Message) for m in data["messages"]]
-        if "messages" in data
-        else None,
-        extra=decode_extra(data["extra"]) if "extra" in data else None,
-        errors=[converter.structure(e, ErrorEvent) for e in data["errors"]]
-        if "errors" in data
-        else None,
-        frontier=frontier,
-    )
+    return None if data is None else partial_from_json(data)
 
 
 def encode_pending(session: Session) -> dict[str, Any] | None:

@@ -30,9 +30,11 @@ from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import attrs
 
-from .._codec import converter, decode_extra, encode_extra, state_to_json
-from .._core.errors import ConfigError, ErrorEvent, EventDecodeError, WeavegraphError
-from .._core.state import Append, Message, NodePartial, Replace, VersionedState
+from .._codec import converter, state_to_json
+from .._codec import partial_from_json as _partial_from_json
+from .._codec import partial_to_json as partial_to_json
+from .._core.errors import ConfigError, EventDecodeError, StateError
+from .._core.state import NodePartial, VersionedState
 from .types import DiagnosticEvent, EventType, quantize_timestamp
 
 StreamMode: TypeAlias = Literal["events", "updates", "values"]
@@ -99,64 +101,16 @@ def combine_modes(*groups: Iterable[StreamMode]) -> tuple[StreamMode, ...]:
 # ------------------------------------------------------------------ partials
 
 
-def partial_to_json(partial: NodePartial) -> dict[str, Any]:
-    """A partial's JSON form: only the channels it writes.
-
-    ``messages`` (every field of each message), ``extra`` (the value encoding;
-    ``null`` deletes a key), ``errors`` and ``frontier`` (``{"kind": "replace"
-    | "append", "targets": [...]}``). A partial that writes nothing is ``{}``.
-    """
-    out: dict[str, Any] = {}
-    if partial.messages is not None:
-        out["messages"] = [converter.unstructure(m, Message) for m in partial.messages]
-    if partial.extra is not None:
-        out["extra"] = encode_extra(partial.extra)
-    if partial.errors is not None:
-        out["errors"] = [converter.unstructure(e, ErrorEvent) for e in partial.errors]
-    if partial.frontier is not None:
-        kind = "replace" if isinstance(partial.frontier, Replace) else "append"
-        out["frontier"] = {"kind": kind, "targets": list(partial.frontier.targets)}
-    return out
-
-
 def partial_from_json(data: object) -> NodePartial:
     """The partial whose `partial_to_json` form is ``data``.
 
     Raises:
         EventDecodeError: ``data`` is not such a form.
     """
-    if not isinstance(data, Mapping):
-        raise EventDecodeError(f"a partial's JSON form is an object, got {data!r:.80}")
-    unknown = set(data) - {"messages", "extra", "errors", "frontier"}
-    if unknown:
-        raise EventDecodeError(
-            f"a partial has messages, extra, errors and frontier; got {sorted(unknown)}"
-        )
     try:
-        frontier: Replace | Append | None = None
-        command = data.get("frontier")
-        if command is not None:
-            kind = command.get("kind") if isinstance(command, Mapping) else None
-            if kind not in ("replace", "append"):
-                raise EventDecodeError(f"malformed frontier command {command!r:.80}")
-            targets = command.get("targets", [])
-            frontier = Replace(targets) if kind == "replace" else Append(targets)
-        messages = data.get("messages")
-        errors = data.get("errors")
-        return NodePartial(
-            messages=None
-            if messages is None
-            else [converter.structure(m, Message) for m in messages],
-            extra=None if "extra" not in data else decode_extra(data["extra"]),
-            errors=None
-            if errors is None
-            else [converter.structure(e, ErrorEvent) for e in errors],
-            frontier=frontier,
-        )
-    except EventDecodeError:
-        raise
-    except (WeavegraphError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise EventDecodeError(f"malformed partial {data!r:.80}: {exc}") from exc
+        return _partial_from_json(data)
+    except StateError as exc:
+        raise EventDecodeError(str(exc)) from exc
 
 
 # ---------------------------------------------------------------------- items
