@@ -36,7 +36,9 @@ T = TypeVar("T")
 
 QUEUE_SCHEMA_VERSION = 1
 QUEUE_CHANNEL = "weavegraph_queue"
-"""NOTIFY channel of submissions, cancellations and finished runs."""
+"""NOTIFY channel of submissions, hand-backs and cancellations (workers listen)."""
+ENDS_CHANNEL = "weavegraph_run_ends"
+"""NOTIFY channel of runs that ended (queues listen: `RunQueue.wait`)."""
 EVENTS_CHANNEL = "weavegraph_events"
 """NOTIFY channel of appended events (payload: ``<run_id>:<last_seq>``)."""
 

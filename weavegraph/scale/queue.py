@@ -32,7 +32,7 @@ from .._core.session import Resume, check_session_id
 from .._core.state import VersionedState
 from ..checkpoint import sql
 from ..events.types import Event, event_from_json
-from ._db import EVENTS_CHANNEL, QUEUE_CHANNEL, Database, Listener
+from ._db import ENDS_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL, Database, Listener
 
 Status = Literal["queued", "running", "completed", "interrupted", "failed", "cancelled"]
 FINAL_STATUSES = frozenset({"completed", "interrupted", "failed", "cancelled"})
@@ -240,7 +240,9 @@ class RunQueue:
             stack.push_async_callback(self._db.aclose)
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)
-            listener = Listener(self._db.dsn, (QUEUE_CHANNEL, EVENTS_CHANNEL))
+            listener = Listener(
+                self._db.dsn, (QUEUE_CHANNEL, ENDS_CHANNEL, EVENTS_CHANNEL)
+            )
             await nursery.start(listener.run, self._on_notify)
         except BaseException:
             await stack.aclose()

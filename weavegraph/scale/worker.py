@@ -31,7 +31,7 @@ from .._core.errors import ConfigError, LeaseLost, QueueError
 from .._runtime.app import App
 from ..checkpoint.postgres import PostgresCheckpointer
 from ..events.types import Event
-from ._db import EVENTS_CHANNEL, QUEUE_CHANNEL, Database, Listener
+from ._db import ENDS_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL, Database, Listener
 from .queue import EventRetention, RunInput, decode_input
 
 logger = logging.getLogger("weavegraph.worker")
@@ -545,7 +545,7 @@ class Worker:
                     error,
                     claim.run_id,
                     claim.token,
-                    QUEUE_CHANNEL,
+                    ENDS_CHANNEL,
                     f"done:{claim.run_id}",
                 ),
             )
