@@ -22,7 +22,10 @@ scope (node code cannot emit these) and structured metadata:
                 sends these, see `weavegraph._runtime.runner`
 ==============  ===============================================================
 
-``RuntimeConfig(lifecycle_events=False)`` turns them off.
+They are on by default and built only while a stream or sink listens (the
+engine checks `EventBus.listening` once per attempt and per step);
+``RuntimeConfig(lifecycle_events=False)`` turns them off. Their JSON forms are
+listed in docs/events.md; their cost is measured by bench/engine.py.
 """
 
 from __future__ import annotations
