@@ -107,6 +107,8 @@ async def test_a_child_runs_as_one_node(
         if e.scope_label == "node.start" and "path" in e.metadata
     ]
     assert child_starts == [["research", "search"], ["research", "summarise"]]
+    step_ends = [e.metadata.get("path") for e in events if e.scope_label == "step.end"]
+    assert step_ends == [None, ["research"], ["research"], None, None]
     # One stream end: the parent's.
     assert [e.scope_label for e in events].count(STREAM_END_SCOPE) == 1
     assert events[-1].scope_label == STREAM_END_SCOPE

@@ -526,7 +526,11 @@ class Engine:
             if outcome.conflicts:
                 self._report_conflicts(session, step, outcome, bus)
             if self.lifecycle and bus.listening and not bus.closed:
-                bus.emit(
+                host = self.host
+                emit = bus.emit
+                if host is not None and host.path:  # a subgraph's step
+                    emit = _with_path(emit, list(host.path))
+                emit(
                     lifecycle.step_end(
                         self._now(),
                         session.session_id,
