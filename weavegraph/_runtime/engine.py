@@ -527,7 +527,7 @@ class Engine:
                 self._report_conflicts(session, step, outcome, bus)
             if self.lifecycle and bus.listening and not bus.closed:
                 host = self.host
-                emit = bus.emit
+                emit: Callable[[Event], None] = bus.emit
                 if host is not None and host.path:  # a subgraph's step
                     emit = _with_path(emit, list(host.path))
                 emit(
