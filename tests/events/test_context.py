@@ -28,7 +28,9 @@ from weavegraph import (
     WorkflowError,
     event_from_json,
 )
+from weavegraph._runtime.lifecycle import LIFECYCLE_SCOPES
 from weavegraph.errors import ReservedScopeError
+from weavegraph.events.steps import STEP_ITEM_SCOPES
 from weavegraph.lowlevel import stream_end_event
 
 RESERVED = [
@@ -61,10 +63,16 @@ async def test_every_emitter_refuses_a_reserved_scope(scope: str) -> None:
 
 
 @given(st.text(max_size=20) | st.text(max_size=6).map(lambda t: "__weavegraph" + t))
-def test_the_reserved_check_is_exactly_the_prefix(scope: str) -> None:
+def test_the_reserved_check_is_the_prefix_and_the_runtime_scopes(scope: str) -> None:
     bus = EventBus()  # not started: events just wait in it
     ctx = NodeContext("n", 1, "s", bus)
-    reserved = scope.startswith("__weavegraph_")
+    # The prefix, and the runtime's own scopes (lifecycle events, stream-mode
+    # items), which hypothesis also tries: it draws the code's constants.
+    reserved = (
+        scope.startswith("__weavegraph_")
+        or scope in LIFECYCLE_SCOPES
+        or scope in STEP_ITEM_SCOPES
+    )
     for emit in (ctx.emit, ctx.emit_diagnostic):
         try:
             emit(scope, "m")

@@ -20,7 +20,9 @@ from weavegraph import (
     NodeEvent,
     event_from_json,
 )
+from weavegraph._runtime.lifecycle import LIFECYCLE_SCOPES
 from weavegraph.errors import EventDecodeError
+from weavegraph.events.steps import STEP_ITEM_SCOPES
 from weavegraph.events.types import (
     format_timestamp,
     make_llm_event,
@@ -119,6 +121,8 @@ def test_event_from_json_rejects_garbage() -> None:
 _NODE_FIELDS = frozenset({"node_id", "step", "session_id"})
 _LLM_FIELDS = frozenset({"session_id", "node_id", "stream_id", "is_final"})
 names = st.text(min_size=1, max_size=12)
+# What node code may emit under: not the runtime's own scopes.
+scopes = names.filter(lambda s: s not in LIFECYCLE_SCOPES and s not in STEP_ITEM_SCOPES)
 json_values = st.recursive(
     st.none()
     | st.booleans()
@@ -220,9 +224,9 @@ async def test_round_trip_is_exact_for_what_nodes_emit(data: st.DataObject) -> N
         # Keyword arguments become metadata: the parameters' own names cannot.
         params = frozenset({"scope", "message", "stream_id", "chunk", "text"})
         node_meta = data.draw(metadata(_NODE_FIELDS | params))
-        ctx.emit(data.draw(names), data.draw(text), **node_meta)
+        ctx.emit(data.draw(scopes), data.draw(text), **node_meta)
         ctx.emit_diagnostic(
-            data.draw(names), data.draw(text), **data.draw(metadata(params))
+            data.draw(scopes), data.draw(text), **data.draw(metadata(params))
         )
         extra = data.draw(metadata(_LLM_FIELDS | params | {"severity"}))
         ctx.emit_llm_chunk(data.draw(st.none() | names), data.draw(text), **extra)
