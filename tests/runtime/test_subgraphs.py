@@ -429,3 +429,29 @@ async def test_without_a_store_finished_children_are_not_kept() -> None:
         memory = runner._engine.host._memory
         assert memory is not None and await memory.list_sessions() == []
     assert isinstance(final, VersionedState) and calls["search"] == 1
+
+
+async def test_a_retried_subgraph_node_resumes_its_child() -> None:
+    from weavegraph import RetryPolicy
+
+    calls: Counter[str] = Counter()
+    flaky = ["once"]
+
+    async def rank(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        calls["rank"] += 1
+        if flaky:
+            raise ConnectionError(flaky.pop())
+        return NodePartial(extra={"ranked": True})
+
+    child = chain(["search", "rank"], calls, rank=rank).compile()
+    app = (
+        GraphBuilder()
+        .add_node("research", child, retry=RetryPolicy(max_attempts=2))
+        .add_edge(START, "research")
+        .add_edge("research", END)
+        .compile()
+    )
+    final = await app.invoke(hi())
+    assert final.extra["ranked"] is True
+    # The retry resumed the child: its finished step did not run again.
+    assert calls == Counter({"search": 1, "rank": 2})
