@@ -10,15 +10,66 @@ cancelled: a started transaction finishes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import trio
 
-from .._core.errors import CheckpointError
+from .._core.errors import CheckpointError, WeavegraphError
 from . import sql
 
 T = TypeVar("T")
+
+
+def open_pool(
+    dsn: str,
+    size: int,
+    settings: Mapping[str, int],
+    migrate: Callable[[Any], object],
+    error: type[WeavegraphError],
+    who: str,
+) -> Any:
+    """A psycopg pool of up to ``size`` connections, each ``SET`` with
+    ``settings``, opened, and ``migrate(conn)`` run once (blocking: run it in
+    a worker thread).
+
+    Raises:
+        error: psycopg is missing (``who`` names what needs it), or the
+            database cannot be used.
+    """
+    try:
+        import psycopg
+        from psycopg_pool import ConnectionPool
+    except ImportError as exc:  # pragma: no cover - depends on the extra
+        raise error(
+            f"{who} psycopg and psycopg_pool: install 'weavegraph[postgres]'"
+        ) from exc
+    statements = [f"SET {name} = {int(value)}" for name, value in settings.items()]
+
+    def configure(conn: Any) -> None:
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+
+    pool = ConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=size,
+        configure=configure,
+        open=False,
+        kwargs={"autocommit": False},
+    )
+    try:
+        pool.open(wait=True, timeout=10.0)
+        with pool.connection() as conn:
+            migrate(conn)
+    except psycopg.Error as exc:
+        pool.close()
+        raise error(f"cannot use PostgreSQL at the given DSN: {exc}") from exc
+    except BaseException:
+        pool.close()
+        raise
+    return pool
 
 
 class PostgresCheckpointer(sql.SQLCheckpointer):
@@ -69,42 +120,14 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
         return "postgres"
 
     def _make_pool(self) -> Any:
-        try:
-            import psycopg
-            from psycopg_pool import ConnectionPool
-        except ImportError as exc:  # pragma: no cover - depends on the extra
-            raise CheckpointError(
-                "PostgresCheckpointer needs psycopg and psycopg_pool: install"
-                " 'weavegraph[postgres]'"
-            ) from exc
-
-        timeout = self._timeout_ms
-
-        def configure(conn: Any) -> None:
-            conn.execute(f"SET statement_timeout = {timeout}")
-            conn.commit()
-
-        pool = ConnectionPool(
+        return open_pool(
             self.dsn,
-            min_size=1,
-            max_size=self._pool_size,
-            configure=configure,
-            open=False,
-            kwargs={"autocommit": False},
+            self._pool_size,
+            {"statement_timeout": self._timeout_ms},
+            lambda conn: sql.migrate(conn, sql.POSTGRES),
+            CheckpointError,
+            "PostgresCheckpointer needs",
         )
-        try:
-            pool.open(wait=True, timeout=10.0)
-            with pool.connection() as conn:
-                sql.migrate(conn, sql.POSTGRES)
-        except psycopg.Error as exc:
-            pool.close()
-            raise CheckpointError(
-                f"cannot use PostgreSQL at the given DSN: {exc}"
-            ) from exc
-        except BaseException:
-            pool.close()
-            raise
-        return pool
 
     async def _ensure_pool(self) -> Any:
         if self._closed:

@@ -31,6 +31,7 @@ import trio
 
 from .._core.errors import QueueError
 from ..checkpoint import sql
+from ..checkpoint.postgres import open_pool
 
 T = TypeVar("T")
 
@@ -184,40 +185,17 @@ class Database:
         self.limiter = trio.CapacityLimiter(pool_size)
 
     def _open(self) -> Any:
-        try:
-            import psycopg
-            from psycopg_pool import ConnectionPool
-        except ImportError as exc:  # pragma: no cover - depends on the extra
-            raise QueueError(
-                "the run queue needs psycopg and psycopg_pool: install"
-                " 'weavegraph[postgres]'"
-            ) from exc
-        timeout, idle = self._timeout_ms, self._idle_ms
-
-        def configure(conn: Any) -> None:
-            conn.execute(f"SET statement_timeout = {timeout}")
-            conn.execute(f"SET idle_in_transaction_session_timeout = {idle}")
-            conn.commit()
-
-        pool = ConnectionPool(
+        return open_pool(
             self.dsn,
-            min_size=1,
-            max_size=self.pool_size,
-            configure=configure,
-            open=False,
-            kwargs={"autocommit": False},
+            self.pool_size,
+            {
+                "statement_timeout": self._timeout_ms,
+                "idle_in_transaction_session_timeout": self._idle_ms,
+            },
+            migrate_queue,
+            QueueError,
+            "the run queue needs",
         )
-        try:
-            pool.open(wait=True, timeout=10.0)
-            with pool.connection() as conn:
-                migrate_queue(conn)
-        except psycopg.Error as exc:
-            pool.close()
-            raise QueueError(f"cannot use PostgreSQL at the given DSN: {exc}") from exc
-        except BaseException:
-            pool.close()
-            raise
-        return pool
 
     async def open(self) -> None:
         """Connect, and create or upgrade the store's and the queue's schema."""
