@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, final
 
 from .._core.errors import ReservedScopeError, UsageError
+from .._core.session import task_key
 from ..events.bus import EventBus
 from ..events.steps import STEP_ITEM_SCOPES
 from ..events.types import (
@@ -142,8 +143,7 @@ class NodeContext:
             tags = {"task": task_index}
         path = host.path if host is not None else ()
         if path:
-            key = node_id if task_index is None else f"{node_id}[{task_index}]"
-            tags = {**(tags or {}), "path": [*path, key]}
+            tags = {**(tags or {}), "path": [*path, task_key(node_id, task_index)]}
         self._tags = tags
         self._bus = bus
         self._emit = bus.emit  # bound once: emit is the hot path

@@ -397,8 +397,14 @@ class Engine:
             gated = tuple(n for n in skipped if n != START and n != END)
             self._report_gated(session, gated, step, bus)
         session.gated_out = () if to_run else gated
+        if sends:
+            # Each Send is a task of its own: keyed name[i], never gated.
+            keys = [*to_run, *(task_key(s.node, i) for i, s in enumerate(sends))]
+            ran = [*to_run, *(s.node for s in sends)]
+        else:
+            keys = ran = to_run
         nodes = self.graph.nodes
-        for name in to_run:
+        for name in ran:
             if name not in nodes:
                 missing = NodeNotFound(name, step)
                 event = ErrorEvent.scheduler(
@@ -416,22 +422,6 @@ class Engine:
                 session.pending = {}
             session.pending_step = step
         kept = session.pending
-        if sends:
-            # Each Send is a task of its own: keyed name[i], never gated.
-            keys = [*to_run, *(task_key(s.node, i) for i, s in enumerate(sends))]
-            ran = [*to_run, *(s.node for s in sends)]
-            for send in sends:
-                if send.node not in nodes:
-                    missing = NodeNotFound(send.node, step)
-                    event = ErrorEvent.scheduler(
-                        step,
-                        str(missing),
-                        tags=["scheduler", "node_not_found"],
-                        context={"node": send.node},
-                    )
-                    self._fail(session, event, missing, bus, step)
-        else:
-            keys = ran = to_run
         missing_nodes = [n for n in to_run if n not in kept] if kept else to_run
         missing_sends = (
             [(i, s) for i, s in enumerate(sends) if keys[len(to_run) + i] not in kept]

@@ -233,7 +233,7 @@ def _is_empty(state: VersionedState) -> bool:
 
 _HISTORY_PAGE = 100
 
-INTERRUPT_SCOPE = "session.interrupt"
+INTERRUPT_SCOPE = lifecycle.INTERRUPT
 """Scope of the event that shows each pending interrupt when a run pauses."""
 
 
