@@ -332,6 +332,20 @@ async def open_page(devtools: DevTools) -> Page:
     return page
 
 
+@contextlib.asynccontextmanager
+async def viewer_page(apps: Any, **options: Any) -> AsyncIterator[tuple[Page, str]]:
+    """A real server of ``apps`` on loopback and a Chromium page showing its
+    viewer, ready: ``(page, url)``. The server stops when the block ends."""
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(partial(serve_sse, apps, port=0, **options))
+        async with chromium() as devtools:
+            page = await open_page(devtools)
+            await page.call("Page.navigate", url=urls[0] + "/")
+            await page.wait_for("document.body.dataset.state === 'ready'")
+            yield page, urls[0]
+        nursery.cancel_scope.cancel()
+
+
 async def screenshot(page: Page, path: Path) -> bytes:
     metrics = await page.call("Page.getLayoutMetrics")
     size = metrics["cssContentSize"]
@@ -485,99 +499,91 @@ async def test_viewer_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
     apps = {"assistant": assistant(), "echo": echo(), "fails": fails()}
     # The server keeps the last 6 events of a run: the live client sees them
     # all, one re-attaching after the run misses the others.
-    serve = partial(serve_sse, apps, port=0, log_capacity=6)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve)
-            async with chromium() as devtools:
-                page = await open_page(devtools)
-                await page.call("Page.navigate", url=urls[0] + "/")
-                await page.wait_for("document.body.dataset.state === 'ready'")
-                await page.wait_for(
-                    "document.querySelectorAll('#graph svg g.node').length === 5"
-                )
+        async with viewer_page(apps, log_capacity=6) as (page, _):
+            await page.wait_for(
+                "document.querySelectorAll('#graph svg g.node').length === 5"
+            )
 
-                # Two graphs: the picker shows both and redraws on a change.
-                options = await page.js(
-                    "[...document.querySelectorAll('#graph-select option')]"
-                    ".map((o) => o.value)"
-                )
-                assert options == ["assistant", "echo", "fails"]
-                assert (
-                    await page.js("document.getElementById('graph-picker').hidden")
-                    is False
-                )
-                for name, count in (("echo", 3), ("fails", 3), ("assistant", 5)):
-                    await select_graph(page, name, count)
+            # Two graphs: the picker shows both and redraws on a change.
+            options = await page.js(
+                "[...document.querySelectorAll('#graph-select option')]"
+                ".map((o) => o.value)"
+            )
+            assert options == ["assistant", "echo", "fails"]
+            assert (
+                await page.js("document.getElementById('graph-picker').hidden") is False
+            )
+            for name, count in (("echo", 3), ("fails", 3), ("assistant", 5)):
+                await select_graph(page, name, count)
 
-                # A run started from the form, streamed through fetch().
-                await page.js(RECORD_RUNNING)
-                await page.js(
-                    "document.getElementById('message').value = 'what is weavegraph?';"
-                    "document.getElementById('start').click()"
-                )
-                await page.wait_for("document.body.dataset.state === 'done'")
-                seen = await page.js(READ_PAGE)
-                check_whole_run(seen)
-                assert seen["edges"] == 5
-                assert seen["conditional"] == 2
-                assert seen["runningSeen"] == ["plan", "write", "review"]
+            # A run started from the form, streamed through fetch().
+            await page.js(RECORD_RUNNING)
+            await page.js(
+                "document.getElementById('message').value = 'what is weavegraph?';"
+                "document.getElementById('start').click()"
+            )
+            await page.wait_for("document.body.dataset.state === 'done'")
+            seen = await page.js(READ_PAGE)
+            check_whole_run(seen)
+            assert seen["edges"] == 5
+            assert seen["conditional"] == 2
+            assert seen["runningSeen"] == ["plan", "write", "review"]
 
-                png = await screenshot(page, tmp_path / "viewer.png")
-                assert png.startswith(b"\x89PNG\r\n\x1a\n")
-                assert len(png) > 10_000
+            png = await screenshot(page, tmp_path / "viewer.png")
+            assert png.startswith(b"\x89PNG\r\n\x1a\n")
+            assert len(png) > 10_000
 
-                # Re-attaching to the finished session replays what the server
-                # still holds through EventSource (closed at the stream's end):
-                # one "dropped" frame for the events gone, counted once
-                # although the event numbers jump as well.
-                gone = RUN_EVENTS - 6
-                await page.js("document.getElementById('attach').click()")
-                await page.wait_for("document.body.dataset.state === 'done'")
-                seen = await page.js(READ_PAGE)
-                assert seen["events"][0]["type"] == "dropped"
-                assert f"{gone} events dropped" in seen["events"][0]["text"]
-                assert [e["id"] for e in seen["events"][1:]] == [
-                    str(i) for i in range(gone + 1, RUN_EVENTS + 1)
-                ]
-                assert seen["drops"] == str(gone)
-                assert re.search(rf"Missed events\s+{gone}", seen["finalState"])
-                assert [u["step"] for u in seen["updates"]] == ["3"]
-                check_end(seen)
-                await screenshot(page, tmp_path / "viewer-attached.png")
+            # Re-attaching to the finished session replays what the server
+            # still holds through EventSource (closed at the stream's end):
+            # one "dropped" frame for the events gone, counted once
+            # although the event numbers jump as well.
+            gone = RUN_EVENTS - 6
+            await page.js("document.getElementById('attach').click()")
+            await page.wait_for("document.body.dataset.state === 'done'")
+            seen = await page.js(READ_PAGE)
+            assert seen["events"][0]["type"] == "dropped"
+            assert f"{gone} events dropped" in seen["events"][0]["text"]
+            assert [e["id"] for e in seen["events"][1:]] == [
+                str(i) for i in range(gone + 1, RUN_EVENTS + 1)
+            ]
+            assert seen["drops"] == str(gone)
+            assert re.search(rf"Missed events\s+{gone}", seen["finalState"])
+            assert [u["step"] for u in seen["updates"]] == ["3"]
+            check_end(seen)
+            await screenshot(page, tmp_path / "viewer-attached.png")
 
-                # The status is the sentinel's metadata, not a pattern in its
-                # text: an error message saying "status=completed" fools nothing.
-                await select_graph(page, "fails", 3)
-                await page.js(
-                    "document.getElementById('session-id').value = 'spoof-1';"
-                    "document.getElementById('start').click()"
-                )
-                await page.wait_for("document.body.dataset.state === 'done'")
-                seen = await page.js(READ_PAGE)
-                end = seen["events"][-1]
-                assert end["scope"] == "stream end"
-                assert "status=completed step=99" in end["text"]
-                assert await page.js(
-                    "document.querySelector('#events li:last-child')"
-                    ".classList.contains('bad')"
-                )
-                assert seen["status"].startswith("error:"), seen["status"]
-                assert re.search(r"Status\s+error", seen["finalState"])
-                # The sentinel's own step (0 or 1, as the runner counts a
-                # failed step), never the 99 its text mentions.
-                assert re.search(r"Last step\s+[01]\n", seen["finalState"])
-                assert "END" not in seen["done"]
+            # The status is the sentinel's metadata, not a pattern in its
+            # text: an error message saying "status=completed" fools nothing.
+            await select_graph(page, "fails", 3)
+            await page.js(
+                "document.getElementById('session-id').value = 'spoof-1';"
+                "document.getElementById('start').click()"
+            )
+            await page.wait_for("document.body.dataset.state === 'done'")
+            seen = await page.js(READ_PAGE)
+            end = seen["events"][-1]
+            assert end["scope"] == "stream end"
+            assert "status=completed step=99" in end["text"]
+            assert await page.js(
+                "document.querySelector('#events li:last-child')"
+                ".classList.contains('bad')"
+            )
+            assert seen["status"].startswith("error:"), seen["status"]
+            assert re.search(r"Status\s+error", seen["finalState"])
+            # The sentinel's own step (0 or 1, as the runner counts a
+            # failed step), never the 99 its text mentions.
+            assert re.search(r"Last step\s+[01]\n", seen["finalState"])
+            assert "END" not in seen["done"]
 
-                # The page runs under a Content-Security-Policy without inline
-                # code: it loaded its script and style from files, and the
-                # browser reported no violation (it would be a console error).
-                styled = await page.js(
-                    "getComputedStyle(document.querySelector('header')).display"
-                )
-                assert styled == "flex"
-                assert page.errors() == []
-            nursery.cancel_scope.cancel()
+            # The page runs under a Content-Security-Policy without inline
+            # code: it loaded its script and style from files, and the
+            # browser reported no violation (it would be a console error).
+            styled = await page.js(
+                "getComputedStyle(document.querySelector('header')).display"
+            )
+            assert styled == "flex"
+            assert page.errors() == []
 
 
 READ_REVIEW = """
@@ -596,122 +602,115 @@ async def test_viewer_answers_an_interrupt_and_shows_past_steps(
     tmp_path: Path,
 ) -> None:
     apps = {"review": reviewer()}
-    serve = partial(serve_sse, apps, port=0, checkpointer=InMemoryCheckpointer())
     with trio.fail_after(40):
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve)
-            async with chromium() as devtools:
-                page = await open_page(devtools)
-                await page.call("Page.navigate", url=urls[0] + "/")
-                await page.wait_for("document.body.dataset.state === 'ready'")
-                assert await page.js("document.getElementById('review-panel').hidden")
+        async with viewer_page(apps, checkpointer=InMemoryCheckpointer()) as (page, _):
+            assert await page.js("document.getElementById('review-panel').hidden")
 
-                # The run pauses: the page shows what the node asks.
-                await page.js(
-                    "document.getElementById('extra').value = '{\"to\": \"Ann\"}';"
-                    "document.getElementById('session-id').value = 'mail-1';"
-                    "document.getElementById('start').click()"
-                )
-                await page.wait_for("document.body.dataset.state === 'done'")
-                await page.wait_for("!document.getElementById('review-panel').hidden")
-                seen = await page.js(READ_REVIEW)
-                assert seen["status"] == "interrupted"
-                waiting = await page.js(
-                    "[...document.querySelectorAll('#graph g.node.waiting')]"
-                    ".map((g) => g.dataset.node)"
-                )
-                assert waiting == ["draft"]
-                [item] = seen["items"]
-                assert item["node"] == "draft"
-                assert json.loads(item["payload"]) == {
-                    "draft": "Dear Ann, the report is ready.",
-                    "question": "send it?",
-                }
-                await screenshot(page, tmp_path / "viewer-interrupted.png")
+            # The run pauses: the page shows what the node asks.
+            await page.js(
+                "document.getElementById('extra').value = '{\"to\": \"Ann\"}';"
+                "document.getElementById('session-id').value = 'mail-1';"
+                "document.getElementById('start').click()"
+            )
+            await page.wait_for("document.body.dataset.state === 'done'")
+            await page.wait_for("!document.getElementById('review-panel').hidden")
+            seen = await page.js(READ_REVIEW)
+            assert seen["status"] == "interrupted"
+            waiting = await page.js(
+                "[...document.querySelectorAll('#graph g.node.waiting')]"
+                ".map((g) => g.dataset.node)"
+            )
+            assert waiting == ["draft"]
+            [item] = seen["items"]
+            assert item["node"] == "draft"
+            assert json.loads(item["payload"]) == {
+                "draft": "Dear Ann, the report is ready.",
+                "question": "send it?",
+            }
+            await screenshot(page, tmp_path / "viewer-interrupted.png")
 
-                # Answer it from the form: the continuation streams to the end.
-                await page.js(
-                    "document.getElementById('answer-0').value = 'yes';"
-                    "document.getElementById('answer').click()"
-                )
-                await page.wait_for(
-                    "document.body.dataset.state === 'done'"
-                    " && document.getElementById('status').textContent"
-                    " === 'completed'"
-                )
-                seen = await page.js(READ_PAGE)
-                assert seen["events"][-1]["scope"] == "stream end"
-                assert "status=completed" in seen["events"][-1]["text"]
-                sends = [e for e in seen["events"] if e["scope"] == "send"]
-                assert [e["text"] for e in sends] == [
-                    sends[0]["text"]
-                ] and "sent: Dear Ann, the report is ready." in sends[0]["text"]
-                assert "assistant: sent: Dear Ann" in seen["finalState"]
-                assert await page.js("document.getElementById('review-panel').hidden")
+            # Answer it from the form: the continuation streams to the end.
+            await page.js(
+                "document.getElementById('answer-0').value = 'yes';"
+                "document.getElementById('answer').click()"
+            )
+            await page.wait_for(
+                "document.body.dataset.state === 'done'"
+                " && document.getElementById('status').textContent"
+                " === 'completed'"
+            )
+            seen = await page.js(READ_PAGE)
+            assert seen["events"][-1]["scope"] == "stream end"
+            assert "status=completed" in seen["events"][-1]["text"]
+            sends = [e for e in seen["events"] if e["scope"] == "send"]
+            assert [e["text"] for e in sends] == [
+                sends[0]["text"]
+            ] and "sent: Dear Ann, the report is ready." in sends[0]["text"]
+            assert "assistant: sent: Dear Ann" in seen["finalState"]
+            assert await page.js("document.getElementById('review-panel').hidden")
 
-                # The step slider reads past states from the server.
-                await page.wait_for("!document.getElementById('history-panel').hidden")
-                last = await page.js("document.body.dataset.step")
-                steps = await page.js(
-                    "Number(document.getElementById('step-slider').max) + 1"
-                )
-                assert steps >= 3
-                await page.js(
-                    "{ const s = document.getElementById('step-slider');"
-                    "s.value = '0'; s.dispatchEvent(new Event('input')); }"
-                )
-                await page.wait_for("document.body.dataset.step === '0'")
-                view = await page.js("document.getElementById('step-view').innerText")
-                assert re.search(r"Next\s+draft", view), view
-                assert '"to": "Ann"' in view
-                assert "sent:" not in view
-                await page.js(
-                    "{ const s = document.getElementById('step-slider');"
-                    "s.value = s.max; s.dispatchEvent(new Event('input')); }"
-                )
-                await page.wait_for(f"document.body.dataset.step === '{last}'")
-                view = await page.js("document.getElementById('step-view').innerText")
-                assert "sent: Dear Ann" in view
-                assert re.search(r"Status\s+completed", view), view
-                await screenshot(page, tmp_path / "viewer-steps.png")
+            # The step slider reads past states from the server.
+            await page.wait_for("!document.getElementById('history-panel').hidden")
+            last = await page.js("document.body.dataset.step")
+            steps = await page.js(
+                "Number(document.getElementById('step-slider').max) + 1"
+            )
+            assert steps >= 3
+            await page.js(
+                "{ const s = document.getElementById('step-slider');"
+                "s.value = '0'; s.dispatchEvent(new Event('input')); }"
+            )
+            await page.wait_for("document.body.dataset.step === '0'")
+            view = await page.js("document.getElementById('step-view').innerText")
+            assert re.search(r"Next\s+draft", view), view
+            assert '"to": "Ann"' in view
+            assert "sent:" not in view
+            await page.js(
+                "{ const s = document.getElementById('step-slider');"
+                "s.value = s.max; s.dispatchEvent(new Event('input')); }"
+            )
+            await page.wait_for(f"document.body.dataset.step === '{last}'")
+            view = await page.js("document.getElementById('step-view').innerText")
+            assert "sent: Dear Ann" in view
+            assert re.search(r"Status\s+completed", view), view
+            await screenshot(page, tmp_path / "viewer-steps.png")
 
-                # A breakpoint: the page offers to resume past it.
-                await page.js(
-                    """(async () => {
-                      const post = (path, body) => fetch(path, {
-                        method: "POST", body: JSON.stringify(body),
-                        headers: {"Content-Type": "application/json"},
-                      }).then((r) => r.text());
-                      await post("/runs", {session_id: "mail-2"});
-                      await post("/runs/mail-2/resume",
-                                 {value: "yes", interrupt_before: ["send"]});
-                    })()"""
-                )
-                await page.js(
-                    "document.getElementById('session-id').value = 'mail-2';"
-                    "document.getElementById('attach').click()"
-                )
-                await page.wait_for(
-                    "document.body.dataset.state === 'done'"
-                    " && !document.getElementById('review-panel').hidden"
-                )
-                assert (
-                    await page.js("document.getElementById('answer').textContent")
-                    == "Resume"
-                )
-                assert "next: send" in await page.js(
-                    "document.getElementById('interrupts').innerText"
-                )
-                await page.js("document.getElementById('answer').click()")
-                await page.wait_for(
-                    "document.body.dataset.state === 'done'"
-                    " && document.getElementById('status').textContent"
-                    " === 'completed'"
-                )
-                seen = await page.js(READ_PAGE)
-                assert "assistant: sent: Dear the team" in seen["finalState"]
-                assert page.errors() == []
-            nursery.cancel_scope.cancel()
+            # A breakpoint: the page offers to resume past it.
+            await page.js(
+                """(async () => {
+                  const post = (path, body) => fetch(path, {
+                    method: "POST", body: JSON.stringify(body),
+                    headers: {"Content-Type": "application/json"},
+                  }).then((r) => r.text());
+                  await post("/runs", {session_id: "mail-2"});
+                  await post("/runs/mail-2/resume",
+                             {value: "yes", interrupt_before: ["send"]});
+                })()"""
+            )
+            await page.js(
+                "document.getElementById('session-id').value = 'mail-2';"
+                "document.getElementById('attach').click()"
+            )
+            await page.wait_for(
+                "document.body.dataset.state === 'done'"
+                " && !document.getElementById('review-panel').hidden"
+            )
+            assert (
+                await page.js("document.getElementById('answer').textContent")
+                == "Resume"
+            )
+            assert "next: send" in await page.js(
+                "document.getElementById('interrupts').innerText"
+            )
+            await page.js("document.getElementById('answer').click()")
+            await page.wait_for(
+                "document.body.dataset.state === 'done'"
+                " && document.getElementById('status').textContent"
+                " === 'completed'"
+            )
+            seen = await page.js(READ_PAGE)
+            assert "assistant: sent: Dear the team" in seen["finalState"]
+            assert page.errors() == []
 
 
 # Every class change of the ``flaky`` node, as the sorted list of the states
@@ -748,50 +747,43 @@ def retrying() -> App:
 
 
 async def test_a_retrying_node_stays_highlighted_as_running() -> None:
-    serve = partial(serve_sse, {"flaky": retrying()}, port=0)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve)
-            async with chromium() as devtools:
-                page = await open_page(devtools)
-                await page.call("Page.navigate", url=urls[0] + "/")
-                await page.wait_for("document.body.dataset.state === 'ready'")
-                await page.wait_for(
-                    "document.querySelector('#graph g.node[data-node=\"flaky\"]')"
-                )
-                await page.js(RECORD_FLAKY)
-                await page.js("document.getElementById('start').click()")
-                # While it waits for its next attempt, the node is running.
-                await page.wait_for(
-                    "document.querySelectorAll('#events li[data-scope=\"node.retry\"]')"
-                    ".length >= 1"
-                )
-                classes = await page.js(
-                    "[...document.querySelector('#graph g.node[data-node=\"flaky\"]')"
-                    ".classList]"
-                )
-                assert "running" in classes and "retrying" in classes, classes
-                await page.wait_for("document.body.dataset.state === 'done'")
-                seen = await page.js(READ_PAGE)
-                assert "completed" in seen["status"]
-                scopes = [e["scope"] for e in seen["events"] if e["node"] == "flaky"]
-                assert scopes == [
-                    "node.start",
-                    "node.retry",
-                    "node.start",
-                    "node.retry",
-                    "node.start",
-                    "node.end",
-                ]
-                # Running from its first attempt to its end, then done, never
-                # running again: the retries did not interrupt the highlight.
-                states = await page.js("window.flakyStates")
-                assert states == ["running", "running retrying", "done"], states
-                assert seen["running"] == 0
-                assert "flaky" in seen["done"]
-                assert [(u["step"], u["nodes"]) for u in seen["updates"]] == [
-                    ("1", ["flaky"])
-                ]
-                assert 'extra: {"attempts":3}' in seen["updates"][0]["text"]
-                assert page.errors() == []
-            nursery.cancel_scope.cancel()
+        async with viewer_page({"flaky": retrying()}) as (page, _):
+            await page.wait_for(
+                "document.querySelector('#graph g.node[data-node=\"flaky\"]')"
+            )
+            await page.js(RECORD_FLAKY)
+            await page.js("document.getElementById('start').click()")
+            # While it waits for its next attempt, the node is running.
+            await page.wait_for(
+                "document.querySelectorAll('#events li[data-scope=\"node.retry\"]')"
+                ".length >= 1"
+            )
+            classes = await page.js(
+                "[...document.querySelector('#graph g.node[data-node=\"flaky\"]')"
+                ".classList]"
+            )
+            assert "running" in classes and "retrying" in classes, classes
+            await page.wait_for("document.body.dataset.state === 'done'")
+            seen = await page.js(READ_PAGE)
+            assert "completed" in seen["status"]
+            scopes = [e["scope"] for e in seen["events"] if e["node"] == "flaky"]
+            assert scopes == [
+                "node.start",
+                "node.retry",
+                "node.start",
+                "node.retry",
+                "node.start",
+                "node.end",
+            ]
+            # Running from its first attempt to its end, then done, never
+            # running again: the retries did not interrupt the highlight.
+            states = await page.js("window.flakyStates")
+            assert states == ["running", "running retrying", "done"], states
+            assert seen["running"] == 0
+            assert "flaky" in seen["done"]
+            assert [(u["step"], u["nodes"]) for u in seen["updates"]] == [
+                ("1", ["flaky"])
+            ]
+            assert 'extra: {"attempts":3}' in seen["updates"][0]["text"]
+            assert page.errors() == []

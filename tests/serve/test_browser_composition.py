@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import trio
-from test_browser import Page, chromium, open_page, select_graph
+from test_browser import Page, select_graph, viewer_page
 
 from weavegraph import (
     END,
@@ -26,7 +25,6 @@ from weavegraph import (
     Send,
     StateSnapshot,
 )
-from weavegraph.serve import serve_sse
 
 NodeFn = Callable[[StateSnapshot, NodeContext], Awaitable[NodePartial]]
 
@@ -189,247 +187,229 @@ async def test_subgraph_nodes_are_drawn_inside_and_run_with_their_parent() -> No
         "research": research(search_gate, work_gate),
         "deep": deep(leaf_gate),
     }
-    serve = partial(serve_sse, apps, port=0)
     with trio.fail_after(40):
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve)
-            async with chromium() as devtools:
-                page = await open_page(devtools)
-                await page.call("Page.navigate", url=urls[0] + "/")
-                await page.wait_for("document.body.dataset.state === 'ready'")
-                await page.wait_for(
-                    "document.querySelectorAll('#graph g.node').length === 7"
-                )
+        async with viewer_page(apps) as (page, _):
+            await page.wait_for(
+                "document.querySelectorAll('#graph g.node').length === 7"
+            )
 
-                # The child graph is drawn inside its subgraph node's box.
-                nodes = by_path(await page.js(READ_NODES))
-                assert sorted(nodes) == [
-                    "END",
-                    "START",
-                    "research",
-                    "research/END",
-                    "research/START",
+            # The child graph is drawn inside its subgraph node's box.
+            nodes = by_path(await page.js(READ_NODES))
+            assert sorted(nodes) == [
+                "END",
+                "START",
+                "research",
+                "research/END",
+                "research/START",
+                "research/search",
+                "research/work",
+            ]
+            assert "subgraph" in nodes["research"]["classes"]
+            assert nodes["research/search"]["depth"] == "1"
+            assert nodes["research/search"]["node"] == "search"
+            parent = await page.js(f"{BOX}('research')")
+            for child in ("START", "search", "work", "END"):
+                box = await page.js(f"{BOX}('research/{child}')")
+                assert inside(box, parent), (child, box, parent)
+            label = await page.js(
+                "document.querySelector('#graph svg').getAttribute('aria-label')"
+            )
+            assert label == (
+                "Graph research: 3 nodes, 2 edges, and 4 nodes inside its subgraphs"
+            )
+
+            # The child node runs: so does the subgraph node around it.
+            await page.js(
+                f"{RECORD_STATES}(['research', 'research/search', 'research/work'])"
+            )
+            await start_run(page)
+            await page.wait_for(running("research/search"))
+            nodes = by_path(await page.js(READ_NODES))
+            assert "running" in nodes["research"]["classes"]
+            assert "running" not in nodes["research/work"]["classes"]
+            assert "done" in nodes["research/START"]["classes"]
+            assert "done" not in nodes["research/END"]["classes"]
+
+            # Then its two sent tasks, still inside the running parent.
+            search_gate.set()
+            await page.wait_for(tasks_are("research/work", 2))
+            nodes = by_path(await page.js(READ_NODES))
+            assert "running" in nodes["research"]["classes"]
+            assert "done" in nodes["research/search"]["classes"]
+            assert nodes["research/work"]["badge"] == {
+                "visibility": "visible",
+                "text": TIMES + "2",
+                "title": "2 sent tasks running: 0, 1",
+            }
+            work_gate.set()
+            await page.wait_for("document.body.dataset.state === 'done'")
+            assert (
+                await page.js("document.getElementById('status').textContent")
+                == "completed"
+            )
+            nodes = by_path(await page.js(READ_NODES))
+            assert all("running" not in n["classes"] for n in nodes.values())
+            assert {p for p, n in nodes.items() if "done" in n["classes"]} == set(nodes)
+            assert nodes["research/work"]["tasks"] == "0"
+            assert nodes["research/work"]["badge"]["visibility"] == "hidden"
+            # The parent was running from its start to its own end, through
+            # the gap between its child's two steps.
+            states = await page.js("window.states")
+            assert states == {
+                "research": ["running", "done"],
+                "research/search": ["running", "done"],
+                "research/work": ["running", "done"],
+            }, states
+
+            # The event list names each child event by its path, sent
+            # tasks by their index.
+            events = await page.js(READ_EVENTS)
+            lifecycle = [
+                (e["scope"], e["shown"], e["path"], e["task"])
+                for e in events
+                if e["scope"] in ("node.start", "node.end")
+            ]
+            assert lifecycle[:3] == [
+                ("node.start", "research", "research", None),
+                (
+                    "node.start",
+                    shown("research", "search"),
                     "research/search",
-                    "research/work",
-                ]
-                assert "subgraph" in nodes["research"]["classes"]
-                assert nodes["research/search"]["depth"] == "1"
-                assert nodes["research/search"]["node"] == "search"
-                parent = await page.js(f"{BOX}('research')")
-                for child in ("START", "search", "work", "END"):
-                    box = await page.js(f"{BOX}('research/{child}')")
-                    assert inside(box, parent), (child, box, parent)
-                label = await page.js(
-                    "document.querySelector('#graph svg').getAttribute('aria-label')"
-                )
-                assert label == (
-                    "Graph research: 3 nodes, 2 edges, and 4 nodes inside its subgraphs"
-                )
+                    None,
+                ),
+                ("node.end", shown("research", "search"), "research/search", None),
+            ]
+            # Both tasks start before either ends (they wait on one gate).
+            assert lifecycle[3:5] == [
+                (
+                    "node.start",
+                    shown("research", "work[0]"),
+                    "research/work[0]",
+                    "0",
+                ),
+                (
+                    "node.start",
+                    shown("research", "work[1]"),
+                    "research/work[1]",
+                    "1",
+                ),
+            ]
+            assert sorted(lifecycle[5:7]) == [
+                ("node.end", shown("research", "work[0]"), "research/work[0]", "0"),
+                ("node.end", shown("research", "work[1]"), "research/work[1]", "1"),
+            ]
+            assert lifecycle[7:] == [("node.end", "research", "research", None)]
+            # A child step's end is listed under its subgraph node.
+            step_ends = [
+                (e["shown"], e["path"]) for e in events if e["scope"] == "step.end"
+            ]
+            assert step_ends == [
+                ("research", "research"),
+                ("research", "research"),
+                ("", None),
+            ]
+            own = [e for e in events if e["scope"] == "work"]
+            assert [(e["shown"], e["task"]) for e in own] == [
+                (shown("research", "work[0]"), "0"),
+                (shown("research", "work[1]"), "1"),
+            ]
+            final = await page.js("document.getElementById('final-state').innerText")
+            assert shown("research", "search") in final
+            assert shown("research", "work") in final
+            # The run's own step, never a child's.
+            assert "Last step\t1" in final or "Last step\n1" in final, final
 
-                # The child node runs: so does the subgraph node around it.
-                await page.js(
-                    f"{RECORD_STATES}(['research', 'research/search', 'research/work'])"
-                )
-                await start_run(page)
-                await page.wait_for(running("research/search"))
-                nodes = by_path(await page.js(READ_NODES))
-                assert "running" in nodes["research"]["classes"]
-                assert "running" not in nodes["research/work"]["classes"]
-                assert "done" in nodes["research/START"]["classes"]
-                assert "done" not in nodes["research/END"]["classes"]
-
-                # Then its two sent tasks, still inside the running parent.
-                search_gate.set()
-                await page.wait_for(tasks_are("research/work", 2))
-                nodes = by_path(await page.js(READ_NODES))
-                assert "running" in nodes["research"]["classes"]
-                assert "done" in nodes["research/search"]["classes"]
-                assert nodes["research/work"]["badge"] == {
-                    "visibility": "visible",
-                    "text": TIMES + "2",
-                    "title": "2 sent tasks running: 0, 1",
-                }
-                work_gate.set()
-                await page.wait_for("document.body.dataset.state === 'done'")
-                assert (
-                    await page.js("document.getElementById('status').textContent")
-                    == "completed"
-                )
-                nodes = by_path(await page.js(READ_NODES))
-                assert all("running" not in n["classes"] for n in nodes.values())
-                assert {p for p, n in nodes.items() if "done" in n["classes"]} == set(
-                    nodes
-                )
-                assert nodes["research/work"]["tasks"] == "0"
-                assert nodes["research/work"]["badge"]["visibility"] == "hidden"
-                # The parent was running from its start to its own end, through
-                # the gap between its child's two steps.
-                states = await page.js("window.states")
-                assert states == {
-                    "research": ["running", "done"],
-                    "research/search": ["running", "done"],
-                    "research/work": ["running", "done"],
-                }, states
-
-                # The event list names each child event by its path, sent
-                # tasks by their index.
-                events = await page.js(READ_EVENTS)
-                lifecycle = [
-                    (e["scope"], e["shown"], e["path"], e["task"])
-                    for e in events
-                    if e["scope"] in ("node.start", "node.end")
-                ]
-                assert lifecycle[:3] == [
-                    ("node.start", "research", "research", None),
-                    (
-                        "node.start",
-                        shown("research", "search"),
-                        "research/search",
-                        None,
-                    ),
-                    ("node.end", shown("research", "search"), "research/search", None),
-                ]
-                # Both tasks start before either ends (they wait on one gate).
-                assert lifecycle[3:5] == [
-                    (
-                        "node.start",
-                        shown("research", "work[0]"),
-                        "research/work[0]",
-                        "0",
-                    ),
-                    (
-                        "node.start",
-                        shown("research", "work[1]"),
-                        "research/work[1]",
-                        "1",
-                    ),
-                ]
-                assert sorted(lifecycle[5:7]) == [
-                    ("node.end", shown("research", "work[0]"), "research/work[0]", "0"),
-                    ("node.end", shown("research", "work[1]"), "research/work[1]", "1"),
-                ]
-                assert lifecycle[7:] == [("node.end", "research", "research", None)]
-                # A child step's end is listed under its subgraph node.
-                step_ends = [
-                    (e["shown"], e["path"]) for e in events if e["scope"] == "step.end"
-                ]
-                assert step_ends == [
-                    ("research", "research"),
-                    ("research", "research"),
-                    ("", None),
-                ]
-                own = [e for e in events if e["scope"] == "work"]
-                assert [(e["shown"], e["task"]) for e in own] == [
-                    (shown("research", "work[0]"), "0"),
-                    (shown("research", "work[1]"), "1"),
-                ]
-                final = await page.js(
-                    "document.getElementById('final-state').innerText"
-                )
-                assert shown("research", "search") in final
-                assert shown("research", "work") in final
-                # The run's own step, never a child's.
-                assert "Last step\t1" in final or "Last step\n1" in final, final
-
-                # Three levels: each box inside the one above, all running
-                # while the innermost node runs.
-                await select_graph(page, "deep", 9)
-                nodes = by_path(await page.js(READ_NODES))
-                assert nodes["outer/mid/leaf"]["depth"] == "2"
-                outer, mid, leaf = [
-                    await page.js(f"{BOX}({json.dumps(p)})")
-                    for p in ("outer", "outer/mid", "outer/mid/leaf")
-                ]
-                assert inside(mid, outer)
-                assert inside(leaf, mid)
-                await start_run(page)
-                await page.wait_for(running("outer/mid/leaf"))
-                nodes = by_path(await page.js(READ_NODES))
-                assert {p for p, n in nodes.items() if "running" in n["classes"]} == {
-                    "outer",
-                    "outer/mid",
-                    "outer/mid/leaf",
-                }
-                leaf_gate.set()
-                await page.wait_for("document.body.dataset.state === 'done'")
-                nodes = by_path(await page.js(READ_NODES))
-                assert all("running" not in n["classes"] for n in nodes.values())
-                assert {"outer", "outer/mid", "outer/mid/leaf"} <= {
-                    p for p, n in nodes.items() if "done" in n["classes"]
-                }
-                assert page.errors() == []
-            nursery.cancel_scope.cancel()
+            # Three levels: each box inside the one above, all running
+            # while the innermost node runs.
+            await select_graph(page, "deep", 9)
+            nodes = by_path(await page.js(READ_NODES))
+            assert nodes["outer/mid/leaf"]["depth"] == "2"
+            outer, mid, leaf = [
+                await page.js(f"{BOX}({json.dumps(p)})")
+                for p in ("outer", "outer/mid", "outer/mid/leaf")
+            ]
+            assert inside(mid, outer)
+            assert inside(leaf, mid)
+            await start_run(page)
+            await page.wait_for(running("outer/mid/leaf"))
+            nodes = by_path(await page.js(READ_NODES))
+            assert {p for p, n in nodes.items() if "running" in n["classes"]} == {
+                "outer",
+                "outer/mid",
+                "outer/mid/leaf",
+            }
+            leaf_gate.set()
+            await page.wait_for("document.body.dataset.state === 'done'")
+            nodes = by_path(await page.js(READ_NODES))
+            assert all("running" not in n["classes"] for n in nodes.values())
+            assert {"outer", "outer/mid", "outer/mid/leaf"} <= {
+                p for p, n in nodes.items() if "done" in n["classes"]
+            }
+            assert page.errors() == []
 
 
 async def test_a_fan_out_shows_how_many_sent_tasks_run() -> None:
     gate = trio.Event()
-    serve = partial(serve_sse, {"fan": fan_out(gate)}, port=0)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve)
-            async with chromium() as devtools:
-                page = await open_page(devtools)
-                await page.call("Page.navigate", url=urls[0] + "/")
-                await page.wait_for("document.body.dataset.state === 'ready'")
-                await page.wait_for(
-                    "document.querySelectorAll('#graph g.node').length === 7"
-                )
-                await start_run(page)
-                await page.wait_for(tasks_are("fan/work", 3))
-                nodes = by_path(await page.js(READ_NODES))
-                assert "running" in nodes["fan/work"]["classes"]
-                assert "running" in nodes["fan"]["classes"]
-                assert nodes["fan/work"]["badge"] == {
-                    "visibility": "visible",
-                    "text": TIMES + "3",
-                    "title": "3 sent tasks running: 0, 1, 2",
-                }
-                # One task each: no badge on the others.
-                for path in ("fan", "fan/plan"):
-                    assert nodes[path]["tasks"] == "0"
-                    assert nodes[path]["badge"] is None
-                starts = [
-                    (e["shown"], e["task"])
-                    for e in await page.js(READ_EVENTS)
-                    if e["scope"] == "node.start"
-                ]
-                assert starts == [
-                    ("fan", None),
-                    (shown("fan", "plan"), None),
-                    (shown("fan", "work[0]"), "0"),
-                    (shown("fan", "work[1]"), "1"),
-                    (shown("fan", "work[2]"), "2"),
-                ]
+        async with viewer_page({"fan": fan_out(gate)}) as (page, _):
+            await page.wait_for(
+                "document.querySelectorAll('#graph g.node').length === 7"
+            )
+            await start_run(page)
+            await page.wait_for(tasks_are("fan/work", 3))
+            nodes = by_path(await page.js(READ_NODES))
+            assert "running" in nodes["fan/work"]["classes"]
+            assert "running" in nodes["fan"]["classes"]
+            assert nodes["fan/work"]["badge"] == {
+                "visibility": "visible",
+                "text": TIMES + "3",
+                "title": "3 sent tasks running: 0, 1, 2",
+            }
+            # One task each: no badge on the others.
+            for path in ("fan", "fan/plan"):
+                assert nodes[path]["tasks"] == "0"
+                assert nodes[path]["badge"] is None
+            starts = [
+                (e["shown"], e["task"])
+                for e in await page.js(READ_EVENTS)
+                if e["scope"] == "node.start"
+            ]
+            assert starts == [
+                ("fan", None),
+                (shown("fan", "plan"), None),
+                (shown("fan", "work[0]"), "0"),
+                (shown("fan", "work[1]"), "1"),
+                (shown("fan", "work[2]"), "2"),
+            ]
 
-                gate.set()
-                await page.wait_for("document.body.dataset.state === 'done'")
-                assert (
-                    await page.js("document.getElementById('status').textContent")
-                    == "completed"
+            gate.set()
+            await page.wait_for("document.body.dataset.state === 'done'")
+            assert (
+                await page.js("document.getElementById('status').textContent")
+                == "completed"
+            )
+            nodes = by_path(await page.js(READ_NODES))
+            assert "running" not in nodes["fan/work"]["classes"]
+            assert "done" in nodes["fan/work"]["classes"]
+            assert nodes["fan/work"]["tasks"] == "0"
+            assert nodes["fan/work"]["badge"]["visibility"] == "hidden"
+            assert (
+                await page.js(
+                    "document.querySelectorAll('#graph g.node.running').length"
                 )
-                nodes = by_path(await page.js(READ_NODES))
-                assert "running" not in nodes["fan/work"]["classes"]
-                assert "done" in nodes["fan/work"]["classes"]
-                assert nodes["fan/work"]["tasks"] == "0"
-                assert nodes["fan/work"]["badge"]["visibility"] == "hidden"
-                assert (
-                    await page.js(
-                        "document.querySelectorAll('#graph g.node.running').length"
-                    )
-                    == 0
-                )
-                ends = [
-                    (e["node"], e["path"], e["task"])
-                    for e in await page.js(READ_EVENTS)
-                    if e["scope"] == "node.end" and e["node"] == "work"
-                ]
-                assert sorted(ends) == [
-                    ("work", "fan/work[0]", "0"),
-                    ("work", "fan/work[1]", "1"),
-                    ("work", "fan/work[2]", "2"),
-                ]
-                assert page.errors() == []
-            nursery.cancel_scope.cancel()
+                == 0
+            )
+            ends = [
+                (e["node"], e["path"], e["task"])
+                for e in await page.js(READ_EVENTS)
+                if e["scope"] == "node.end" and e["node"] == "work"
+            ]
+            assert sorted(ends) == [
+                ("work", "fan/work[0]", "0"),
+                ("work", "fan/work[1]", "1"),
+                ("work", "fan/work[2]", "2"),
+            ]
+            assert page.errors() == []
 
 
 def failing_child() -> App:
@@ -442,34 +422,27 @@ def failing_child() -> App:
 
 
 async def test_a_failing_child_node_marks_it_and_its_parent_failed() -> None:
-    serve = partial(serve_sse, {"failing": failing_child()}, port=0)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve)
-            async with chromium() as devtools:
-                page = await open_page(devtools)
-                await page.call("Page.navigate", url=urls[0] + "/")
-                await page.wait_for("document.body.dataset.state === 'ready'")
-                await page.wait_for(
-                    "document.querySelectorAll('#graph g.node').length === 6"
-                )
-                await start_run(page)
-                await page.wait_for("document.body.dataset.state === 'done'")
-                status = await page.js("document.getElementById('status').textContent")
-                assert status.startswith("error"), status
-                nodes = by_path(await page.js(READ_NODES))
-                assert "failed" in nodes["research/boom"]["classes"]
-                assert "failed" in nodes["research"]["classes"]
-                assert all("running" not in n["classes"] for n in nodes.values())
-                assert "done" not in nodes["research/END"]["classes"]
-                errors = [
-                    (e["node"], e["path"])
-                    for e in await page.js(READ_EVENTS)
-                    if e["scope"] == "node.error"
-                ]
-                assert errors == [("boom", "research/boom"), ("research", "research")]
-                assert page.errors() == []
-            nursery.cancel_scope.cancel()
+        async with viewer_page({"failing": failing_child()}) as (page, _):
+            await page.wait_for(
+                "document.querySelectorAll('#graph g.node').length === 6"
+            )
+            await start_run(page)
+            await page.wait_for("document.body.dataset.state === 'done'")
+            status = await page.js("document.getElementById('status').textContent")
+            assert status.startswith("error"), status
+            nodes = by_path(await page.js(READ_NODES))
+            assert "failed" in nodes["research/boom"]["classes"]
+            assert "failed" in nodes["research"]["classes"]
+            assert all("running" not in n["classes"] for n in nodes.values())
+            assert "done" not in nodes["research/END"]["classes"]
+            errors = [
+                (e["node"], e["path"])
+                for e in await page.js(READ_EVENTS)
+                if e["scope"] == "node.error"
+            ]
+            assert errors == [("boom", "research/boom"), ("research", "research")]
+            assert page.errors() == []
 
 
 async def test_a_top_level_fan_out_shows_its_sent_tasks() -> None:
@@ -489,26 +462,19 @@ async def test_a_top_level_fan_out_shows_its_sent_tasks() -> None:
         .add_edge("work", END)
         .compile()
     )
-    serve = partial(serve_sse, {"top": app}, port=0)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve)
-            async with chromium() as devtools:
-                page = await open_page(devtools)
-                await page.call("Page.navigate", url=urls[0] + "/")
-                await page.wait_for("document.body.dataset.state === 'ready'")
-                await start_run(page)
-                await page.wait_for(tasks_are("work", 3))
-                nodes = by_path(await page.js(READ_NODES))
-                assert "running" in nodes["work"]["classes"]
-                assert nodes["work"]["badge"]["text"] == TIMES + "3"
-                gate.set()
-                await page.wait_for("document.body.dataset.state === 'done'")
-                assert (
-                    await page.js("document.getElementById('status').textContent")
-                    == "completed"
-                )
-                nodes = by_path(await page.js(READ_NODES))
-                assert "done" in nodes["work"]["classes"]
-                assert nodes["work"]["tasks"] == "0"
-            nursery.cancel_scope.cancel()
+        async with viewer_page({"top": app}) as (page, _):
+            await start_run(page)
+            await page.wait_for(tasks_are("work", 3))
+            nodes = by_path(await page.js(READ_NODES))
+            assert "running" in nodes["work"]["classes"]
+            assert nodes["work"]["badge"]["text"] == TIMES + "3"
+            gate.set()
+            await page.wait_for("document.body.dataset.state === 'done'")
+            assert (
+                await page.js("document.getElementById('status').textContent")
+                == "completed"
+            )
+            nodes = by_path(await page.js(READ_NODES))
+            assert "done" in nodes["work"]["classes"]
+            assert nodes["work"]["tasks"] == "0"
