@@ -169,6 +169,66 @@ async def test_nothing_is_built_while_nobody_listens(
     assert built == ["node_start", "node_end", "step_end"] * 2
 
 
+async def test_nothing_is_built_for_streams_whose_filter_refuses_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+    for name in ("node_start", "node_end", "step_end"):
+        real = getattr(lifecycle_module, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            built.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(lifecycle_module, name, spy)
+    app = chain_app(["a", "b"])
+    # An ``updates`` stream and a token stream could not receive them.
+    async with app.invoke_streaming(hi(), modes="updates") as (run, items):
+        updates = [item async for item in items]
+        await run.join()
+    assert built == [] and len(updates) == 3  # two steps, then the sentinel
+    async with open_runner(app) as runner:
+        tokens = runner.event_bus.subscribe(stop_at_stream_end=True, types=("llm",))
+        await runner.create_session("s", hi())
+        await runner.run_until_complete("s")
+        assert [e.scope_label async for e in tokens] == [STREAM_END_SCOPE]
+    assert built == []
+    # A stream that keeps one lifecycle scope gets it: they are built again.
+    async with open_runner(app) as runner:
+        ends = runner.event_bus.subscribe(
+            stop_at_stream_end=True, scopes=("step.end",)
+        )
+        await runner.create_session("s", hi())
+        await runner.run_until_complete("s")
+        got = [e.metadata.get("step") async for e in ends]
+    assert got[:2] == [1, 2] and built == ["node_start", "node_end", "step_end"] * 2
+
+
+async def test_a_lifecycle_event_behaves_as_a_plain_diagnostic() -> None:
+    import copy
+    import pickle
+
+    import attrs
+
+    from weavegraph import DiagnosticEvent
+
+    _, events = await collect_events(chain_app(["a"]), hi())
+    start, end, step = lifecycle(events)
+    for event in (start, end, step):
+        plain = event_from_json(event.to_json())
+        assert type(plain) is DiagnosticEvent
+        assert plain == event and event == plain
+        assert [plain].count(event) == 1 and event in [plain]
+        assert repr(plain) == repr(event)
+        assert pickle.loads(pickle.dumps(event)) == event
+        assert copy.copy(event) == event
+        assert isinstance(event, DiagnosticEvent) and event.type == "diagnostic"
+    changed = attrs.evolve(start, message="other")
+    assert changed.message == "other" and changed.metadata == start.metadata
+    assert changed != start
+    assert start.metadata is start.metadata  # made once, then kept
+
+
 async def test_sent_tasks_and_timeouts_in_lifecycle_events(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

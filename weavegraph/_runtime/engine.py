@@ -253,21 +253,6 @@ def _on_suspend(
                 return done.value  # type: ignore[no-any-return]
 
 
-def _with_path(
-    emit: Callable[[Event], None], path: list[str]
-) -> Callable[[Event], None]:
-    """``emit`` for the lifecycle events of a subgraph's node: with its path."""
-
-    def emit_with_path(event: Event) -> None:
-        emit(
-            attrs.evolve(
-                event, metadata=MappingProxyType({**event.metadata, "path": path})
-            )
-        )
-
-    return emit_with_path
-
-
 class Engine:
     """Runs supersteps of one compiled graph under one configuration."""
 
@@ -515,12 +500,13 @@ class Engine:
                 session.tasks = {}
             if outcome.conflicts:
                 self._report_conflicts(session, step, outcome, bus)
-            if self.lifecycle and bus.listening and not bus.closed:
+            if (
+                self.lifecycle
+                and bus.listening_for("diagnostic", lifecycle.ENGINE_SCOPES)
+                and not bus.closed
+            ):
                 host = self.host
-                emit: Callable[[Event], None] = bus.emit
-                if host is not None and host.path:  # a subgraph's step
-                    emit = _with_path(emit, list(host.path))
-                emit(
+                bus.emit(
                     lifecycle.step_end(
                         self._now(),
                         session.session_id,
@@ -528,6 +514,8 @@ class Engine:
                         keys,
                         outcome.updated_channels,
                         frontier_outcome.frontier,
+                        # A subgraph's step carries its path.
+                        list(host.path) if host is not None and host.path else None,
                     )
                 )
             step_items = self.step_items
@@ -656,11 +644,19 @@ class Engine:
         count = len(specs)
         if count == 0:
             return
+        # Lifecycle events nobody could see are not built at all.
+        emit: Callable[[Event], None] | None = (
+            bus.emit
+            if self.lifecycle
+            and bus.listening_for("diagnostic", lifecycle.ENGINE_SCOPES)
+            and not bus.closed
+            else None
+        )
         if count == 1 and not tasks:
             spec = specs[0]
             try:
                 finished[spec.name] = await self._call(
-                    spec, snapshot, step, session, bus
+                    spec, snapshot, step, session, bus, emit
                 )
             except InterruptSignal as signal:
                 raise _StepInterrupted([signal.interrupt]) from None
@@ -703,11 +699,18 @@ class Engine:
                         sent = tasks[index] if tasks else None
                         if sent is None:
                             key = spec.name
-                            call = self._call(spec, snapshot, step, session, bus)
+                            call = self._call(spec, snapshot, step, session, bus, emit)
                         else:
                             key = task_key(spec.name, sent[0])
                             call = self._call(
-                                spec, snapshot, step, session, bus, sent[0], sent[1]
+                                spec,
+                                snapshot,
+                                step,
+                                session,
+                                bus,
+                                emit,
+                                sent[0],
+                                sent[1],
                             )
                         try:
                             finished[key] = await _on_suspend(call, spawn_if_needed)
@@ -739,22 +742,25 @@ class Engine:
         step: int,
         session: Session,
         bus: EventBus,
+        emit: Callable[[Event], None] | None,
         task: int | None = None,
         payload: Any = None,
     ) -> NodePartial | None:
         """Call ``spec`` once, or more per its retry policy; enforce its timeout.
 
-        ``task`` and ``payload``: the `Send` this call runs, if any.
+        ``emit``: where its lifecycle events go (``None``: nobody listens; the
+        step checked once). ``task`` and ``payload``: the `Send` this call
+        runs, if any.
         """
         retry = spec.retry
         attempt = 1
         sid = session.session_id
-        # Lifecycle events nobody could see are not built at all.
-        emit: Callable[[Event], None] | None = (
-            bus.emit if self.lifecycle and bus.listening and not bus.closed else None
+        host = self.host
+        path = (  # a subgraph's node: its events carry the path
+            [*host.path, task_key(spec.name, task)]
+            if emit is not None and host is not None and host.path
+            else None
         )
-        if emit is not None and self.host is not None and self.host.path:
-            emit = _with_path(emit, [*self.host.path, task_key(spec.name, task)])
         while True:
             ctx = NodeContext(
                 spec.name,
@@ -773,7 +779,7 @@ class Engine:
                 if emit is not None:
                     emit(
                         lifecycle.node_start(
-                            self._now(), sid, spec.name, step, attempt, task
+                            self._now(), sid, spec.name, step, attempt, task, path
                         )
                     )
                     started = time.perf_counter()
@@ -800,6 +806,7 @@ class Engine:
                                 task,
                                 time.perf_counter() - started,
                                 partial,
+                                path,
                             )
                         )
                     return partial
@@ -820,6 +827,7 @@ class Engine:
                                     attempt,
                                     task,
                                     describe_exception(exc),
+                                    path,
                                 )
                             )
                         raise
@@ -836,6 +844,7 @@ class Engine:
                                 task,
                                 describe_exception(exc),
                                 delay,
+                                path,
                             )
                         )
                     logger.info(

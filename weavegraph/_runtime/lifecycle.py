@@ -22,15 +22,18 @@ scope (node code cannot emit these) and structured metadata:
                 sends these, see `weavegraph._runtime.runner`
 ==============  ===============================================================
 
-They are on by default and built only while a stream or sink listens (the
-engine checks `EventBus.listening` once per attempt and per step);
+They are on by default and built only while a stream or sink would receive
+them (the engine asks `EventBus.listening_for` once per step: a stream
+filtered to other types or scopes, such as a token stream or an ``updates``
+stream, does not count);
 ``RuntimeConfig(lifecycle_events=False)`` turns them off. Their JSON forms are
 listed in docs/events.md; their cost is measured by bench/engine.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
 from .._core.state import NodePartial
@@ -45,6 +48,8 @@ INTERRUPT: Final = "session.interrupt"
 RESUME: Final = "session.resume"
 FORK: Final = "session.fork"
 
+ENGINE_SCOPES: Final = (NODE_START, NODE_END, NODE_RETRY, NODE_ERROR, STEP_END)
+"""The lifecycle scopes the engine emits (per node attempt and per step)."""
 LIFECYCLE_SCOPES: Final = frozenset(
     {NODE_START, NODE_END, NODE_RETRY, NODE_ERROR, STEP_END, INTERRUPT, RESUME, FORK}
 )
@@ -52,15 +57,224 @@ LIFECYCLE_SCOPES: Final = frozenset(
 
 
 _new = object.__new__
-_set_scope = DiagnosticEvent.__dict__["scope"].__set__
-_set_message = DiagnosticEvent.__dict__["message"].__set__
-_set_timestamp = DiagnosticEvent.__dict__["timestamp"].__set__
-_set_metadata = DiagnosticEvent.__dict__["metadata"].__set__
+_DIAGNOSTIC_SLOTS = DiagnosticEvent.__dict__
+_set_scope = _DIAGNOSTIC_SLOTS["scope"].__set__
+_get_message = _DIAGNOSTIC_SLOTS["message"].__get__
+_set_message = _DIAGNOSTIC_SLOTS["message"].__set__
+_get_timestamp = _DIAGNOSTIC_SLOTS["timestamp"].__get__
+_set_timestamp = _DIAGNOSTIC_SLOTS["timestamp"].__set__
+_get_metadata = _DIAGNOSTIC_SLOTS["metadata"].__get__
+_set_metadata = _DIAGNOSTIC_SLOTS["metadata"].__set__
 
-# Two of these are built per node attempt while anyone listens: each is made
-# right here through the event's slots (like ``ctx.emit``'s node events), with
-# a plain dict as its metadata (nothing else holds it) and a message that
-# needs no number formatting. Timestamps are whole microseconds.
+# Up to three of these are built per node attempt while anyone listens, and
+# most are read by a stream that looks at the scope and little else. So a
+# lifecycle event is built with its scope and the facts it was made from (one
+# tuple); its message, timestamp and metadata are made from them the first time
+# they are read, and kept. Nothing else holds the facts: they are the caller's
+# values, never changed after the event is built.
+
+
+class LifecycleEvent(DiagnosticEvent):
+    """A lifecycle `DiagnosticEvent` whose message, timestamp and metadata are lazy.
+
+    It behaves as the `DiagnosticEvent` with the same fields in every way users
+    see (equality with a decoded event, hashing, ``repr``, JSON, ``attrs.evolve``);
+    only its class is a subclass. Each kind of event is a subclass that says how
+    its fields are made from ``_facts``, whose first item is the raw timestamp.
+    """
+
+    __slots__ = ("_facts",)
+    _facts: tuple[Any, ...]
+
+    def _make_message(self) -> str:
+        raise NotImplementedError
+
+    def _make_metadata(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def message(self) -> str:
+        """The event's text, made from its facts the first time it is read."""
+        try:
+            return _get_message(self)  # type: ignore[no-any-return]
+        except AttributeError:
+            message = self._make_message()
+            _set_message(self, message)
+            return message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        _set_message(self, value)
+
+    @property
+    def timestamp(self) -> float:
+        """POSIX seconds when emitted, in whole microseconds."""
+        try:
+            return _get_timestamp(self)  # type: ignore[no-any-return]
+        except AttributeError:
+            timestamp = quantize_timestamp(self._facts[0])
+            _set_timestamp(self, timestamp)
+            return timestamp
+
+    @timestamp.setter
+    def timestamp(self, value: float) -> None:
+        _set_timestamp(self, value)
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The structured facts, made the first time they are read."""
+        try:
+            return _get_metadata(self)  # type: ignore[no-any-return]
+        except AttributeError:
+            metadata = MappingProxyType(self._make_metadata())  # read-only
+            _set_metadata(self, metadata)
+            return metadata
+
+    @metadata.setter
+    def metadata(self, value: Mapping[str, Any]) -> None:
+        _set_metadata(self, value)
+
+    def __eq__(self, other: object) -> bool:
+        # Tried first in both orders (a subclass's __eq__ is), so a lifecycle
+        # event equals the plain DiagnosticEvent decoded from its JSON.
+        if not isinstance(other, DiagnosticEvent):
+            return NotImplemented
+        return (self.scope, self.message, self.timestamp, self.metadata) == (
+            other.scope,
+            other.message,
+            other.timestamp,
+            other.metadata,
+        )
+
+    __hash__ = DiagnosticEvent.__hash__
+
+    def __repr__(self) -> str:
+        return (
+            f"DiagnosticEvent(scope={self.scope!r}, message={self.message!r},"
+            f" timestamp={self.timestamp!r}, metadata={self.metadata!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # As the plain event it equals (a read-only mapping does not pickle).
+        metadata = dict(self.metadata)
+        return (_plain, (self.scope, self.message, self.timestamp, metadata))
+
+
+def _plain(
+    scope: str, message: str, timestamp: float, metadata: Mapping[str, Any]
+) -> DiagnosticEvent:
+    return DiagnosticEvent(
+        scope=scope, message=message, timestamp=timestamp, metadata=metadata
+    )
+
+
+def _attempt_metadata(facts: tuple[Any, ...]) -> dict[str, Any]:
+    # facts: (timestamp, session_id, node, step, attempt, task, path, ...)
+    return {
+        "node": facts[2],
+        "step": facts[3],
+        "attempt": facts[4],
+        "task": facts[5],
+        "session_id": facts[1],
+    }
+
+
+def _with_path(out: dict[str, Any], path: list[str] | None) -> dict[str, Any]:
+    if path is not None:
+        out["path"] = path
+    return out
+
+
+class _NodeStart(LifecycleEvent):
+    __slots__ = ()
+
+    def _make_message(self) -> str:
+        node: str = self._facts[2]
+        attempt = self._facts[4]
+        if attempt == 1:
+            return node + " started"
+        return f"{node} started (attempt {attempt})"
+
+    def _make_metadata(self) -> dict[str, Any]:
+        facts = self._facts
+        return _with_path(_attempt_metadata(facts), facts[6])
+
+
+class _NodeEnd(LifecycleEvent):
+    __slots__ = ()
+
+    def _make_message(self) -> str:
+        node: str = self._facts[2]
+        return node + " finished"
+
+    def _make_metadata(self) -> dict[str, Any]:
+        facts = self._facts
+        out = _attempt_metadata(facts)
+        out["duration"] = facts[7]
+        out["channels"] = channels_of(facts[8])
+        return _with_path(out, facts[6])
+
+
+class _NodeRetry(LifecycleEvent):
+    __slots__ = ()
+
+    def _make_message(self) -> str:
+        facts = self._facts
+        return (
+            f"{facts[2]} attempt {facts[4]} failed ({facts[7]});"
+            f" retrying in {facts[8]:.3g}s"
+        )
+
+    def _make_metadata(self) -> dict[str, Any]:
+        facts = self._facts
+        out = _attempt_metadata(facts)
+        out["error"] = facts[7]
+        out["delay"] = facts[8]
+        return _with_path(out, facts[6])
+
+
+class _NodeError(LifecycleEvent):
+    __slots__ = ()
+
+    def _make_message(self) -> str:
+        return f"{self._facts[2]} failed: {self._facts[7]}"
+
+    def _make_metadata(self) -> dict[str, Any]:
+        facts = self._facts
+        out = _attempt_metadata(facts)
+        out["error"] = facts[7]
+        return _with_path(out, facts[6])
+
+
+class _StepEnd(LifecycleEvent):
+    __slots__ = ()
+
+    def _make_message(self) -> str:
+        return f"step {self._facts[2]} ran {', '.join(self._facts[3]) or 'nothing'}"
+
+    def _make_metadata(self) -> dict[str, Any]:
+        # facts: (timestamp, session_id, step, ran, updated, next, path)
+        facts = self._facts
+        out = {
+            "step": facts[2],
+            "ran": list(facts[3]),
+            "updated": list(facts[4]),
+            "next": list(facts[5]),
+            "session_id": facts[1],
+        }
+        return _with_path(out, facts[6])
+
+
+_set_facts = LifecycleEvent.__dict__["_facts"].__set__
+
+
+def _build(
+    cls: type[LifecycleEvent], scope: str, facts: tuple[Any, ...]
+) -> LifecycleEvent:
+    event = _new(cls)
+    _set_scope(event, scope)
+    _set_facts(event, facts)
+    return event
 
 
 def node_start(
@@ -70,25 +284,15 @@ def node_start(
     step: int,
     attempt: int,
     task: int | None,
+    path: list[str] | None = None,
 ) -> DiagnosticEvent:
-    """``node.start``: an attempt of ``node`` begins."""
-    event = _new(DiagnosticEvent)
+    """``node.start``: an attempt of ``node`` begins.
+
+    ``path``: a subgraph node's path (its metadata then carries ``path``).
+    """
+    event = _new(_NodeStart)
     _set_scope(event, NODE_START)
-    _set_message(
-        event,
-        node + " started" if attempt == 1 else f"{node} started (attempt {attempt})",
-    )
-    _set_timestamp(event, quantize_timestamp(timestamp))
-    _set_metadata(
-        event,
-        {
-            "node": node,
-            "step": step,
-            "attempt": attempt,
-            "task": task,
-            "session_id": session_id,
-        },
-    )
+    _set_facts(event, (timestamp, session_id, node, step, attempt, task, path))
     return event
 
 
@@ -117,35 +321,15 @@ def node_end(
     task: int | None,
     duration: float,
     partial: NodePartial | None,
+    path: list[str] | None = None,
 ) -> DiagnosticEvent:
     """``node.end``: an attempt of ``node`` returned its partial."""
-    event = _new(DiagnosticEvent)
+    event = _new(_NodeEnd)
     _set_scope(event, NODE_END)
-    _set_message(event, node + " finished")
-    _set_timestamp(event, quantize_timestamp(timestamp))
-    _set_metadata(
+    _set_facts(
         event,
-        {
-            "node": node,
-            "step": step,
-            "attempt": attempt,
-            "task": task,
-            "session_id": session_id,
-            "duration": duration,
-            "channels": [] if partial is None else channels_of(partial),
-        },
+        (timestamp, session_id, node, step, attempt, task, path, duration, partial),
     )
-    return event
-
-
-def _event(
-    scope: str, message: str, metadata: dict[str, Any], timestamp: float
-) -> DiagnosticEvent:
-    event = _new(DiagnosticEvent)
-    _set_scope(event, scope)
-    _set_message(event, message)
-    _set_timestamp(event, quantize_timestamp(timestamp))
-    _set_metadata(event, metadata)
     return event
 
 
@@ -158,21 +342,13 @@ def node_retry(
     task: int | None,
     error: str,
     delay: float,
+    path: list[str] | None = None,
 ) -> DiagnosticEvent:
     """``node.retry``: an attempt failed and the node runs again after ``delay``."""
-    return _event(
+    return _build(
+        _NodeRetry,
         NODE_RETRY,
-        f"{node} attempt {attempt} failed ({error}); retrying in {delay:.3g}s",
-        {
-            "node": node,
-            "step": step,
-            "attempt": attempt,
-            "task": task,
-            "session_id": session_id,
-            "error": error,
-            "delay": delay,
-        },
-        timestamp,
+        (timestamp, session_id, node, step, attempt, task, path, error, delay),
     )
 
 
@@ -184,20 +360,13 @@ def node_error(
     attempt: int,
     task: int | None,
     error: str,
+    path: list[str] | None = None,
 ) -> DiagnosticEvent:
     """``node.error``: an attempt failed and the node will not be retried."""
-    return _event(
+    return _build(
+        _NodeError,
         NODE_ERROR,
-        f"{node} failed: {error}",
-        {
-            "node": node,
-            "step": step,
-            "attempt": attempt,
-            "task": task,
-            "session_id": session_id,
-            "error": error,
-        },
-        timestamp,
+        (timestamp, session_id, node, step, attempt, task, path, error),
     )
 
 
@@ -208,20 +377,14 @@ def step_end(
     ran: Sequence[str],
     updated: Sequence[str],
     next_frontier: Sequence[str],
+    path: list[str] | None = None,
 ) -> DiagnosticEvent:
-    """``step.end``: a superstep committed."""
-    event = _new(DiagnosticEvent)
+    """``step.end``: a superstep committed.
+
+    ``ran``, ``updated`` and ``next_frontier`` are kept as given (the event's
+    metadata copies them when first read): the caller does not change them.
+    """
+    event = _new(_StepEnd)
     _set_scope(event, STEP_END)
-    _set_message(event, f"step {step} ran {', '.join(ran) or 'nothing'}")
-    _set_timestamp(event, quantize_timestamp(timestamp))
-    _set_metadata(
-        event,
-        {
-            "step": step,
-            "ran": list(ran),
-            "updated": list(updated),
-            "next": list(next_frontier),
-            "session_id": session_id,
-        },
-    )
+    _set_facts(event, (timestamp, session_id, step, ran, updated, next_frontier, path))
     return event

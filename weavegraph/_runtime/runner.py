@@ -739,7 +739,11 @@ class AppRunner:
         await self._save(session, None)
         await self.flush()
         bus = self.event_bus
-        if self._engine.lifecycle and bus.listening and not bus.closed:
+        if (
+            self._engine.lifecycle
+            and bus.listening_for("diagnostic", (lifecycle.FORK,))
+            and not bus.closed
+        ):
             bus.emit(
                 DiagnosticEvent(
                     scope=lifecycle.FORK,
@@ -1032,7 +1036,7 @@ class AppRunner:
         return (
             self._engine.lifecycle
             and not self._nested
-            and self.event_bus.listening
+            and self.event_bus.listening_for("diagnostic", (lifecycle.RESUME,))
             and not self.event_bus.closed
             and (
                 resume is not None

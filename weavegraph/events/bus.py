@@ -180,6 +180,15 @@ class EventFilter:
         label = event.scope_label
         return label in self._exact or label.startswith(self._prefixes)
 
+    def may_accept(self, event_type: str, scopes: Iterable[str]) -> bool:
+        """Whether an event of ``event_type`` with one of ``scopes`` would pass."""
+        if self.types is not None and event_type not in self.types:
+            return False
+        if self.scopes is None:
+            return True
+        exact, prefixes = self._exact, self._prefixes
+        return any(s in exact or s.startswith(prefixes) for s in scopes)
+
     def __repr__(self) -> str:
         return f"EventFilter(types={self.types!r}, scopes={self.scopes!r})"
 
@@ -332,6 +341,10 @@ class Subscriber:
                 dropped += 1
         return dropped
 
+    def wants(self, event_type: str, scopes: Iterable[str]) -> bool:
+        """Whether it takes events of ``event_type`` with one of ``scopes``."""
+        return True
+
     def offer_one(self, event: Event) -> int:
         """`offer` for a single event (the inline path); return 1 if one dropped."""
         buffer = self.buffer
@@ -391,6 +404,9 @@ class _FilteredSubscriber(Subscriber):
     def __init__(self, capacity: int, overflow: Overflow, accepts: EventFilter):
         super().__init__(capacity, overflow)
         self.accepts = accepts
+
+    def wants(self, event_type: str, scopes: Iterable[str]) -> bool:
+        return self.accepts.may_accept(event_type, scopes)
 
     def offer(self, batch: Sequence[Event]) -> int:
         accepts = self.accepts
@@ -484,6 +500,22 @@ class EventBus:
         # A plain loop: cheaper than any() over a generator (called per node).
         for sub in self._subscribers:  # noqa: SIM110
             if not sub.closed:
+                return True
+        return False
+
+    def listening_for(self, event_type: EventType, scopes: Iterable[str]) -> bool:
+        """Whether an open stream or sink would receive an event of
+        ``event_type`` whose scope is one of ``scopes``.
+
+        Like `listening`, but a stream whose ``types``/``scopes`` filter
+        refuses all such events does not count (sinks take every event): the
+        runtime's lifecycle events are not built for a token stream or an
+        ``updates`` stream.
+        """
+        if self._sink_streams:
+            return True
+        for sub in self._subscribers:
+            if not sub.closed and sub.wants(event_type, scopes):
                 return True
         return False
 

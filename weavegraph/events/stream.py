@@ -88,7 +88,7 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
         if sub.buffer:
             event = sub.take()
             if self._stop_at_end and event.is_stream_end:
-                self._sentinel_seen = True
+                self._saw_sentinel()
             return event
         if sub.ended:
             raise trio.EndOfChannel
@@ -115,6 +115,8 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
                 self._since_yield = 0
                 await sub.ready.park()
                 continue
+            if self._sentinel_seen:
+                return event  # the sentinel: the stream ends after it
             self._since_yield += 1
             if self._since_yield >= _YIELD_EVERY:
                 self._since_yield = 0
@@ -124,33 +126,36 @@ class EventStream(trio.abc.ReceiveChannel[Event]):
     async def __anext__(self) -> Event:
         # receive() inlined for the common case (an event is buffered, nothing
         # special pending); this is the hot path of ``async for event in stream``.
+        # A closed stream's buffer is empty, and one that saw its sentinel has
+        # its count at _YIELD_EVERY: both take receive(), which says why.
         sub = self._sub
         buffer = sub.buffer
-        if (
-            buffer
-            and not sub.backlog
-            and not sub.closed
-            and not self._sentinel_seen
-            and self._since_yield < _YIELD_EVERY - 1
-        ):
-            self._since_yield += 1
-            if not self._since_yield & _CANCEL_CHECK_MASK:
+        count = self._since_yield + 1
+        if buffer and count < _YIELD_EVERY and not sub.backlog:
+            self._since_yield = count
+            if not count & _CANCEL_CHECK_MASK:
+                # Raises if cancelled, never yields otherwise: the buffer is as
+                # it was.
                 await _checkpoint_if_cancelled()
-            if buffer and not sub.backlog:
-                event = buffer.popleft()
-                if not buffer and sub.burst:
-                    sub.end_burst()  # caught up: the lag burst is over
-                if (
-                    self._stop_at_end
-                    and type(event) is DiagnosticEvent
-                    and event.scope == STREAM_END_SCOPE
-                ):
-                    self._sentinel_seen = True
-                return event
+            event = buffer.popleft()
+            if sub.burst and not buffer:
+                sub.end_burst()  # caught up: the lag burst is over
+            if (
+                self._stop_at_end
+                and type(event) is DiagnosticEvent
+                and event.scope == STREAM_END_SCOPE
+            ):
+                self._saw_sentinel()
+            return event
         try:
             return await self.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+
+    def _saw_sentinel(self) -> None:
+        # The stream ends here; the count keeps __anext__ off its fast path.
+        self._sentinel_seen = True
+        self._since_yield = _YIELD_EVERY
 
     async def next_timeout(self, seconds: float) -> Event | None:
         """The next event, or ``None`` if none arrives within ``seconds``.
