@@ -195,9 +195,7 @@ async def test_nothing_is_built_for_streams_whose_filter_refuses_them(
     assert built == []
     # A stream that keeps one lifecycle scope gets it: they are built again.
     async with open_runner(app) as runner:
-        ends = runner.event_bus.subscribe(
-            stop_at_stream_end=True, scopes=("step.end",)
-        )
+        ends = runner.event_bus.subscribe(stop_at_stream_end=True, scopes=("step.end",))
         await runner.create_session("s", hi())
         await runner.run_until_complete("s")
         got = [e.metadata.get("step") async for e in ends]
