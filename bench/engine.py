@@ -11,10 +11,11 @@ Raw trio awaits weavegraph's very node functions in the same shape, with no grap
 LangGraph runs on asyncio, the others on trio. Timed: the invoke call.
 
 Lifecycle events (``node.start``/``node.end`` per attempt, ``step.end`` per
-step): the same graphs run through ``invoke_streaming`` with a reader draining
-the stream in both rows, with ``lifecycle_events`` on and off. The stream's
-buffer holds a whole run, so "on" delivers and reads every event (checked by
-count) without the lossless policy's backlog path, which costs the reader more.
+step), ``lifecycle_events`` on against off, three ways: nobody listens
+(``invoke``); a token stream listens (a subscription filtered to node and LLM
+events, drained); a stream reads every event (``invoke_streaming``, drained,
+lifecycle events checked by count). The streams' buffers hold a whole run, so
+nothing is dropped and the lossless policy's backlog path is not taken.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import itertools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any, Literal, TypedDict
 
 import attrs
@@ -76,10 +78,18 @@ def weave_bodies(n: int, calls: Counter) -> tuple[Any, Any, Any]:
     return noop, tick, route
 
 
+Listen = Literal["nobody", "tokens", "everything"]
+
+
 def build_weavegraph(
-    shape: str, n: int, calls: Counter, lifecycle: bool | None = None
+    shape: str,
+    n: int,
+    calls: Counter,
+    lifecycle: bool | None = None,
+    listen: Listen = "nobody",
 ) -> Built:
-    """The graph of ``shape``; with ``lifecycle`` (on or off) it is streamed."""
+    """The graph of ``shape``, lifecycle events on or off (``None``: the default),
+    run with ``listen`` listening."""
     noop, tick, route = weave_bodies(n, calls)
     b = wg.GraphBuilder()
     if shape == "chain":
@@ -112,16 +122,28 @@ def build_weavegraph(
         b.add_node("tick", tick).add_edge(wg.START, "tick")
         b.add_conditional_edge("tick", route)
     config = wg.RuntimeConfig(max_steps=4 * n + 10)
-    if lifecycle is None:
-        invoke = b.compile(config).invoke
-    else:
-        app = b.compile(
-            attrs.evolve(
-                config,
-                lifecycle_events=lifecycle,
-                event_bus=wg.EventBusConfig(capacity=RUN_BUFFER),
-            )
+    if lifecycle is not None:
+        config = attrs.evolve(
+            config,
+            lifecycle_events=lifecycle,
+            event_bus=wg.EventBusConfig(capacity=RUN_BUFFER),
         )
+    app = b.compile(config)
+    invoke: Callable[[Any], Any] = app.invoke
+    if listen == "tokens":
+
+        async def invoke(state: wg.VersionedState) -> wg.VersionedState:
+            async with wg.open_runner(app) as runner:
+                tokens = runner.event_bus.subscribe(
+                    stop_at_stream_end=True, types=("node", "llm")
+                )
+                await runner.create_session("s", state)
+                final = await runner.run_until_complete("s")
+                seen = [event async for event in tokens]
+            expect(len(seen) == 1, f"the token stream saw {len(seen)} events, not 1")
+            return final
+
+    elif listen == "everything":
         expected = lifecycle_count(shape, n) if lifecycle else 0
 
         async def invoke(state: wg.VersionedState) -> wg.VersionedState:
@@ -142,6 +164,7 @@ def build_weavegraph(
 
 
 LIFECYCLE = frozenset({"node.start", "node.end", "step.end"})
+LISTENERS: tuple[Listen, ...] = ("nobody", "tokens", "everything")
 RUN_BUFFER = 1 << 16  # holds a whole run's events: nothing is dropped
 
 
@@ -366,8 +389,13 @@ def main() -> None:
     header("bench/engine.py", args, ["weavegraph", "langgraph", "pydantic-graph"])
     builders: dict[str, Callable[..., Built]] = {
         "weavegraph": build_weavegraph,
-        "wg streamed, lifecycle on": lambda *a: build_weavegraph(*a, lifecycle=True),
-        "wg streamed, lifecycle off": lambda *a: build_weavegraph(*a, lifecycle=False),
+        **{
+            f"wg lifecycle {state}, {listen}": partial(
+                build_weavegraph, lifecycle=state == "on", listen=listen
+            )
+            for listen in LISTENERS
+            for state in ("on", "off")
+        },
         "raw trio": build_raw_trio,
     }
     lg = peer("langgraph.graph", args.quick)
@@ -404,20 +432,24 @@ def main() -> None:
         ["workload", "size", *ENGINES, "wg / raw", "lg / wg", "pg / wg"],
         rows,
     )
-    on, off = "wg streamed, lifecycle on", "wg streamed, lifecycle off"
+    rows = []
+    for shape, unit in SHAPES.items():
+        size = args.sizes[shape]
+        row = [f"{shape} (µs/{unit})", f"{lifecycle_count(shape, size) / size:.2f}"]
+        for listen in LISTENERS:
+            on = get(f"wg lifecycle on, {listen}", shape)
+            off = get(f"wg lifecycle off, {listen}", shape)
+            row += [us(on), us(off), ratio(on, off)]
+        rows.append(row)
     table(
-        "Lifecycle events (node.start/end, step.end), streamed and read, µs per unit",
-        ["workload", "events/unit", "on", "off", "on / off"],
+        "Lifecycle events (node.start/end, step.end) on and off, µs per unit,"
+        " by who listens",
         [
-            [
-                f"{shape} (µs/{unit})",
-                f"{lifecycle_count(shape, args.sizes[shape]) / args.sizes[shape]:.2f}",
-                us(get(on, shape)),
-                us(get(off, shape)),
-                ratio(get(on, shape), get(off, shape)),
-            ]
-            for shape, unit in SHAPES.items()
+            "workload",
+            "events/unit",
+            *(f"{who} {col}" for who in LISTENERS for col in ("on", "off", "on/off")),
         ],
+        rows,
     )
 
 

@@ -149,3 +149,32 @@ def test_bad_filters_are_refused_with_a_clear_message(
     with pytest.raises(EventBusConfigError, match=match):
         bus.subscribe(**kwargs)  # type: ignore[arg-type]
     assert bus.metrics().subscribers == 0
+
+
+def test_listening_for_asks_whether_any_open_filter_could_take_the_events() -> None:
+    lifecycle = ("node.start", "node.end", "step.end")
+    bus = EventBus()
+    assert not bus.listening_for("diagnostic", lifecycle)
+    tokens = bus.subscribe(types=("llm",))
+    prefixed = bus.subscribe(types=("diagnostic",), scopes=("tool_*",))
+    assert bus.listening and not bus.listening_for("diagnostic", lifecycle)
+    steps = bus.subscribe(scopes=("step.*",))
+    assert bus.listening_for("diagnostic", lifecycle)
+    assert not bus.listening_for("node", ("node.start",))  # a node event's scope
+    assert bus.listening_for("llm", ("llm.chunk",))
+    steps.close()
+    assert not bus.listening_for("diagnostic", lifecycle)
+    everything = bus.subscribe()
+    assert bus.listening_for("node", ("anything",))
+    for stream in (tokens, prefixed, everything):
+        stream.close()
+    assert not bus.listening_for("llm", ("llm.chunk",))
+
+
+async def test_a_sink_takes_every_event_so_it_always_listens() -> None:
+    from weavegraph import MemorySink
+
+    bus = EventBus(sinks=[MemorySink()])
+    assert bus.listening_for("diagnostic", ("node.start",))
+    async with bus:
+        pass
