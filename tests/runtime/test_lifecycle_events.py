@@ -225,6 +225,12 @@ async def test_a_lifecycle_event_behaves_as_a_plain_diagnostic() -> None:
     assert changed.message == "other" and changed.metadata == start.metadata
     assert changed != start
     assert start.metadata is start.metadata  # made once, then kept
+    # A buffered node.end holds no node output alive, only channel names.
+    import gc
+
+    held = gc.get_referents(*gc.get_referents(end))
+    assert not any(isinstance(obj, NodePartial) for obj in held)
+    assert end.metadata["channels"] == ["messages"]
 
 
 async def test_sent_tasks_and_timeouts_in_lifecycle_events(

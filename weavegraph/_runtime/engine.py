@@ -417,6 +417,15 @@ class Engine:
         span = None if tracing is NO_TRACING else tracing.step(session.session_id, step)
         if span is not None:
             span.__enter__()
+        # Lifecycle events nobody could see are not built at all (checked once
+        # per step).
+        emit: Callable[[Event], None] | None = (
+            bus.emit
+            if self.lifecycle
+            and bus.listening_for("diagnostic", lifecycle.ENGINE_SCOPES)
+            and not bus.closed
+            else None
+        )
         try:
             try:
                 await self._run_nodes(
@@ -425,6 +434,7 @@ class Engine:
                     step,
                     session,
                     bus,
+                    emit,
                     kept,
                     missing_sends,
                 )
@@ -500,13 +510,9 @@ class Engine:
                 session.tasks = {}
             if outcome.conflicts:
                 self._report_conflicts(session, step, outcome, bus)
-            if (
-                self.lifecycle
-                and bus.listening_for("diagnostic", lifecycle.ENGINE_SCOPES)
-                and not bus.closed
-            ):
+            if emit is not None and not bus.closed:
                 host = self.host
-                bus.emit(
+                emit(
                     lifecycle.step_end(
                         self._now(),
                         session.session_id,
@@ -616,10 +622,13 @@ class Engine:
         step: int,
         session: Session,
         bus: EventBus,
+        emit: Callable[[Event], None] | None,
         finished: dict[str, NodePartial | None],
         sends: Sequence[tuple[int, Send]] = (),
     ) -> None:
         """Run the nodes of one superstep concurrently; record each result.
+
+        ``emit``: where the nodes' lifecycle events go (``None``: nowhere).
 
         Each node's partial goes into ``finished`` (by `task_key`) the moment
         the node returns, so a failure or a cancellation keeps what already
@@ -644,14 +653,6 @@ class Engine:
         count = len(specs)
         if count == 0:
             return
-        # Lifecycle events nobody could see are not built at all.
-        emit: Callable[[Event], None] | None = (
-            bus.emit
-            if self.lifecycle
-            and bus.listening_for("diagnostic", lifecycle.ENGINE_SCOPES)
-            and not bus.closed
-            else None
-        )
         if count == 1 and not tasks:
             spec = specs[0]
             try:
@@ -777,11 +778,10 @@ class Engine:
             )
             with self.tracing.node(sid, step, spec.name, attempt, task) as span:
                 if emit is not None:
-                    emit(
-                        lifecycle.node_start(
-                            self._now(), sid, spec.name, step, attempt, task, path
-                        )
+                    start = lifecycle.node_start(
+                        self._now(), sid, spec.name, step, attempt, task, path
                     )
+                    emit(start)
                     started = time.perf_counter()
                 try:
                     if spec.timeout is None:
@@ -798,15 +798,10 @@ class Engine:
                     if emit is not None:
                         emit(
                             lifecycle.node_end(
+                                start,
                                 self._now(),
-                                sid,
-                                spec.name,
-                                step,
-                                attempt,
-                                task,
                                 time.perf_counter() - started,
                                 partial,
-                                path,
                             )
                         )
                     return partial
@@ -820,14 +815,7 @@ class Engine:
                         if emit is not None:
                             emit(
                                 lifecycle.node_error(
-                                    self._now(),
-                                    sid,
-                                    spec.name,
-                                    step,
-                                    attempt,
-                                    task,
-                                    describe_exception(exc),
-                                    path,
+                                    start, self._now(), describe_exception(exc)
                                 )
                             )
                         raise
@@ -836,15 +824,7 @@ class Engine:
                     if emit is not None:
                         emit(
                             lifecycle.node_retry(
-                                self._now(),
-                                sid,
-                                spec.name,
-                                step,
-                                attempt,
-                                task,
-                                describe_exception(exc),
-                                delay,
-                                path,
+                                start, self._now(), describe_exception(exc), delay
                             )
                         )
                     logger.info(

@@ -168,18 +168,20 @@ def _plain(
     )
 
 
-def _attempt_metadata(facts: tuple[Any, ...]) -> dict[str, Any]:
-    # facts: (timestamp, session_id, node, step, attempt, task, path, ...)
+def _attempt_metadata(attempt: tuple[Any, ...]) -> dict[str, Any]:
+    # attempt: a node.start's facts (timestamp, session_id, node, step,
+    # attempt, task, path); the attempt's later events share them.
     return {
-        "node": facts[2],
-        "step": facts[3],
-        "attempt": facts[4],
-        "task": facts[5],
-        "session_id": facts[1],
+        "node": attempt[2],
+        "step": attempt[3],
+        "attempt": attempt[4],
+        "task": attempt[5],
+        "session_id": attempt[1],
     }
 
 
-def _with_path(out: dict[str, Any], path: list[str] | None) -> dict[str, Any]:
+def _with_path(out: dict[str, Any], attempt: tuple[Any, ...]) -> dict[str, Any]:
+    path = attempt[6]
     if path is not None:
         out["path"] = path
     return out
@@ -197,53 +199,57 @@ class _NodeStart(LifecycleEvent):
 
     def _make_metadata(self) -> dict[str, Any]:
         facts = self._facts
-        return _with_path(_attempt_metadata(facts), facts[6])
+        return _with_path(_attempt_metadata(facts), facts)
 
 
 class _NodeEnd(LifecycleEvent):
+    # facts: (timestamp, the attempt's, duration, channels)
     __slots__ = ()
 
     def _make_message(self) -> str:
-        node: str = self._facts[2]
+        node: str = self._facts[1][2]
         return node + " finished"
 
     def _make_metadata(self) -> dict[str, Any]:
-        facts = self._facts
-        out = _attempt_metadata(facts)
-        out["duration"] = facts[7]
-        out["channels"] = channels_of(facts[8])
-        return _with_path(out, facts[6])
+        _, attempt, duration, channels = self._facts
+        out = _attempt_metadata(attempt)
+        out["duration"] = duration
+        out["channels"] = list(channels)
+        return _with_path(out, attempt)
 
 
 class _NodeRetry(LifecycleEvent):
+    # facts: (timestamp, the attempt's, error, delay)
     __slots__ = ()
 
     def _make_message(self) -> str:
-        facts = self._facts
+        _, attempt, error, delay = self._facts
         return (
-            f"{facts[2]} attempt {facts[4]} failed ({facts[7]});"
-            f" retrying in {facts[8]:.3g}s"
+            f"{attempt[2]} attempt {attempt[4]} failed ({error});"
+            f" retrying in {delay:.3g}s"
         )
 
     def _make_metadata(self) -> dict[str, Any]:
-        facts = self._facts
-        out = _attempt_metadata(facts)
-        out["error"] = facts[7]
-        out["delay"] = facts[8]
-        return _with_path(out, facts[6])
+        _, attempt, error, delay = self._facts
+        out = _attempt_metadata(attempt)
+        out["error"] = error
+        out["delay"] = delay
+        return _with_path(out, attempt)
 
 
 class _NodeError(LifecycleEvent):
+    # facts: (timestamp, the attempt's, error)
     __slots__ = ()
 
     def _make_message(self) -> str:
-        return f"{self._facts[2]} failed: {self._facts[7]}"
+        _, attempt, error = self._facts
+        return f"{attempt[2]} failed: {error}"
 
     def _make_metadata(self) -> dict[str, Any]:
-        facts = self._facts
-        out = _attempt_metadata(facts)
-        out["error"] = facts[7]
-        return _with_path(out, facts[6])
+        _, attempt, error = self._facts
+        out = _attempt_metadata(attempt)
+        out["error"] = error
+        return _with_path(out, attempt)
 
 
 class _StepEnd(LifecycleEvent):
@@ -262,9 +268,12 @@ class _StepEnd(LifecycleEvent):
             "next": list(facts[5]),
             "session_id": facts[1],
         }
-        return _with_path(out, facts[6])
+        if facts[6] is not None:
+            out["path"] = facts[6]
+        return out
 
 
+_get_facts = LifecycleEvent.__dict__["_facts"].__get__
 _set_facts = LifecycleEvent.__dict__["_facts"].__set__
 
 
@@ -313,61 +322,34 @@ def channels_of(partial: NodePartial | None) -> list[str]:
 
 
 def node_end(
+    start: DiagnosticEvent,
     timestamp: float,
-    session_id: str,
-    node: str,
-    step: int,
-    attempt: int,
-    task: int | None,
     duration: float,
     partial: NodePartial | None,
-    path: list[str] | None = None,
 ) -> DiagnosticEvent:
-    """``node.end``: an attempt of ``node`` returned its partial."""
+    """``node.end``: the attempt ``start`` began returned its partial.
+
+    ``start`` is the attempt's `node_start` event. The event keeps the names
+    of the channels the partial writes, not the partial: a buffered event
+    holds no node output alive.
+    """
+    channels = () if partial is None else channels_of(partial)
     event = _new(_NodeEnd)
     _set_scope(event, NODE_END)
-    _set_facts(
-        event,
-        (timestamp, session_id, node, step, attempt, task, path, duration, partial),
-    )
+    _set_facts(event, (timestamp, _get_facts(start), duration, channels))
     return event
 
 
 def node_retry(
-    timestamp: float,
-    session_id: str,
-    node: str,
-    step: int,
-    attempt: int,
-    task: int | None,
-    error: str,
-    delay: float,
-    path: list[str] | None = None,
+    start: DiagnosticEvent, timestamp: float, error: str, delay: float
 ) -> DiagnosticEvent:
-    """``node.retry``: an attempt failed and the node runs again after ``delay``."""
-    return _build(
-        _NodeRetry,
-        NODE_RETRY,
-        (timestamp, session_id, node, step, attempt, task, path, error, delay),
-    )
+    """``node.retry``: the attempt failed; the node runs again after ``delay``."""
+    return _build(_NodeRetry, NODE_RETRY, (timestamp, _get_facts(start), error, delay))
 
 
-def node_error(
-    timestamp: float,
-    session_id: str,
-    node: str,
-    step: int,
-    attempt: int,
-    task: int | None,
-    error: str,
-    path: list[str] | None = None,
-) -> DiagnosticEvent:
-    """``node.error``: an attempt failed and the node will not be retried."""
-    return _build(
-        _NodeError,
-        NODE_ERROR,
-        (timestamp, session_id, node, step, attempt, task, path, error),
-    )
+def node_error(start: DiagnosticEvent, timestamp: float, error: str) -> DiagnosticEvent:
+    """``node.error``: the attempt failed and the node will not be retried."""
+    return _build(_NodeError, NODE_ERROR, (timestamp, _get_facts(start), error))
 
 
 def step_end(
