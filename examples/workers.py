@@ -94,9 +94,11 @@ def post_run(url: str, session_id: str) -> int:
 
 
 def stream(url: str, session_id: str, last: int) -> list[int]:
-    """Every event id after ``last`` (Last-Event-ID) until the run's end."""
+    """Every event id after ``last`` (Last-Event-ID) until the run's end, of
+    every stream mode (a client of fewer modes sees fewer ids)."""
     request = urllib.request.Request(
-        f"{url}/runs/{session_id}/events", headers={"Last-Event-ID": str(last)}
+        f"{url}/runs/{session_id}/events?modes=events,updates,values",
+        headers={"Last-Event-ID": str(last)},
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         return [int(line[4:]) for line in response if line.startswith(b"id: ")]

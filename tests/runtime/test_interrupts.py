@@ -187,6 +187,34 @@ async def test_breakpoints_everywhere_and_resuming_moves_past(
     assert calls == Counter({"a": 2, "b": 2, "c": 2})
 
 
+async def test_a_breakpoint_on_no_node_is_refused_with_a_sentinel() -> None:
+    # A typo in a breakpoint would never pause: the run is refused, naming
+    # the graph's nodes, and its stream still ends with an error sentinel.
+    async def node(snapshot: StateSnapshot, ctx: NodeContext) -> NodePartial:
+        return NodePartial(messages=[Message.assistant(ctx.node_id)])
+
+    app = (
+        GraphBuilder()
+        .add_node("draft", node)
+        .add_edge(START, "draft")
+        .add_edge("draft", END)
+        .compile()
+    )
+    with pytest.raises(ConfigError, match=r"interrupt_before.*\['drfat'\].*draft"):
+        await app.invoke(hi(), interrupt_before=["drfat"])
+    async with app.invoke_streaming(hi(), interrupt_after=["draft", "x"]) as (
+        run,
+        stream,
+    ):
+        events = [event async for event in stream]
+        with pytest.raises(ConfigError, match=r"interrupt_after.*\['x'\]"):
+            await run.join()
+    (end,) = [e for e in events if e.is_stream_end]
+    assert end.metadata["status"] == "error"
+    state = await app.invoke(hi(), interrupt_before=["*"])  # "*" is every node
+    assert [m.content for m in state.messages] == ["hi"]
+
+
 @pytest.mark.parametrize("kind", STORES)
 async def test_edit_history_and_fork(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest

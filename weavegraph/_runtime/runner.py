@@ -957,6 +957,7 @@ class AppRunner:
             self.config.interrupt_after if interrupt_after is None else interrupt_after
         )
         try:
+            _check_breakpoints(self.app.graph.nodes, before, after)
             if create:
                 init = await self.create_session(session_id, state)
                 if self._writer is not None and (init.fresh or init.new_turn):
@@ -1413,3 +1414,20 @@ async def open_runner(
             finally:
                 await runner._close(cancelled)
             runner._raise_writer_error()
+
+
+def _check_breakpoints(
+    nodes: Collection[str], before: Collection[str], after: Collection[str]
+) -> None:
+    """Refuse breakpoints on nodes the graph lacks (a typo would never pause).
+
+    Raises:
+        ConfigError: a name is neither a node of the graph nor ``"*"``.
+    """
+    for key, names in (("interrupt_before", before), ("interrupt_after", after)):
+        unknown = sorted(n for n in names if n != "*" and n not in nodes)
+        if unknown:
+            raise ConfigError(
+                f"{key} names nodes the graph does not have: {unknown}; its nodes"
+                f" are {sorted(nodes)}"
+            )

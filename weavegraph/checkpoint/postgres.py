@@ -87,12 +87,29 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
             (``postgresql://user@127.0.0.1:5432/db``).
         pool_size: Connections (and worker threads) at most.
         statement_timeout: Seconds after which the server cancels a statement.
+        fence: Called with the connection at the start of every write's
+            transaction, before anything is written; whatever it raises
+            refuses the write (the transaction is rolled back and the error
+            goes to the caller). A run queue's lease check is one: a worker
+            that lost its lease cannot commit a step. Reads are not fenced.
+        pool: An open ``psycopg_pool.ConnectionPool`` on a migrated database
+            to use instead of making one (the caller closes it; closing this
+            store leaves it open).
+        limiter: With ``pool``, the `trio.CapacityLimiter` its other users
+            share (default: one of ``pool_size`` tokens for this store).
     """
 
     dialect = sql.POSTGRES
 
     def __init__(
-        self, dsn: str, *, pool_size: int = 4, statement_timeout: float = 30.0
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 4,
+        statement_timeout: float = 30.0,
+        fence: Callable[[Any], object] | None = None,
+        pool: Any = None,
+        limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         if not isinstance(dsn, str) or not dsn:
             raise CheckpointError(
@@ -103,8 +120,14 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
         self.dsn = dsn
         self._pool_size = pool_size
         self._timeout_ms = int(statement_timeout * 1000)
-        self._pool: Any = None
-        self._limiter = trio.CapacityLimiter(pool_size)
+        if fence is not None and not callable(fence):
+            raise CheckpointError(f"fence must be a callable, got {fence!r}")
+        if limiter is not None and pool is None:
+            raise CheckpointError("limiter= goes with pool=: the pool it guards")
+        self._fence = fence
+        self._pool: Any = pool
+        self._own_pool = pool is None
+        self._limiter = limiter or trio.CapacityLimiter(pool_size)
         # Reads leave a connection for writes: replays never hold up a run.
         self._read_limiter = trio.CapacityLimiter(max(1, pool_size - 1))
         self._open_lock = trio.Lock()
@@ -140,6 +163,7 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
 
     async def _run(self, fn: Callable[[Any], T], *, read: bool) -> T:
         pool = await self._ensure_pool()
+        fence = self._fence
 
         def call() -> T:
             import psycopg
@@ -147,6 +171,12 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
             try:
                 with pool.connection() as conn:
                     if not read:
+                        if fence is not None:
+                            try:
+                                fence(conn)
+                            except BaseException:
+                                conn.rollback()
+                                raise
                         return fn(conn)
                     # One snapshot for the read's statements, set before BEGIN.
                     conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -177,10 +207,10 @@ class PostgresCheckpointer(sql.SQLCheckpointer):
         await self._ensure_pool()
 
     async def aclose(self) -> None:
-        """Close the pool. Idempotent."""
+        """Close the pool (unless it was given). Idempotent."""
         pool, self._pool = self._pool, None
         self._closed = True
-        if pool is not None:
+        if pool is not None and self._own_pool:
             await trio.to_thread.run_sync(pool.close)
         else:
             await trio.lowlevel.checkpoint()

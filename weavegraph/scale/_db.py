@@ -20,6 +20,15 @@ Schema (``queue_schema_version`` 1):
 * ``weavegraph_run_events(run_id, seq, created_at, event_json)``: each run's
   events, numbered from 1.
 * ``weavegraph_apps(name, graph_hash, updated_at)``: the apps workers serve.
+
+``queue_schema_version`` 2 adds who watches a run:
+
+* ``weavegraph_runs.watch_grace``: for a run that its watchers own (posted to
+  a server without ``detach``), the seconds it survives without any; ``NULL``:
+  nobody's departure cancels it.
+* ``weavegraph_run_watchers(run_id, watcher, expires)``: one row per client
+  streaming the run, renewed by its server while it streams and expired when
+  the client leaves (or, if its server dies, when nobody renews it).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from ..checkpoint.postgres import open_pool
 
 T = TypeVar("T")
 
-QUEUE_SCHEMA_VERSION = 1
+QUEUE_SCHEMA_VERSION = 2
 QUEUE_CHANNEL = "weavegraph_queue"
 """NOTIFY channel of submissions, hand-backs and cancellations (workers listen)."""
 ENDS_CHANNEL = "weavegraph_run_ends"
@@ -44,7 +53,12 @@ EVENTS_CHANNEL = "weavegraph_events"
 """NOTIFY channel of appended events (payload: ``<run_id>:<last_seq>``)."""
 
 QUEUE_TABLES = frozenset(
-    {"weavegraph_runs", "weavegraph_run_events", "weavegraph_apps"}
+    {
+        "weavegraph_runs",
+        "weavegraph_run_events",
+        "weavegraph_apps",
+        "weavegraph_run_watchers",
+    }
 )
 
 _MIGRATIONS: list[list[str]] = [
@@ -90,7 +104,24 @@ _MIGRATIONS: list[list[str]] = [
             updated_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
         )""",
     ],
+    [
+        "ALTER TABLE weavegraph_runs ADD COLUMN watch_grace DOUBLE PRECISION",
+        """CREATE TABLE weavegraph_run_watchers (
+            run_id BIGINT NOT NULL REFERENCES weavegraph_runs (id) ON DELETE CASCADE,
+            watcher TEXT NOT NULL,
+            expires TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (run_id, watcher)
+        )""",
+    ],
 ]
+
+UNWATCHED = (
+    "(r.watch_grace IS NOT NULL AND NOT EXISTS (SELECT 1 FROM"
+    " weavegraph_run_watchers AS w WHERE w.run_id = r.id AND w.expires"
+    " > clock_timestamp() - make_interval(secs => r.watch_grace)))"
+)
+"""SQL, true of a run ``r`` its watchers own when none has watched it for its
+grace: the run is then cancelled (by a server or at the worker's renewal)."""
 
 
 def migrate_queue(conn: Any, *, target: int = QUEUE_SCHEMA_VERSION) -> int:

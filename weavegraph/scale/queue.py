@@ -10,10 +10,12 @@ checkpoint store and the run's events to ``weavegraph_run_events``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as _dt
 import functools
-from collections.abc import Iterable, Mapping
-from contextlib import AsyncExitStack
+import math
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Literal
 
 import attrs
@@ -21,6 +23,7 @@ import trio
 
 from .._codec import converter, decode_value, dumps, encode_value, loads, state_to_json
 from .._core.errors import (
+    ConfigError,
     QueueError,
     RunAlreadyActive,
     RunCancelledError,
@@ -30,14 +33,26 @@ from .._core.errors import (
 )
 from .._core.session import Resume, check_session_id
 from .._core.state import VersionedState
+from .._runtime.config import RuntimeConfig
 from ..checkpoint import sql
-from ..events.types import Event, event_from_json
-from ._db import ENDS_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL, Database, Listener
+from ..events.steps import StreamMode, check_modes, combine_modes
+from ..events.types import Event, event_from_json, stream_end_event
+from ._db import (
+    ENDS_CHANNEL,
+    EVENTS_CHANNEL,
+    QUEUE_CHANNEL,
+    UNWATCHED,
+    Database,
+    Listener,
+)
 
 Status = Literal["queued", "running", "completed", "interrupted", "failed", "cancelled"]
 FINAL_STATUSES = frozenset({"completed", "interrupted", "failed", "cancelled"})
 POLL = 1.0
 """Seconds between two reads of a run's row when no notification arrives."""
+WATCH_TTL = 6.0
+"""Seconds a watcher's row lasts unless its server renews it (every third)."""
+UNWATCHED_REASON = "no client is watching the run any more"
 
 RunInput = VersionedState | Resume | None
 
@@ -45,8 +60,42 @@ RunInput = VersionedState | Resume | None
 # ------------------------------------------------------------------ the input
 
 
-def encode_input(value: object) -> str:
-    """The JSON text of a run's input.
+@attrs.frozen
+class RunOptions:
+    """How a queued run is run, besides its input: its breakpoints and the
+    stream modes it publishes (``None``: the app's own)."""
+
+    interrupt_before: tuple[str, ...] | None = None
+    interrupt_after: tuple[str, ...] | None = None
+    modes: tuple[StreamMode, ...] | None = None
+
+    def configure(self, config: RuntimeConfig) -> RuntimeConfig:
+        """``config`` with these options applied."""
+        changes: dict[str, Any] = {}
+        if self.interrupt_before is not None:
+            changes["interrupt_before"] = self.interrupt_before
+        if self.interrupt_after is not None:
+            changes["interrupt_after"] = self.interrupt_after
+        if self.modes is not None:
+            changes["stream_modes"] = combine_modes(config.stream_modes, self.modes)
+        return attrs.evolve(config, **changes) if changes else config
+
+
+def _node_names(value: object, what: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if value == "*":
+        return ("*",)
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigError(f"{what} must be node names (or '*'), got {value!r}")
+    names = tuple(value)
+    if not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"{what} must be node names (or '*'), got {value!r}")
+    return names
+
+
+def encode_input(value: object, options: RunOptions | None = None) -> str:
+    """The JSON text of a run's input (and its options).
 
     Raises:
         StateError: ``value`` is not a `VersionedState`, a `Resume` or ``None``,
@@ -70,11 +119,13 @@ def encode_input(value: object) -> str:
             " turn), a Resume (answers to interrupts) or None (continue what is"
             f" stored), got {type(value).__name__}"
         )
+    if options is not None and options != RunOptions():
+        doc["options"] = converter.unstructure(options)
     return dumps(doc)
 
 
-def decode_input(text: str) -> RunInput:
-    """The input `encode_input` wrote.
+def decode_input(text: str) -> tuple[RunInput, RunOptions]:
+    """The input and options `encode_input` wrote.
 
     Raises:
         QueueError: the text is not an input weavegraph wrote.
@@ -82,16 +133,22 @@ def decode_input(text: str) -> RunInput:
     try:
         doc = loads(text)
         kind = doc["kind"]
+        options = (
+            converter.structure(doc["options"], RunOptions)
+            if "options" in doc
+            else RunOptions()
+        )
         if kind == "none":
-            return None
+            return None, options
         if kind == "state":
-            return converter.structure(doc["state"], VersionedState)
+            return converter.structure(doc["state"], VersionedState), options
         if kind == "resume":
             values = doc["values"]
-            return Resume(
+            resume = Resume(
                 decode_value(doc["value"]),
                 values=None if values is None else decode_value(values),
             )
+            return resume, options
     except Exception as exc:
         raise QueueError(f"a queued run's input is unreadable: {exc}") from exc
     raise QueueError(f"a queued run's input has an unknown kind {kind!r}")
@@ -119,6 +176,9 @@ class RunStatus:
         cancel_requested: Whether somebody asked to cancel it.
         submitted_at, started_at, claimed_at, finished_at: When (UTC): it was
             submitted, first claimed, last claimed, and ended.
+        watched: Whether its watchers own it (it is cancelled once none has
+            watched it for its grace).
+        watchers: Clients streaming it now (only from `RunQueue.list_runs`).
     """
 
     run_id: int
@@ -134,6 +194,8 @@ class RunStatus:
     started_at: _dt.datetime | None
     claimed_at: _dt.datetime | None
     finished_at: _dt.datetime | None
+    watched: bool = False
+    watchers: int | None = None
 
     @property
     def done(self) -> bool:
@@ -143,7 +205,8 @@ class RunStatus:
 
 _STATUS_COLUMNS = (
     "id, session_id, app, status, attempts, worker, error, last_seq,"
-    " cancel_requested, submitted_at, started_at, claimed_at, finished_at"
+    " cancel_requested, submitted_at, started_at, claimed_at, finished_at,"
+    " watch_grace IS NOT NULL"
 )
 
 
@@ -178,6 +241,18 @@ class EventRetention:
             raise QueueError(
                 f"max_age must be a number of seconds > 0 or None, got {self.max_age!r}"
             )
+
+
+@attrs.define
+class Watch:
+    """One watcher of a run (from `RunQueue.watch`).
+
+    Attributes:
+        linger: Leave the watcher's row to expire by itself on leaving,
+            rather than expiring it at once and checking for cancellation.
+    """
+
+    linger: bool = False
 
 
 class _Changes:
@@ -266,7 +341,16 @@ class RunQueue:
             raise QueueError("the RunQueue is not open: use 'async with RunQueue(dsn)'")
 
     async def submit(
-        self, app_name: str, session_id: str, input: RunInput = None
+        self,
+        app_name: str,
+        session_id: str,
+        input: RunInput = None,
+        *,
+        interrupt_before: Iterable[str] | None = None,
+        interrupt_after: Iterable[str] | None = None,
+        modes: Iterable[StreamMode] | None = None,
+        watcher: str | None = None,
+        grace: float = 0.0,
     ) -> RunStatus:
         """Enqueue a run of ``session_id`` by the app ``app_name``.
 
@@ -275,10 +359,26 @@ class RunQueue:
         answers to its interrupts (a `Resume`), or ``None`` to continue what
         is stored.
 
+        Args:
+            app_name: The app, by the name the workers serve it under.
+            session_id: The session to run.
+            input: The run's input.
+            interrupt_before: Breakpoints for this run (node names or
+                ``"*"``), instead of the app's ``RuntimeConfig``'s.
+            interrupt_after: Likewise, after the named nodes ran.
+            modes: Stream modes the run publishes besides the app's own
+                (``"updates"``, ``"values"``).
+            watcher: Make the run owned by its watchers, ``watcher`` the first
+                (attached in the same transaction; renew it with `watch`): the
+                run is cancelled once no watcher has watched it for ``grace``
+                seconds. ``None``: nobody's departure cancels it.
+            grace: See ``watcher``.
+
         Raises:
             UnknownAppError: no such app (see ``apps``).
             InvalidSessionIdError: ``session_id`` breaks the session id rule.
             StateError: ``input`` is not an input, or cannot be stored.
+            ConfigError: bad breakpoints, modes, watcher or grace.
             RunAlreadyActive: the session has a queued or running run; nothing
                 was enqueued.
         """
@@ -288,7 +388,18 @@ class RunQueue:
                 f"the app name must be a non-empty string, got {app_name!r}"
             )
         check_session_id(session_id)
-        text = encode_input(input)
+        options = RunOptions(
+            _node_names(interrupt_before, "interrupt_before"),
+            _node_names(interrupt_after, "interrupt_after"),
+            None if modes is None else check_modes(tuple(modes)),
+        )
+        if watcher is not None and (not isinstance(watcher, str) or not watcher):
+            raise ConfigError(f"watcher must be a non-empty string, got {watcher!r}")
+        if isinstance(grace, bool) or not isinstance(grace, int | float):
+            raise ConfigError(f"grace must be a number of seconds >= 0, got {grace!r}")
+        if not 0 <= grace < math.inf:
+            raise ConfigError(f"grace must be a number of seconds >= 0, got {grace!r}")
+        text = encode_input(input, options)
         known = self._apps
 
         def unknown(names: list[str]) -> UnknownAppError:
@@ -317,14 +428,21 @@ class RunQueue:
             try:
                 cur.execute(
                     "WITH queued AS (INSERT INTO weavegraph_runs"
-                    " (session_id, app, input_json, status)"
-                    " SELECT %(sid)s, %(app)s, %(input)s, 'queued'"
-                    f" WHERE {registered} RETURNING {_STATUS_COLUMNS})"
+                    " (session_id, app, input_json, status, watch_grace)"
+                    " SELECT %(sid)s, %(app)s, %(input)s, 'queued', %(grace)s"
+                    f" WHERE {registered} RETURNING {_STATUS_COLUMNS}),"
+                    " watching AS (INSERT INTO weavegraph_run_watchers"
+                    " (run_id, watcher, expires) SELECT id, %(watcher)s,"
+                    " clock_timestamp() + make_interval(secs => %(ttl)s)"
+                    " FROM queued WHERE %(watcher)s::text IS NOT NULL)"
                     " SELECT *, pg_notify(%(channel)s, 'run:' || id) FROM queued",
                     {
                         "sid": session_id,
                         "app": app_name,
                         "input": text,
+                        "grace": None if watcher is None else float(grace),
+                        "watcher": watcher,
+                        "ttl": WATCH_TTL,
                         "channel": QUEUE_CHANNEL,
                     },
                 )
@@ -375,6 +493,101 @@ class RunQueue:
             return [_status(r) for r in rows]
 
         return await self._db.run(read)
+
+    async def list_runs(
+        self, *, limit: int = 100, active: bool = False
+    ) -> list[RunStatus]:
+        """The newest runs of every session, newest first, each with its
+        `RunStatus.watchers`; ``active``: only queued and running ones."""
+        self._check_open()
+        if type(limit) is not int or not 1 <= limit <= 10_000:
+            raise QueueError(f"limit must be an int from 1 to 10000, got {limit!r}")
+
+        def read(conn: Any) -> list[RunStatus]:
+            cur = conn.cursor()
+            cur.execute(
+                f"SELECT {_STATUS_COLUMNS}, (SELECT count(*) FROM"
+                " weavegraph_run_watchers AS w WHERE w.run_id = r.id"
+                " AND w.expires > clock_timestamp())"
+                " FROM weavegraph_runs AS r"
+                + (" WHERE status IN ('queued', 'running')" if active else "")
+                + " ORDER BY id DESC LIMIT %s",
+                (limit,),
+            )
+            rows = cur.fetchall()
+            conn.rollback()
+            return [_status(r) for r in rows]
+
+        return await self._db.run(read)
+
+    @asynccontextmanager
+    async def watch(
+        self, run_id: int, watcher: str, *, grace: float = 0.0
+    ) -> AsyncIterator[Watch]:
+        """``async with queue.watch(run_id, watcher):`` — ``watcher`` watches
+        the run while the block runs: its row is renewed every third of
+        `WATCH_TTL`. On leaving, the row expires; then, after ``grace``
+        seconds, a run its watchers own that nobody watches any more is
+        cancelled (its worker's lease renewal checks the same, so a server
+        that died cancels its clients' runs too). Set the given `Watch`'s
+        ``linger`` to leave the row to expire by itself instead (a server
+        shutting down: its clients may re-attach elsewhere meanwhile)."""
+        self._check_open()
+        if not isinstance(watcher, str) or not watcher:
+            raise ConfigError(f"watcher must be a non-empty string, got {watcher!r}")
+        handle = Watch()
+
+        def attach(conn: Any) -> None:
+            cur = conn.cursor()
+            cur.execute(
+                "INSERT INTO weavegraph_run_watchers (run_id, watcher, expires)"
+                " SELECT id, %(w)s, clock_timestamp() + make_interval(secs => %(t)s)"
+                " FROM weavegraph_runs WHERE id = %(id)s"
+                " AND status IN ('queued', 'running')"
+                " ON CONFLICT (run_id, watcher)"
+                " DO UPDATE SET expires = EXCLUDED.expires",
+                {"w": watcher, "t": WATCH_TTL, "id": run_id},
+            )
+            conn.commit()
+
+        def leave(conn: Any) -> None:
+            cur = conn.cursor()
+            cur.execute(
+                "UPDATE weavegraph_run_watchers SET expires = clock_timestamp()"
+                " WHERE run_id = %s AND watcher = %s",
+                (run_id, watcher),
+            )
+            conn.commit()
+
+        async def renew() -> None:
+            while True:
+                await trio.sleep(WATCH_TTL / 3)
+                # On an error the next renewal tries again; the row lasts a TTL.
+                with contextlib.suppress(QueueError):
+                    await self._db.run(attach)
+
+        await self._db.run(attach)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(renew)
+                try:
+                    yield handle
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            if not handle.linger:
+                with trio.CancelScope(shield=True), trio.move_on_after(10 + grace):
+                    await self._db.run(leave)
+                    if grace > 0:
+                        await trio.sleep(grace)
+                    await self._db.run(
+                        functools.partial(
+                            cancel_runs,
+                            where="r.id = %(key)s AND " + UNWATCHED,
+                            key=run_id,
+                            reason=UNWATCHED_REASON,
+                        )
+                    )
 
     async def _run_status(self, run_id: int) -> RunStatus:
         def read(conn: Any) -> RunStatus:
@@ -438,7 +651,9 @@ class RunQueue:
         """
         self._check_open()
         check_session_id(session_id)
-        return await self._db.run(lambda conn: cancel_runs(conn, session_id, reason))
+        return await self._db.run(
+            lambda conn: cancel_runs(conn, "r.session_id = %(key)s", session_id, reason)
+        )
 
     def events(
         self, session_id: str, *, after: int = 0, follow: bool = True
@@ -553,20 +768,50 @@ def _read_events(
     return events, _status(row)
 
 
-def cancel_runs(conn: Any, session_id: str, reason: str) -> bool:
-    """Cancel the session's active run (a queued one at once); whether one was."""
+def cancel_runs(conn: Any, where: str, key: object, reason: str) -> bool:
+    """Cancel the queued or running run ``r`` of ``where`` (SQL over
+    ``%(key)s``); whether there was one.
+
+    A running run is cancelled by its worker, told with a NOTIFY. A queued
+    one is cancelled here, its stream-end event appended in the same
+    transaction, so its log ends like every run's."""
     cur = conn.cursor()
     cur.execute(
-        "UPDATE weavegraph_runs SET cancel_requested = true,"
-        " status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,"
-        " error = CASE WHEN status = 'queued' THEN %s ELSE error END,"
-        " finished_at = CASE WHEN status = 'queued' THEN clock_timestamp()"
-        " ELSE finished_at END"
-        " WHERE session_id = %s AND status IN ('queued', 'running') RETURNING id",
-        (reason, session_id),
+        "SELECT r.id, r.status, r.session_id, r.last_seq, coalesce((SELECT"
+        " last_step FROM sessions WHERE sessions.id = r.session_id), -1)"
+        f" FROM weavegraph_runs AS r WHERE {where}"
+        " AND r.status IN ('queued', 'running') FOR UPDATE OF r",
+        {"key": key},
     )
     row = cur.fetchone()
-    if row is not None:
-        cur.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, f"cancel:{row[0]}"))
+    if row is None:
+        conn.rollback()
+        return False
+    run_id, status, session_id, last_seq, step = row
+    if status == "queued":
+        end = stream_end_event(session_id, "cancelled", step, reason)
+        cur.execute(
+            "UPDATE weavegraph_runs SET cancel_requested = true,"
+            " status = 'cancelled', error = %s, finished_at = clock_timestamp(),"
+            " last_seq = %s WHERE id = %s",
+            (reason, last_seq + 1, run_id),
+        )
+        cur.execute(
+            "INSERT INTO weavegraph_run_events (run_id, seq, event_json)"
+            " VALUES (%s, %s, %s)",
+            (run_id, last_seq + 1, end.to_json_str()),
+        )
+        cur.execute(
+            "SELECT pg_notify(%s, %s), pg_notify(%s, 'end')",
+            (ENDS_CHANNEL, f"done:{run_id}", EVENTS_CHANNEL),
+        )
+    else:
+        # The reason waits in ``error`` for the worker, which records the end.
+        cur.execute(
+            "UPDATE weavegraph_runs SET cancel_requested = true, error = %s"
+            " WHERE id = %s",
+            (reason, run_id),
+        )
+        cur.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, f"cancel:{run_id}"))
     conn.commit()
-    return row is not None
+    return True

@@ -30,9 +30,16 @@ from .._codec import dumps
 from .._core.errors import ConfigError, LeaseLost, QueueError
 from .._runtime.app import App
 from ..checkpoint.postgres import PostgresCheckpointer
-from ..events.types import Event
-from ._db import ENDS_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL, Database, Listener
-from .queue import EventRetention, RunInput, decode_input
+from ..events.types import Event, stream_end_event
+from ._db import (
+    ENDS_CHANNEL,
+    EVENTS_CHANNEL,
+    QUEUE_CHANNEL,
+    UNWATCHED,
+    Database,
+    Listener,
+)
+from .queue import UNWATCHED_REASON, EventRetention, RunInput, decode_input
 
 logger = logging.getLogger("weavegraph.worker")
 
@@ -83,45 +90,41 @@ def check_lease(conn: Any, run_id: int, token: int, session_id: str) -> None:
 
 class LeasedCheckpointer(PostgresCheckpointer):
     """The store of one claimed run: a `PostgresCheckpointer` on the worker's
-    pool whose every write checks the run's lease in its own transaction.
+    pool whose ``fence`` checks the run's lease in every write's transaction.
 
     Reads are not fenced; writes raise `LeaseLost` once the lease is gone.
     Closing it leaves the worker's pool open.
     """
 
     def __init__(self, db: Database, claim: Claim) -> None:
-        super().__init__(db.dsn, pool_size=db.pool_size)
-        self._pool = db.pool
-        self._limiter = db.limiter
+        super().__init__(
+            db.dsn,
+            pool_size=db.pool_size,
+            fence=functools.partial(
+                check_lease,
+                run_id=claim.run_id,
+                token=claim.token,
+                session_id=claim.session_id,
+            ),
+            pool=db.pool,
+            limiter=db.limiter,
+        )
         self._claim = claim
 
     def __repr__(self) -> str:
         return f"LeasedCheckpointer(run={self._claim.run_id})"
-
-    async def _ensure_pool(self) -> Any:
-        await trio.lowlevel.checkpoint()
-        return self._pool
-
-    async def _write(self, fn: Any) -> Any:
-        claim = self._claim
-
-        def fenced(conn: Any) -> Any:
-            check_lease(conn, claim.run_id, claim.token, claim.session_id)
-            return fn(conn)
-
-        return await self._run(fenced, read=False)
-
-    async def aclose(self) -> None:
-        """Nothing to close: the pool is the worker's."""
-        await trio.lowlevel.checkpoint()
 
 
 class EventLog:
     """The event sink of one claimed run: its events wait here until the
     worker's `EventWriter` appends them to ``weavegraph_run_events``.
 
-    Once the lease is lost nothing more is appended; a run handed back drops
-    its ``cancelled`` sentinel (the run goes on elsewhere).
+    The run's stream-end event is kept aside (`end`): the worker appends it
+    in the transaction that records the run's final status, so a run's log
+    holds its end event exactly when the run is recorded as ended, once,
+    whatever the timing of a lease loss. Once the lease is lost nothing more
+    is appended; a run handed back drops its ``cancelled`` sentinel (the run
+    goes on elsewhere).
     """
 
     def __init__(self, writer: EventWriter, claim: Claim) -> None:
@@ -130,7 +133,7 @@ class EventLog:
         self.seq = claim.last_seq
         self.lost = False
         self.drop_end = False
-        self.end_status: str | None = None
+        self.end: Event | None = None
         self.buffer: list[str] = []
         self._pending = 0
         self._idle = trio.Event()
@@ -141,9 +144,9 @@ class EventLog:
         if self.lost:
             return
         if event.is_stream_end:
-            if self.drop_end:
-                return
-            self.end_status = str(event.metadata.get("status"))
+            if not self.drop_end:
+                self.end = event
+            return
         self.buffer.append(event.to_json_str())
         self._pending += 1
         if self._idle.is_set():
@@ -274,6 +277,7 @@ class _Running:
     poke: trio.Event = attrs.field(factory=trio.Event)
     lost: bool = False
     cancelled: bool = False
+    cancel_reason: str = "cancelled through the queue"
     handing_back: bool = False
 
     def hand_back(self) -> None:
@@ -424,7 +428,7 @@ class Worker:
             " RETURNING r.id, r.session_id, r.app, r.input_json, r.attempts,"
             " r.base_step, coalesce((SELECT last_step FROM sessions"
             " WHERE sessions.id = r.session_id), -1), r.lease_token, r.last_seq,"
-            " r.cancel_requested",
+            f" r.cancel_requested OR {UNWATCHED}",
             (sorted(self.apps), limit, self.name, self._lease),
         )
         rows = cur.fetchall()
@@ -452,13 +456,13 @@ class Worker:
             return
         app = self.apps[claim.app]
         try:
-            given = decode_input(claim.input_json)
-        except QueueError as exc:
+            given, options = decode_input(claim.input_json)
+            store = LeasedCheckpointer(self._db, claim)
+            config = options.configure(attrs.evolve(app.config, checkpointer=store))
+        except (QueueError, ConfigError) as exc:
             await self._finish(run, "failed", str(exc))
             return
         state: RunInput = None if claim.input_applied else given
-        store = LeasedCheckpointer(self._db, claim)
-        config = attrs.evolve(app.config, checkpointer=store)
         outcome: tuple[str, str | None] | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._renew, run)
@@ -469,7 +473,8 @@ class Worker:
                     await app.invoke_with_sinks(
                         state, [run.log], session_id=claim.session_id, config=config
                     )
-                    paused = run.log.end_status == "interrupted"
+                    end = run.log.end
+                    paused = end is not None and end.metadata["status"] == "interrupted"
                     outcome = ("interrupted" if paused else "completed", None)
                 except Exception as exc:
                     if _lease_lost(exc):
@@ -478,76 +483,103 @@ class Worker:
                         outcome = ("failed", f"{type(exc).__name__}: {exc}")
             nursery.cancel_scope.cancel()
         if run.lost or run.log.lost:
-            logger.warning(
-                "run %s of session %s: lease lost, abandoned",
-                claim.run_id,
-                claim.session_id,
-            )
+            self._abandoned(claim)
         elif outcome is not None and outcome[0] != "failed":
             await self._finish(run, *outcome)
         elif run.handing_back:
             await self._hand_back(run)
         elif run.cancelled:
-            await self._finish(run, "cancelled", "cancelled through the queue")
+            await self._finish(run, "cancelled", run.cancel_reason)
         elif outcome is not None:
             await self._finish(run, *outcome)
 
     async def _renew(self, run: _Running) -> None:
         claim, interval = run.claim, self._lease / 3
 
-        def renew(conn: Any) -> bool | None:
+        def renew(conn: Any) -> tuple[bool, bool, str | None] | None:
             cur = conn.cursor()
             cur.execute(
-                "UPDATE weavegraph_runs SET lease_expires = clock_timestamp()"
+                "UPDATE weavegraph_runs AS r SET lease_expires = clock_timestamp()"
                 " + make_interval(secs => %s) WHERE id = %s AND lease_token = %s"
                 " AND status = 'running' AND lease_expires > clock_timestamp()"
-                " RETURNING cancel_requested",
+                f" RETURNING cancel_requested, {UNWATCHED}, error",
                 (self._lease, claim.run_id, claim.token),
             )
             row = cur.fetchone()
             conn.commit()
-            return None if row is None else bool(row[0])
+            return None if row is None else (bool(row[0]), bool(row[1]), row[2])
 
         while True:
             with trio.move_on_after(interval):
                 await run.poke.wait()
             run.poke = trio.Event()
             try:
-                cancel = await self._db.run(renew)
+                found = await self._db.run(renew)
             except QueueError as exc:
                 logger.error("renewing the lease of run %s: %s", claim.run_id, exc)
                 continue
-            if cancel is None:
+            if found is None:
                 run.lost = run.log.lost = True
                 run.scope.cancel()
                 return
-            if cancel and not run.cancelled:
+            asked, unwatched, reason = found
+            if (asked or unwatched) and not run.cancelled:
                 run.cancelled = True
+                if asked and reason:
+                    run.cancel_reason = reason
+                elif unwatched and not asked:
+                    run.cancel_reason = UNWATCHED_REASON
                 run.scope.cancel()
 
     async def _finish(self, run: _Running, status: str, error: str | None) -> None:
+        """Record the run's final status and append its stream-end event, in
+        one transaction that holds only while this worker's token is the
+        run's: either both happen or neither (another worker then owns the
+        run and ends it). A run that ended before running gets an end event
+        made here, so every run's log ends with exactly one."""
         claim = run.claim
-
+        await run.log.aclose()  # every other event is in the log first
+        if run.log.lost:
+            self._abandoned(claim)
+            return
+        # A made end says what a runner's would: a failure is an "error".
+        end = run.log.end or stream_end_event(
+            claim.session_id,
+            "error" if status == "failed" else status,
+            claim.now_step,
+            error,
+        )
+        text = end.to_json_str()
+        keep = self._retention.max_events or 0
         # The slot this run frees is filled in the same transaction.
         refill = not self._stopping and len(self._running) <= self._concurrency
 
         def finish(conn: Any) -> tuple[bool, list[Claim]]:
             cur = conn.cursor()
             cur.execute(
-                "WITH ended AS (UPDATE weavegraph_runs SET status = %s, error = %s,"
-                " worker = NULL, lease_expires = NULL,"
-                " finished_at = clock_timestamp()"
-                " WHERE id = %s AND lease_token = %s AND status = 'running'"
-                " RETURNING id)"
-                " SELECT (SELECT count(*) FROM ended), pg_notify(%s, %s)",
-                (
-                    status,
-                    error,
-                    claim.run_id,
-                    claim.token,
-                    ENDS_CHANNEL,
-                    f"done:{claim.run_id}",
-                ),
+                "WITH ended AS (UPDATE weavegraph_runs SET status = %(status)s,"
+                " error = %(error)s, worker = NULL, lease_expires = NULL,"
+                " finished_at = clock_timestamp(), last_seq = last_seq + 1"
+                " WHERE id = %(id)s AND lease_token = %(token)s"
+                " AND status = 'running' RETURNING id, last_seq),"
+                " added AS (INSERT INTO weavegraph_run_events"
+                " (run_id, seq, event_json) SELECT id, last_seq, %(end)s FROM ended),"
+                " trimmed AS (DELETE FROM weavegraph_run_events AS e USING ended"
+                " WHERE %(keep)s > 0 AND e.run_id = ended.id"
+                " AND e.seq <= ended.last_seq - %(keep)s)"
+                " SELECT (SELECT count(*) FROM ended), pg_notify(%(ends)s, %(done)s),"
+                " pg_notify(%(events)s, 'end')",
+                {
+                    "status": status,
+                    "error": error,
+                    "id": claim.run_id,
+                    "token": claim.token,
+                    "end": text,
+                    "keep": keep,
+                    "ends": ENDS_CHANNEL,
+                    "done": f"done:{claim.run_id}",
+                    "events": EVENTS_CHANNEL,
+                },
             )
             row = cur.fetchone()
             done = row is not None and row[0] == 1
@@ -560,15 +592,17 @@ class Worker:
                 done, claims = await self._db.run(finish)
                 self.completed += done
                 if not done:
-                    logger.warning(
-                        "run %s of session %s: lease lost, abandoned (another"
-                        " worker owns it)",
-                        claim.run_id,
-                        claim.session_id,
-                    )
+                    self._abandoned(claim)
                 self._start(claims)
         except QueueError as exc:
             logger.error("recording the end of run %s: %s", claim.run_id, exc)
+
+    def _abandoned(self, claim: Claim) -> None:
+        logger.warning(
+            "run %s of session %s: lease lost, abandoned (another worker owns it)",
+            claim.run_id,
+            claim.session_id,
+        )
 
     async def _hand_back(self, run: _Running) -> None:
         claim = run.claim
@@ -616,15 +650,19 @@ class Worker:
 
 
 def _lease_lost(exc: BaseException | None) -> bool:
-    """Whether ``exc`` is (or was caused by) a refused write."""
-    seen = 0
-    while exc is not None and seen < 20:
-        if isinstance(exc, LeaseLost):
+    """Whether ``exc`` is (or was caused by, or groups) a refused write."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen or len(seen) > 200:
+            continue
+        seen.add(id(item))
+        if isinstance(item, LeaseLost):
             return True
-        if isinstance(exc, BaseExceptionGroup):
-            return any(_lease_lost(e) for e in exc.exceptions)
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
+        if isinstance(item, BaseExceptionGroup):
+            todo.extend(item.exceptions)
+        todo += (item.__cause__, item.__context__)
     return False
 
 
