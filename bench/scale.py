@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -191,16 +192,25 @@ def _check(final: wg.VersionedState) -> None:
 
 
 async def _until_completed(dsn: str, count: int) -> None:
-    """Return once ``count`` runs completed (one connection, polled)."""
+    """Return once ``count`` runs completed (one connection, polled).
+
+    Raises:
+        AssertionError: a run ended otherwise (its error).
+    """
     import psycopg
 
     def wait() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             while True:
                 row = conn.execute(
-                    "SELECT count(*) FROM weavegraph_runs WHERE status = 'completed'"
+                    "SELECT count(*) FILTER (WHERE status = 'completed'),"
+                    " max(error) FILTER (WHERE status IN ('failed', 'cancelled'))"
+                    " FROM weavegraph_runs"
                 ).fetchone()
-                if row is not None and row[0] >= count:
+                assert row is not None
+                if row[1] is not None:
+                    raise AssertionError(f"a run did not complete: {row[1]}")
+                if row[0] >= count:
                     return
                 time.sleep(0.01)
 
@@ -224,7 +234,11 @@ async def runner_rate(dsn: str, runs: int) -> float:
                     await app.invoke(_given(i), session_id=f"r{i}", config=config)
                 )
 
-        await app.invoke(_given(-1), session_id="warm", config=config)
+        async with trio.open_nursery() as nursery:  # every connection opened
+            for k in range(CONCURRENCY):
+                nursery.start_soon(
+                    partial(app.invoke, _given(-1), session_id=f"w{k}", config=config)
+                )
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for i in range(runs):
@@ -303,37 +317,46 @@ async def takeover(dsn: str, workers: Workers) -> float:
     return float((status.claimed_at - killed_at).total_seconds())
 
 
+async def one_row(pg: Postgres, row: str, runs: int, lease: float) -> float:
+    """Runs per second of ``row`` ("runner" or "N worker(s)") on a fresh schema."""
+    pg.reset()
+    if row == "runner":
+        return await runner_rate(pg.dsn, runs)
+    async with RunQueue(pg.dsn):
+        pass  # the schema exists before the workers race to make it
+    workers = Workers(pg.dsn, int(row.split()[0]), lease)
+    try:
+        return await queue_rate(pg.dsn, runs)
+    finally:
+        workers.stop()
+
+
+ROWS = ("runner", "1 worker(s)", "2 worker(s)", "4 worker(s)")
+
+
 async def main() -> None:
     sys.path.insert(0, str(HERE))
-    from _common import header, options, ratio, table
+    from _common import header, options, table
 
     args = options(
         "Scale-out on PostgreSQL: run queue and worker processes",
-        count=(300, 30),
+        count=(600, 30),
         samples=(10, 3),
     )
     lease = 2.0
     header("bench/scale.py", args, ("psycopg",))
     print(
         f"{args.count} runs of a {STEPS}-step chain per row, {CONCURRENCY} at a time"
-        f" per process, lease {lease:g}s, {os.cpu_count()} CPU(s)"
+        f" per process, lease {lease:g}s, {os.cpu_count()} CPU(s); rows in turn"
+        " forward and backward (ABBA), ratios per round"
     )
     pg = Postgres()
-    rates: dict[str, list[float]] = {}
+    rates: dict[str, list[float]] = {row: [] for row in ROWS}
     try:
-        for _ in range(args.runs):
-            pg.reset()
-            rates.setdefault("runner", []).append(await runner_rate(pg.dsn, args.count))
-            for count in (1, 2, 4):
-                pg.reset()
-                async with RunQueue(pg.dsn):
-                    pass  # the schema exists before the workers race to make it
-                workers = Workers(pg.dsn, count, lease)
-                try:
-                    rate = await queue_rate(pg.dsn, args.count)
-                finally:
-                    workers.stop()
-                rates.setdefault(f"{count} worker(s)", []).append(rate)
+        for index in range(args.runs):
+            order = ROWS if index % 2 == 0 else ROWS[::-1]
+            for row in order:
+                rates[row].append(await one_row(pg, row, args.count, lease))
         pg.reset()
         async with RunQueue(pg.dsn):
             pass
@@ -346,17 +369,34 @@ async def main() -> None:
     finally:
         pg.stop()
     median = {name: statistics.median(values) for name, values in rates.items()}
-    base = median["runner"]
-    one = median["1 worker(s)"]
+    one = rates["1 worker(s)"]
+
+    def per_round(name: str, base: list[float]) -> float:
+        """The median over rounds of ``name``'s rate over ``base``'s."""
+        return statistics.median(v / b for v, b in zip(rates[name], base, strict=True))
+
     table(
-        "throughput (runs/s, median of rounds)",
+        "throughput (runs/s: median of rounds; ratios: median of each round's)",
         ["row", "runs/s", "vs runner", "vs 1 worker"],
         [
-            [name, f"{value:,.1f}", ratio(value, base), ratio(value, one)]
-            for name, value in median.items()
+            [
+                name,
+                f"{median[name]:,.1f}",
+                f"{per_round(name, rates['runner']):.2f}x",
+                f"{per_round(name, one):.2f}x",
+            ]
+            for name in ROWS
         ],
     )
-    print(f"\n  runner / 1 worker: {ratio(base, one)} (target: at most 1.50x)")
+    overhead = 1 / per_round("1 worker(s)", rates["runner"])
+    print(f"\n  runner / 1 worker: {overhead:.2f}x (target: at most 1.50x)")
+    print(
+        "  rates per round: "
+        + "; ".join(
+            f"{name} " + " ".join(f"{v:.0f}" for v in values)
+            for name, values in rates.items()
+        )
+    )
     print(f"  submit to first event: {latency * 1e3:,.1f} ms (median)")
     print(f"  takeover after kill -9: {moved:,.2f} s (lease {lease:g}s)")
 

@@ -260,3 +260,39 @@ async def test_a_version_1_queue_is_upgraded_in_place(postgres_dsn: str) -> None
         ).fetchone()  # type: ignore[misc]
     assert version == "2"
     assert status is not None and not status.watched
+
+
+async def test_a_run_whose_database_connections_broke_goes_on(
+    postgres_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server ends every connection of the worker's pool in the middle of
+    # a run: the run is not failed (the database failed, not the run), it is
+    # handed back and resumed from its last committed step, and its events
+    # keep their numbers.
+    slow = ticks(40, delay=0.03)
+    async with worker(postgres_dsn, name="broken", lease=3.0, poll=0.1):
+        async with RunQueue(postgres_dsn) as queue:
+            await queue.submit("slow", "cut", slow)
+            async for seq, _ in queue.events("cut"):
+                if seq >= 20:
+                    break
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            ended = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE pid <> pg_backend_pid() AND datname = current_database()"
+                " AND query NOT LIKE 'LISTEN%'"
+            ).fetchone()
+        async with RunQueue(postgres_dsn) as queue:
+            with trio.fail_after(30):
+                final = await queue.wait("cut")
+            status = await queue.status("cut")
+            seqs = [seq async for seq, _ in queue.events("cut")]
+            ends = await ends_of(queue, "cut")
+    assert ended is not None and ended[0] >= 1
+    assert final.extra["ticks"] == 40
+    assert status is not None and status.status == "completed"
+    assert status.attempts == 2  # handed back, then claimed again
+    assert "connection was lost" in caplog.text
+    assert seqs == list(range(1, len(seqs) + 1)) and ends == ["completed"]
+    steps = await steps_of(postgres_dsn, "cut")
+    assert [s for s, _ in steps] == list(range(41))

@@ -134,6 +134,14 @@ class LifecycleEvent(DiagnosticEvent):
     def metadata(self, value: Mapping[str, Any]) -> None:
         _set_metadata(self, value)
 
+    def json_metadata(self) -> dict[str, Any]:
+        """The ``metadata`` object of the JSON form (made afresh, not kept,
+        when the metadata was not read yet: encoding needs no read-only copy)."""
+        try:
+            return dict(_get_metadata(self))
+        except AttributeError:
+            return self._make_metadata()
+
     def __eq__(self, other: object) -> bool:
         # Tried first in both orders (a subclass's __eq__ is), so a lifecycle
         # event equals the plain DiagnosticEvent decoded from its JSON.

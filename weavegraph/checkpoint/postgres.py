@@ -28,10 +28,12 @@ def open_pool(
     migrate: Callable[[Any], object],
     error: type[WeavegraphError],
     who: str,
+    *,
+    min_size: int = 1,
 ) -> Any:
-    """A psycopg pool of up to ``size`` connections, each ``SET`` with
-    ``settings``, opened, and ``migrate(conn)`` run once (blocking: run it in
-    a worker thread).
+    """A psycopg pool of up to ``size`` connections (``min_size`` of them
+    opened at once), each ``SET`` with ``settings``, opened, and
+    ``migrate(conn)`` run once (blocking: run it in a worker thread).
 
     Raises:
         error: psycopg is missing (``who`` names what needs it), or the
@@ -53,7 +55,7 @@ def open_pool(
 
     pool = ConnectionPool(
         dsn,
-        min_size=1,
+        min_size=min(min_size, size),
         max_size=size,
         configure=configure,
         open=False,

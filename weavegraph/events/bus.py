@@ -44,7 +44,7 @@ from .._trio import single_exception
 from .types import EVENT_TYPES, SENTINEL_SCOPES, DiagnosticEvent, Event, EventType
 
 if TYPE_CHECKING:
-    from .sinks import EventSink
+    from .sinks import EventSink, SyncEventSink
     from .stream import EventStream
 
 logger = logging.getLogger("weavegraph.event_bus")
@@ -467,9 +467,13 @@ class EventBus:
         self._inbox_recv: trio.MemoryReceiveChannel[None] = recv
         self._manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._service_scope: trio.CancelScope | None = None
-        self._sink_streams: list[tuple[EventSink, EventStream]] = [
-            (sink, self.subscribe(overflow="block")) for sink in self._sinks
-        ]
+        # Sinks with ``handle_nowait`` are called as events are handed over
+        # (no task, no buffer); the others each read a stream of their own.
+        self._sync_sinks: list[tuple[int, SyncEventSink]] = []
+        self._sink_streams: list[tuple[EventSink, EventStream]] = []
+        self._stream_index: list[int] = []  # each stream sink's index in _sinks
+        for index, sink in enumerate(self._sinks):
+            self._attach(index, sink)
 
     # ------------------------------------------------------------------ properties
 
@@ -495,7 +499,7 @@ class EventBus:
         Producers of events nobody could see may skip building them; an event
         emitted with nobody listening is counted and goes nowhere either way.
         """
-        if self._sink_streams:
+        if self._sink_streams or self._sync_sinks:
             return True
         # A plain loop: cheaper than any() over a generator (called per node).
         for sub in self._subscribers:  # noqa: SIM110
@@ -512,7 +516,7 @@ class EventBus:
         runtime's lifecycle events are not built for a token stream or an
         ``updates`` stream.
         """
-        if self._sink_streams:
+        if self._sink_streams or self._sync_sinks:
             return True
         for sub in self._subscribers:
             if not sub.closed and sub.wants(event_type, scopes):
@@ -596,7 +600,14 @@ class EventBus:
                 "add sinks before the bus starts, or pass them to EventBus(sinks=...)"
             )
         self._sinks.append(sink)
-        self._sink_streams.append((sink, self.subscribe(overflow="block")))
+        self._attach(len(self._sinks) - 1, sink)
+
+    def _attach(self, index: int, sink: EventSink) -> None:
+        if callable(getattr(sink, "handle_nowait", None)):
+            self._sync_sinks.append((index, sink))  # type: ignore[arg-type]
+        else:
+            self._sink_streams.append((sink, self.subscribe(overflow="block")))
+            self._stream_index.append(index)
 
     def _prune(self) -> None:
         if any(s.closed for s in self._subscribers):
@@ -621,6 +632,8 @@ class EventBus:
             self._published += 1
             if self._subscribers:
                 self._deliver_one(event)
+            if self._sync_sinks:
+                self._to_sync_sinks((event,))
             return
         batch = self._batch  # counted as published when handed over (_flush)
         batch.append(event)
@@ -708,6 +721,21 @@ class EventBus:
         self._published += len(batch)
         self._fan_out(batch)
 
+    def _to_sync_sinks(self, batch: Sequence[Event]) -> None:
+        """Each event to every synchronous sink, in order; a failure is
+        reported once every sink had the event (so it follows the event)."""
+        sinks = self._sync_sinks
+        for event in batch:
+            failed = None
+            for index, sink in sinks:
+                try:
+                    sink.handle_nowait(event)
+                except Exception as exc:  # a failing sink never stops the run
+                    failed = [*(failed or ()), (index, sink, exc)]
+            if failed:
+                for index, sink, error in failed:
+                    self._report_sink_error(index, sink, error, event)
+
     def _fan_out(self, batch: list[Event]) -> None:
         pruned = False
         for sub in self._subscribers:
@@ -719,6 +747,8 @@ class EventBus:
                 self._dropped_total += dropped
         if pruned:
             self._prune()
+        if self._sync_sinks:  # after the streams: a report follows its event
+            self._to_sync_sinks(batch)
 
     # ----------------------------------------------------------------------- sinks
 
@@ -763,7 +793,11 @@ class EventBus:
             sub.end()
 
     def _report_sink_error(
-        self, index: int, sink: EventSink, exc: Exception, event: Event | None
+        self,
+        index: int,
+        sink: EventSink | SyncEventSink,
+        exc: Exception,
+        event: Event | None,
     ) -> None:
         """Deliver a failure of ``sink`` as an ``event_bus.sink_error`` diagnostic.
 
@@ -790,9 +824,19 @@ class EventBus:
                 }
             ),
         )
-        own = self._sink_streams[index][1]._sub
+        own = next(
+            (
+                stream._sub
+                for i, (_, stream) in zip(
+                    self._stream_index, self._sink_streams, strict=True
+                )
+                if i == index
+            ),
+            None,
+        )
         sink_subs = {id(stream._sub) for _, stream in self._sink_streams}
-        self._flush()  # what was emitted before the failure is delivered first
+        if not self._inline:
+            self._flush()  # what was emitted before the failure goes first
         self._published += 1
         for sub in tuple(self._subscribers):
             if sub is own or sub.closed or sub.ended:
@@ -802,6 +846,23 @@ class EventBus:
             dropped = sub.offer((report,))
             if dropped:
                 self._dropped_total += dropped
+        if event is not None:
+            for other, sync in self._sync_sinks:
+                if other != index:
+                    try:
+                        sync.handle_nowait(report)
+                    except Exception as exc:
+                        self._report_sink_error(other, sync, exc, report)
+
+    async def _close_sync_sinks(self) -> None:
+        """Await each synchronous sink's ``aclose`` (after its last event)."""
+        for index, sink in self._sync_sinks:
+            close = getattr(sink, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception as exc:
+                    self._report_sink_error(index, sink, exc, None)
 
     # ------------------------------------------------------------------- lifecycle
 
@@ -811,6 +872,7 @@ class EventBus:
                 self._notified = False
                 self._flush()
         self._flush()
+        await self._close_sync_sinks()
         self._flushed = True
         self._check_sinks_settled()
         await self._sinks_done.wait()
@@ -850,7 +912,9 @@ class EventBus:
                 self._service_scope = scope
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._broadcast)
-                    for index, (sink, stream) in enumerate(self._sink_streams):
+                    for index, (sink, stream) in zip(
+                        self._stream_index, self._sink_streams, strict=True
+                    ):
                         nursery.start_soon(self._run_sink, index, sink, stream)
                     task_status.started()
         finally:
@@ -908,7 +972,11 @@ class EventBus:
     ) -> None:
         self.close()
         if self._inline:
-            await trio.lowlevel.checkpoint()
+            if self._sync_sinks:
+                with trio.CancelScope(shield=True):  # as a drain would be
+                    await self._close_sync_sinks()
+            else:
+                await trio.lowlevel.checkpoint()
             return
         manager, self._manager = self._manager, None
         assert manager is not None, "EventBus.__aexit__ without __aenter__"

@@ -2,11 +2,15 @@
 
 A sink is any object with ``async def handle(self, event)``; an optional
 ``async def aclose(self)`` is awaited when the bus closes, after the sink saw every
-event. A sink that raises keeps receiving events and never stops the run or the
-other sinks: each failure is an ``event_bus.sink_error`` diagnostic that every
-stream and every other sink of the bus sees, even on the bus's last event, with
-metadata naming the sink (``sink``, its ``name`` attribute or class name, and
-``sink_index``), ``during`` (``"handle"`` or ``"aclose"``), ``error``,
+event. A sink whose work never waits may offer ``def handle_nowait(self, event)``
+instead (a `SyncEventSink`): the bus then calls it as each event is handed
+over, in order, with no task or buffer of its own (cheaper for a bus per run);
+it must not block. A sink that raises keeps receiving events and never stops
+the run or the other sinks: each failure is an ``event_bus.sink_error``
+diagnostic that every stream and every other sink of the bus sees, even on the
+bus's last event, with metadata naming the sink (``sink``, its ``name``
+attribute or class name, and ``sink_index``), ``during`` (``"handle"`` or
+``"aclose"``), ``error``,
 ``error_type`` and ``event_scope``.
 """
 
@@ -30,6 +34,21 @@ class EventSink(Protocol):
 
     async def handle(self, event: Event) -> None:
         """Consume one event."""
+        ...
+
+
+@runtime_checkable
+class SyncEventSink(Protocol):
+    """A sink the bus calls directly: ``def handle_nowait(self, event)``.
+
+    Called for every event as it is handed over (from ``emit``, or from the
+    bus's broadcaster), in order; it must not block or wait. It may also have
+    ``async def aclose(self)``, awaited once after its last event. What it
+    raises is reported like any sink's failure.
+    """
+
+    def handle_nowait(self, event: Event) -> None:
+        """Consume one event, without waiting."""
         ...
 
 

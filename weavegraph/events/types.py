@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
 import attrs
 
+from .._codec import dumps
 from .._core.errors import EventDecodeError
 
 STREAM_END_SCOPE = "__weavegraph_stream_end__"
@@ -140,8 +141,6 @@ class _EventMixin:
 
     def to_json_str(self, pretty: bool = False) -> str:
         """`to_json` encoded as JSON text (two-space indented when ``pretty``)."""
-        from .._codec import dumps
-
         return dumps(self.to_json(), pretty=pretty)
 
 

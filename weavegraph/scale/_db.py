@@ -226,6 +226,7 @@ class Database:
             migrate_queue,
             QueueError,
             "the run queue needs",
+            min_size=self.pool_size,  # no connection is opened while runs go on
         )
 
     async def open(self) -> None:

@@ -30,6 +30,7 @@ from .._codec import dumps
 from .._core.errors import ConfigError, LeaseLost, QueueError
 from .._runtime.app import App
 from ..checkpoint.postgres import PostgresCheckpointer
+from ..checkpoint.record import Checkpoint
 from ..events.types import Event, stream_end_event
 from ._db import (
     ENDS_CHANNEL,
@@ -46,6 +47,7 @@ logger = logging.getLogger("weavegraph.worker")
 DEFAULT_LEASE = 10.0
 MAX_ATTEMPTS = 5
 """Claims of one run after which it is failed rather than tried again."""
+_EVENT_TRIES = 5  # writes of one event batch over broken connections
 
 
 @attrs.frozen
@@ -71,8 +73,10 @@ class Claim:
 
 def check_lease(conn: Any, run_id: int, token: int, session_id: str) -> None:
     """In the caller's transaction: refuse unless ``token`` holds the run's
-    live lease; the run's row stays share-locked until the transaction ends,
-    so no claim can take the run between this check and the commit.
+    live lease; the run's row stays key-share-locked until the transaction
+    ends, so no claim (``FOR UPDATE``) can take the run between this check and
+    the commit, while the run's own updates (its event numbers, its renewals)
+    do not wait for it.
 
     Raises:
         LeaseLost: the lease expired or another worker holds the run.
@@ -80,7 +84,8 @@ def check_lease(conn: Any, run_id: int, token: int, session_id: str) -> None:
     cur = conn.cursor()
     cur.execute(
         "SELECT 1 FROM weavegraph_runs WHERE id = %s AND lease_token = %s"
-        " AND status = 'running' AND lease_expires > clock_timestamp() FOR SHARE",
+        " AND status = 'running' AND lease_expires > clock_timestamp()"
+        " FOR KEY SHARE",
         (run_id, token),
     )
     if cur.fetchone() is None:
@@ -110,21 +115,36 @@ class LeasedCheckpointer(PostgresCheckpointer):
             limiter=db.limiter,
         )
         self._claim = claim
+        # The claim read the session's last step in its own transaction.
+        self._fresh = claim.now_step == -1
 
     def __repr__(self) -> str:
         return f"LeasedCheckpointer(run={self._claim.run_id})"
+
+    async def load_latest(self, session_id: str) -> Checkpoint | None:
+        """As `PostgresCheckpointer.load_latest`; the first load of a session
+        the claim found absent reads nothing (it cannot have appeared through
+        the queue since: a session made meanwhile by a writer outside the queue
+        makes the run's first write conflict, never merge)."""
+        if self._fresh and session_id == self._claim.session_id:
+            self._fresh = False
+            await trio.lowlevel.checkpoint()
+            return None
+        return await super().load_latest(session_id)
 
 
 class EventLog:
     """The event sink of one claimed run: its events wait here until the
     worker's `EventWriter` appends them to ``weavegraph_run_events``.
 
-    The run's stream-end event is kept aside (`end`): the worker appends it
-    in the transaction that records the run's final status, so a run's log
-    holds its end event exactly when the run is recorded as ended, once,
-    whatever the timing of a lease loss. Once the lease is lost nothing more
-    is appended; a run handed back drops its ``cancelled`` sentinel (the run
-    goes on elsewhere).
+    A run that ends keeps its last events and its stream-end event (`end`)
+    aside: the worker appends them in the transaction that records the run's
+    final status (`take_tail`), so a run's log holds its end event exactly
+    when the run is recorded as ended, once, whatever the timing of a lease
+    loss, and the end waits for no batch of its own. Once the lease is lost
+    nothing more is appended; a run handed back drops its ``cancelled``
+    sentinel (the run goes on elsewhere) and has its events written first
+    (`flush`).
     """
 
     def __init__(self, writer: EventWriter, claim: Claim) -> None:
@@ -135,11 +155,15 @@ class EventLog:
         self.drop_end = False
         self.end: Event | None = None
         self.buffer: list[str] = []
-        self._pending = 0
-        self._idle = trio.Event()
-        self._idle.set()
+        self._pending = 0  # handed over (buffered or in a batch), not settled
+        self._settled = trio.Event()
 
     async def handle(self, event: Event) -> None:
+        """As `handle_nowait` (the bus calls that one)."""
+        self.handle_nowait(event)
+        await trio.lowlevel.checkpoint()
+
+    def handle_nowait(self, event: Event) -> None:
         """Queue one event for the worker's next batch."""
         if self.lost:
             return
@@ -149,8 +173,6 @@ class EventLog:
             return
         self.buffer.append(event.to_json_str())
         self._pending += 1
-        if self._idle.is_set():
-            self._idle = trio.Event()
         self._writer.mark(self)
 
     def settled(self, count: int, stored: bool) -> None:
@@ -161,12 +183,30 @@ class EventLog:
         if self._pending <= 0 or self.lost:
             self._pending = 0
             self.buffer.clear()
-            self._idle.set()
+        self._settled.set()
+        self._settled = trio.Event()
+
+    async def _wait_until(self, done: Any) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(10.0):
+            while not done() and not self.lost:
+                await self._settled.wait()
+
+    async def flush(self) -> None:
+        """Wait (at most 10 s, shielded) until every event handed over is written."""
+        await self._wait_until(lambda: self._pending <= 0)
+
+    async def take_tail(self) -> list[str]:
+        """Wait (at most 10 s, shielded) for this run's batch in flight, then
+        take the events still buffered: the caller writes them."""
+        await self._wait_until(lambda: self._pending <= len(self.buffer))
+        self._writer.forget(self)
+        texts, self.buffer = self.buffer, []
+        self._pending = 0
+        return texts
 
     async def aclose(self) -> None:
-        """Wait (at most 10 s, shielded) until every event handed over is written."""
-        with trio.CancelScope(shield=True), trio.move_on_after(10.0):
-            await self._idle.wait()
+        """Nothing to wait for: the worker writes the rest as the run ends."""
+        await trio.lowlevel.checkpoint()
 
 
 class EventWriter:
@@ -174,7 +214,7 @@ class EventWriter:
 
     Whatever the runs logged while the last batch was being written goes in
     the next: a busy worker writes many runs' events at once. Each batch checks
-    every run's lease (``FOR SHARE``, in the same transaction), appends the
+    every run's lease (``FOR KEY SHARE``, in the same transaction), appends the
     events of the runs still held, moves their ``last_seq``, trims them to the
     retention's count and NOTIFYs one wake-up.
     """
@@ -190,11 +230,21 @@ class EventWriter:
         self._dirty[log.claim.run_id] = log
         self._wake.set()
 
+    def forget(self, log: EventLog) -> None:
+        """``log``'s run writes its remaining events itself."""
+        self._dirty.pop(log.claim.run_id, None)
+
     async def run(self) -> None:
-        """Write batches until cancelled."""
+        """Write batches until cancelled.
+
+        A batch whose connection broke is tried again (a few times, a moment
+        apart): the pool replaces the connection, and the events keep their
+        order and numbers.
+        """
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            tries = 0
             while self._dirty:
                 logs = list(self._dirty.values())
                 self._dirty.clear()
@@ -206,10 +256,18 @@ class EventWriter:
                         functools.partial(self._append, batch=batch)
                     )
                 except QueueError as exc:
+                    tries += 1
+                    if _connection_lost(exc) and tries <= _EVENT_TRIES:
+                        for log, _, texts in batch:
+                            log.buffer[:0] = texts  # in front of newer ones
+                            self._dirty.setdefault(log.claim.run_id, log)
+                        await trio.sleep(0.1 * tries)
+                        continue
                     logger.error("events of %d run(s) lost: %s", len(batch), exc)
                     for log, _, texts in batch:
                         log.settled(len(texts), False)
                     continue
+                tries = 0
                 for log, _, texts in batch:
                     if log.claim.run_id not in live:
                         log.lost = True
@@ -224,7 +282,7 @@ class EventWriter:
             "SELECT id FROM weavegraph_runs WHERE (id, lease_token) IN"
             " (SELECT * FROM unnest(%s::bigint[], %s::bigint[]))"
             " AND status = 'running' AND lease_expires > clock_timestamp()"
-            " ORDER BY id FOR SHARE",
+            " ORDER BY id FOR KEY SHARE",
             ([c.run_id for c in claims], [c.token for c in claims]),
         )
         live = {int(row[0]) for row in cur.fetchall()}
@@ -477,8 +535,19 @@ class Worker:
                     paused = end is not None and end.metadata["status"] == "interrupted"
                     outcome = ("interrupted" if paused else "completed", None)
                 except Exception as exc:
-                    if _lease_lost(exc):
+                    if _caused_by(exc, LeaseLost):
                         run.lost = True
+                    elif _connection_lost(exc):
+                        # The database failed, not the run: it goes back to
+                        # the queue and resumes from its last committed step.
+                        logger.warning(
+                            "run %s of session %s: the database connection was"
+                            " lost (%s); handing it back",
+                            claim.run_id,
+                            claim.session_id,
+                            exc,
+                        )
+                        run.hand_back()
                     else:
                         outcome = ("failed", f"{type(exc).__name__}: {exc}")
             nursery.cancel_scope.cancel()
@@ -532,13 +601,13 @@ class Worker:
                 run.scope.cancel()
 
     async def _finish(self, run: _Running, status: str, error: str | None) -> None:
-        """Record the run's final status and append its stream-end event, in
-        one transaction that holds only while this worker's token is the
-        run's: either both happen or neither (another worker then owns the
-        run and ends it). A run that ended before running gets an end event
-        made here, so every run's log ends with exactly one."""
+        """Record the run's final status and append its last events and its
+        stream-end event, in one transaction that holds only while this
+        worker's token is the run's: either all happen or none (another worker
+        then owns the run and ends it). A run that ended before running gets
+        an end event made here, so every run's log ends with exactly one."""
         claim = run.claim
-        await run.log.aclose()  # every other event is in the log first
+        tail = await run.log.take_tail()
         if run.log.lost:
             self._abandoned(claim)
             return
@@ -549,7 +618,8 @@ class Worker:
             claim.now_step,
             error,
         )
-        text = end.to_json_str()
+        tail.append(end.to_json_str())
+        texts = "[" + ",".join(tail) + "]"  # each event's JSON kept verbatim
         keep = self._retention.max_events or 0
         # The slot this run frees is filled in the same transaction.
         refill = not self._stopping and len(self._running) <= self._concurrency
@@ -559,26 +629,30 @@ class Worker:
             cur.execute(
                 "WITH ended AS (UPDATE weavegraph_runs SET status = %(status)s,"
                 " error = %(error)s, worker = NULL, lease_expires = NULL,"
-                " finished_at = clock_timestamp(), last_seq = last_seq + 1"
+                " finished_at = clock_timestamp(), last_seq = last_seq + %(n)s"
                 " WHERE id = %(id)s AND lease_token = %(token)s"
                 " AND status = 'running' RETURNING id, last_seq),"
                 " added AS (INSERT INTO weavegraph_run_events"
-                " (run_id, seq, event_json) SELECT id, last_seq, %(end)s FROM ended),"
+                " (run_id, seq, event_json) SELECT ended.id,"
+                " ended.last_seq - %(n)s + e.n, e.event::text FROM ended,"
+                " json_array_elements(%(events)s::json) WITH ORDINALITY"
+                " AS e(event, n)),"
                 " trimmed AS (DELETE FROM weavegraph_run_events AS e USING ended"
                 " WHERE %(keep)s > 0 AND e.run_id = ended.id"
                 " AND e.seq <= ended.last_seq - %(keep)s)"
                 " SELECT (SELECT count(*) FROM ended), pg_notify(%(ends)s, %(done)s),"
-                " pg_notify(%(events)s, 'end')",
+                " pg_notify(%(channel)s, 'end')",
                 {
                     "status": status,
                     "error": error,
+                    "n": len(tail),
                     "id": claim.run_id,
                     "token": claim.token,
-                    "end": text,
+                    "events": texts,
                     "keep": keep,
                     "ends": ENDS_CHANNEL,
                     "done": f"done:{claim.run_id}",
-                    "events": EVENTS_CHANNEL,
+                    "channel": EVENTS_CHANNEL,
                 },
             )
             row = cur.fetchone()
@@ -606,6 +680,7 @@ class Worker:
 
     async def _hand_back(self, run: _Running) -> None:
         claim = run.claim
+        await run.log.flush()  # the next owner numbers its events after these
 
         def hand_back(conn: Any) -> None:
             cur = conn.cursor()
@@ -649,8 +724,8 @@ class Worker:
             await trio.sleep(every)
 
 
-def _lease_lost(exc: BaseException | None) -> bool:
-    """Whether ``exc`` is (or was caused by, or groups) a refused write."""
+def _caused_by(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` is (or was caused by, or groups) a ``kind``."""
     seen: set[int] = set()
     todo = [exc]
     while todo:
@@ -658,12 +733,20 @@ def _lease_lost(exc: BaseException | None) -> bool:
         if item is None or id(item) in seen or len(seen) > 200:
             continue
         seen.add(id(item))
-        if isinstance(item, LeaseLost):
+        if isinstance(item, kind):
             return True
         if isinstance(item, BaseExceptionGroup):
             todo.extend(item.exceptions)
         todo += (item.__cause__, item.__context__)
     return False
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` came of a broken database connection (psycopg's
+    ``OperationalError``: the server closed it, the network failed)."""
+    import psycopg
+
+    return _caused_by(exc, psycopg.OperationalError)
 
 
 def _check_apps(apps: object) -> dict[str, App]:
@@ -710,7 +793,8 @@ async def serve_worker(
         name: The worker's name in the queue (default: host, pid and a
             random suffix).
         retention: How long events are kept (default: `EventRetention()`).
-        pool_size: Database connections at most (default: from concurrency).
+        pool_size: Database connections, opened at start (default: half the
+            concurrency plus two, at most 16).
 
     Raises:
         ConfigError: bad apps or options.
@@ -725,8 +809,10 @@ async def serve_worker(
         poll = min(1.0, lease / 4)
     elif not isinstance(poll, int | float) or not 0 < poll < math.inf:
         raise ConfigError(f"poll must be a number of seconds > 0, got {poll!r}")
-    size = pool_size if pool_size is not None else min(2 * concurrency + 2, 20)
-    db = Database(dsn, pool_size=size, idle_timeout=max(1.0, lease / 2))
+    # A few connections serve many runs: each holds one only for a statement,
+    # and fewer threads contend less for the GIL.
+    size = pool_size if pool_size is not None else min(concurrency // 2 + 2, 16)
+    db = Database(dsn, pool_size=size, idle_timeout=max(2.0, lease))
     worker = Worker(
         checked,
         db,
