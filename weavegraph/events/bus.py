@@ -765,12 +765,7 @@ class EventBus:
                         self._busy_sinks -= 1
                     if self._flushed:
                         self._check_sinks_settled()
-                close = getattr(sink, "aclose", None)
-                if close is not None:
-                    try:
-                        await close()
-                    except Exception as exc:
-                        self._report_sink_error(index, sink, exc, None)
+                await self._close_sink(index, sink)
         finally:
             self._sinks_running -= 1
             if not self._sinks_running:
@@ -857,12 +852,16 @@ class EventBus:
     async def _close_sync_sinks(self) -> None:
         """Await each synchronous sink's ``aclose`` (after its last event)."""
         for index, sink in self._sync_sinks:
-            close = getattr(sink, "aclose", None)
-            if close is not None:
-                try:
-                    await close()
-                except Exception as exc:
-                    self._report_sink_error(index, sink, exc, None)
+            await self._close_sink(index, sink)
+
+    async def _close_sink(self, index: int, sink: EventSink | SyncEventSink) -> None:
+        """Await ``sink``'s optional ``aclose``; a failure is reported."""
+        close = getattr(sink, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception as exc:
+                self._report_sink_error(index, sink, exc, None)
 
     # ------------------------------------------------------------------- lifecycle
 
