@@ -14,7 +14,15 @@ import pytest
 import scale_apps
 import trio
 
-from weavegraph import App, PostgresCheckpointer, Resume, VersionedState
+from weavegraph import (
+    END,
+    START,
+    App,
+    GraphBuilder,
+    PostgresCheckpointer,
+    Resume,
+    VersionedState,
+)
 from weavegraph.errors import (
     ConfigError,
     LeaseLost,
@@ -32,7 +40,8 @@ from weavegraph.scale import (
     Worker,
     serve_worker,
 )
-from weavegraph.scale._db import Database
+from weavegraph.scale._db import EVENTS_CHANNEL, Database, Listener
+from weavegraph.scale.worker import NOTIFY_EVERY
 
 APPS = scale_apps.APPS
 
@@ -370,3 +379,91 @@ async def test_a_cancelled_run_of_a_dead_worker_is_not_run_again(
             with pytest.raises(RunCancelledError, match="before it ran"):
                 await queue.wait("orphan")
     assert await steps_of(postgres_dsn, "orphan") == []
+
+
+async def _burst(snapshot: Any, ctx: Any) -> None:
+    for i in range(300):
+        ctx.emit("burst", f"event {i}")
+        if i % 5 == 4:
+            await trio.sleep(0.001)  # batches go in one after another
+
+
+async def _quiet(snapshot: Any, ctx: Any) -> None:
+    ctx.emit("mark", "quiet")
+    await trio.sleep(3.0)
+
+
+BURST = (
+    GraphBuilder()
+    .add_node("burst", _burst)
+    .add_node("quiet", _quiet)
+    .add_edge(START, "burst")
+    .add_edge("burst", "quiet")
+    .add_edge("quiet", END)
+    .compile()
+)
+
+
+async def test_event_wake_ups_are_coalesced_and_the_last_batch_is_announced(
+    postgres_dsn: str,
+) -> None:
+    heard: list[float] = []
+    woken = trio.Event()
+
+    def on_notify(channel: str, payload: str) -> None:
+        nonlocal woken
+        heard.append(trio.current_time())
+        woken.set()
+        woken = trio.Event()
+
+    async with trio.open_nursery() as nursery, RunQueue(postgres_dsn) as queue:
+        await nursery.start(Listener(postgres_dsn, (EVENTS_CHANNEL,)).run, on_notify)
+        found: Worker = await nursery.start(
+            functools.partial(serve_worker, {"burst": BURST}, postgres_dsn)
+        )
+        await queue.submit("burst", "burst")
+        # Each wake-up is followed by a read: the one after the burst's last
+        # batch must come while the run still sleeps (not from its end).
+        with trio.fail_after(20):
+            while True:
+                await woken.wait()
+                status = await queue.status("burst")
+                events = [e async for _, e in queue.events("burst", follow=False)]
+                if any(e.scope_label == "mark" for e in events):
+                    break
+        assert status is not None and status.status == "running"
+        assert not any(  # heard while "quiet" sleeps: its end is not logged
+            e.scope_label == "node.end" and e.metadata["node"] == "quiet"
+            for e in events
+        )
+        assert sum(e.scope_label == "burst" for e in events) == 300
+        # Many batches, few wake-ups: at most one per NOTIFY_EVERY.
+        span = heard[-1] - heard[0]
+        assert len(heard) <= (span + 0.1) / NOTIFY_EVERY + 2
+        await queue.cancel("burst")
+        found.stop()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_listener_whose_connection_ends_says_so(postgres_dsn: str) -> None:
+    heard: list[str] = []
+    first = trio.Event()
+
+    def on_notify(channel: str, payload: str) -> None:
+        heard.append(payload)
+        first.set()
+
+    ends = pytest.RaisesExc(QueueError, match="LISTEN connection")
+    with pytest.RaisesGroup(ends), trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listener = Listener(postgres_dsn, ("wg_test_channel",))
+            await nursery.start(listener.run, on_notify)
+            with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_notify('wg_test_channel', 'one')")
+                await first.wait()
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE query LIKE 'LISTEN wg_test_channel%'"
+                )
+            await trio.sleep_forever()
+    assert heard == ["one"]

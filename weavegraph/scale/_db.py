@@ -278,9 +278,10 @@ class Listener:
 
     Notifications are only wake-ups: whoever is woken reads the rows, and
     everyone also polls, so a lost notification delays, never loses, work.
+    Only connecting runs in a thread: the connection's socket is then waited
+    on by trio itself (`trio.lowlevel.wait_readable`) and read with libpq's
+    non-blocking calls, so a notification costs a wake-up, not a thread.
     """
-
-    POLL = 0.2  # seconds a thread waits for notifications before checking back
 
     def __init__(self, dsn: str, channels: Iterable[str]) -> None:
         self.dsn = dsn
@@ -292,7 +293,11 @@ class Listener:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """LISTEN until cancelled (started once listening)."""
+        """LISTEN until cancelled (started once listening).
+
+        Raises:
+            QueueError: the connection could not be made, or it broke.
+        """
         import psycopg
 
         def connect() -> Any:
@@ -305,21 +310,21 @@ class Listener:
             return conn
 
         conn = await trio.to_thread.run_sync(connect)
-        poll = self.POLL
-
-        def receive() -> list[tuple[str, str]]:
-            # Back at the first notification (a burst comes in together).
-            try:
-                found = conn.notifies(timeout=poll, stop_after=1)
-                return [(n.channel, n.payload) for n in found]
-            except psycopg.Error as exc:
-                raise QueueError(f"the LISTEN connection failed: {exc}") from exc
-
+        pgconn = conn.pgconn
+        encoding = conn.info.encoding
         try:
             task_status.started()
             while True:
-                for channel, payload in await trio.to_thread.run_sync(receive):
-                    on_notify(channel, payload)
+                await trio.lowlevel.wait_readable(pgconn.socket)
+                try:
+                    pgconn.consume_input()
+                except psycopg.Error as exc:
+                    raise QueueError(f"the LISTEN connection failed: {exc}") from exc
+                if pgconn.status != psycopg.pq.ConnStatus.OK:  # never spin on EOF
+                    raise QueueError("the LISTEN connection was closed by the server")
+                while (found := pgconn.notifies()) is not None:
+                    on_notify(
+                        found.relname.decode(encoding), found.extra.decode(encoding)
+                    )
         finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(conn.close)
+            conn.close()

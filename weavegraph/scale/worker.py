@@ -48,6 +48,11 @@ DEFAULT_LEASE = 10.0
 MAX_ATTEMPTS = 5
 """Claims of one run after which it is failed rather than tried again."""
 _EVENT_TRIES = 5  # writes of one event batch over broken connections
+NOTIFY_EVERY = 0.025
+"""Seconds between a worker's event wake-ups (`EventWriter`): a batch after a
+quiet spell NOTIFYs at once, the batches of a busy spell share one NOTIFY at
+most this often (PostgreSQL serializes the commits that notify and signals
+every listening connection for each)."""
 
 
 @attrs.frozen
@@ -215,8 +220,10 @@ class EventWriter:
     Whatever the runs logged while the last batch was being written goes in
     the next: a busy worker writes many runs' events at once. Each batch checks
     every run's lease (``FOR KEY SHARE``, in the same transaction), appends the
-    events of the runs still held, moves their ``last_seq``, trims them to the
-    retention's count and NOTIFYs one wake-up.
+    events of the runs still held, moves their ``last_seq`` and trims them to
+    the retention's count. The wake-up is coalesced: a batch NOTIFYs when the
+    last wake-up is `NOTIFY_EVERY` old, else the next batch or a NOTIFY of its
+    own at that time does (so a stream hears of every batch within that time).
     """
 
     def __init__(self, db: Database, retention: EventRetention) -> None:
@@ -224,6 +231,8 @@ class EventWriter:
         self._keep = retention.max_events
         self._dirty: dict[int, EventLog] = {}
         self._wake = trio.Event()
+        self._notified_at = -math.inf  # trio clock of the last wake-up sent
+        self._owed = False  # a batch was written that no wake-up announced
 
     def mark(self, log: EventLog) -> None:
         """``log`` has events to write."""
@@ -242,7 +251,14 @@ class EventWriter:
         order and numbers.
         """
         while True:
-            await self._wake.wait()
+            if self._owed:
+                with trio.move_on_at(self._notified_at + NOTIFY_EVERY):
+                    await self._wake.wait()
+                if not self._dirty:  # quiet since: announce the last batch
+                    await self._notify_owed()
+                    continue
+            else:
+                await self._wake.wait()
             self._wake = trio.Event()
             tries = 0
             while self._dirty:
@@ -251,9 +267,11 @@ class EventWriter:
                 batch = [(log, log.seq + 1, log.buffer) for log in logs]
                 for log in logs:
                     log.buffer = []
+                now = trio.current_time()
+                notify = now >= self._notified_at + NOTIFY_EVERY
                 try:
                     live = await self._db.run(
-                        functools.partial(self._append, batch=batch)
+                        functools.partial(self._append, batch=batch, notify=notify)
                     )
                 except QueueError as exc:
                     tries += 1
@@ -268,13 +286,32 @@ class EventWriter:
                         log.settled(len(texts), False)
                     continue
                 tries = 0
+                if notify:
+                    self._notified_at, self._owed = now, False
+                else:
+                    self._owed = True
                 for log, _, texts in batch:
                     if log.claim.run_id not in live:
                         log.lost = True
                     log.settled(len(texts), log.claim.run_id in live)
 
+    async def _notify_owed(self) -> None:
+        def notify(conn: Any) -> None:
+            conn.execute("SELECT pg_notify(%s, 'batch')", (EVENTS_CHANNEL,))
+            conn.commit()
+
+        self._notified_at, self._owed = trio.current_time(), False
+        try:
+            await self._db.run(notify)
+        except QueueError as exc:  # the streams' polling still finds the batch
+            logger.warning("an event wake-up was not sent: %s", exc)
+
     def _append(
-        self, conn: Any, *, batch: list[tuple[EventLog, int, list[str]]]
+        self,
+        conn: Any,
+        *,
+        batch: list[tuple[EventLog, int, list[str]]],
+        notify: bool,
     ) -> set[int]:
         cur = conn.cursor()
         claims = sorted((log.claim for log, _, _ in batch), key=lambda c: c.run_id)
@@ -297,7 +334,8 @@ class EventWriter:
             rows += [f"[{run_id},{first + i},{text}]" for i, text in enumerate(items)]
             lasts[run_id] = first + len(items) - 1
         if lasts:
-            # One statement: the events, the runs' newest numbers, the wake-up.
+            # One statement: the events, the runs' newest numbers, the wake-up
+            # (if it is this batch's to send).
             cur.execute(
                 "WITH added AS (INSERT INTO weavegraph_run_events"
                 " (run_id, seq, event_json)"
@@ -306,12 +344,12 @@ class EventWriter:
                 " moved AS (UPDATE weavegraph_runs AS r SET last_seq = (v->>1)::bigint"
                 " FROM json_array_elements(%s::json) AS v"
                 " WHERE r.id = (v->>0)::bigint)"
-                " SELECT pg_notify(%s, %s)",
+                " SELECT CASE WHEN %s THEN pg_notify(%s, 'batch') END",
                 (
                     "[" + ",".join(rows) + "]",
                     dumps([[i, lasts[i]] for i in sorted(lasts)]),
+                    notify,
                     EVENTS_CHANNEL,
-                    "batch",
                 ),
             )
             keep = self._keep
