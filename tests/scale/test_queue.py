@@ -40,7 +40,13 @@ from weavegraph.scale import (
     Worker,
     serve_worker,
 )
-from weavegraph.scale._db import EVENTS_CHANNEL, Database, Listener
+from weavegraph.scale._db import (
+    EVENTS_CHANNEL,
+    QUEUE_CHANNEL,
+    Database,
+    Listener,
+    wake_app,
+)
 from weavegraph.scale.worker import NOTIFY_EVERY
 
 APPS = scale_apps.APPS
@@ -467,3 +473,20 @@ async def test_a_listener_whose_connection_ends_says_so(postgres_dsn: str) -> No
                 )
             await trio.sleep_forever()
     assert heard == ["one"]
+
+
+async def test_a_submission_wakes_only_the_workers_of_its_app(
+    postgres_dsn: str,
+) -> None:
+    long_name = "x" * 300
+    assert wake_app("chain") == "chain" and wake_app(long_name) == ""
+    async with worker(postgres_dsn) as found:
+        for payload, wakes in [
+            ("run:7:chain", True),
+            ("run:7:another-app", False),
+            ("run:7:", True),  # a name too long to send: every worker looks
+            ("run:7", True),  # an older weavegraph's wake-up
+        ]:
+            found._wake = trio.Event()
+            found._on_notify(QUEUE_CHANNEL, payload)
+            assert found._wake.is_set() is wakes, payload

@@ -50,7 +50,16 @@ QUEUE_CHANNEL = "weavegraph_queue"
 ENDS_CHANNEL = "weavegraph_run_ends"
 """NOTIFY channel of runs that ended (queues listen: `RunQueue.wait`)."""
 EVENTS_CHANNEL = "weavegraph_events"
-"""NOTIFY channel of appended events (payload: ``<run_id>:<last_seq>``)."""
+"""NOTIFY channel of appended events (payload: ``batch`` or ``end``)."""
+_WAKE_APP_LIMIT = 200  # a NOTIFY payload holds 8000 bytes at most
+
+
+def wake_app(app: str) -> str:
+    """The app named in a ``run:<id>:<app>`` wake-up on `QUEUE_CHANNEL` (a
+    worker serving other apps sleeps on): ``app``, or ``""`` (any worker
+    looks) for a name too long to send."""
+    return app if len(app.encode()) <= _WAKE_APP_LIMIT else ""
+
 
 QUEUE_TABLES = frozenset(
     {

@@ -44,6 +44,7 @@ from ._db import (
     UNWATCHED,
     Database,
     Listener,
+    wake_app,
 )
 
 Status = Literal["queued", "running", "completed", "interrupted", "failed", "cancelled"]
@@ -435,7 +436,8 @@ class RunQueue:
                     " (run_id, watcher, expires) SELECT id, %(watcher)s,"
                     " clock_timestamp() + make_interval(secs => %(ttl)s)"
                     " FROM queued WHERE %(watcher)s::text IS NOT NULL)"
-                    " SELECT *, pg_notify(%(channel)s, 'run:' || id) FROM queued",
+                    " SELECT *, pg_notify(%(channel)s, 'run:' || id || ':' || %(wake)s)"
+                    " FROM queued",
                     {
                         "sid": session_id,
                         "app": app_name,
@@ -444,6 +446,7 @@ class RunQueue:
                         "watcher": watcher,
                         "ttl": WATCH_TTL,
                         "channel": QUEUE_CHANNEL,
+                        "wake": wake_app(app_name),
                     },
                 )
             except psycopg.errors.UniqueViolation:

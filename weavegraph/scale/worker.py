@@ -39,6 +39,7 @@ from ._db import (
     UNWATCHED,
     Database,
     Listener,
+    wake_app,
 )
 from .queue import UNWATCHED_REASON, EventRetention, RunInput, decode_input
 
@@ -438,7 +439,9 @@ class Worker:
             if run is not None:
                 run.poke.set()
         elif kind == "run":
-            self._wake.set()
+            app = ident.partition(":")[2]
+            if not app or app in self.apps:  # another app's run: not for us
+                self._wake.set()
 
     async def serve(self, task_status: trio.TaskStatus[Worker]) -> None:
         await self._db.open()
@@ -729,7 +732,8 @@ class Worker:
                 (claim.run_id, claim.token),
             )
             cur.execute(
-                "SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, f"run:{claim.run_id}")
+                "SELECT pg_notify(%s, %s)",
+                (QUEUE_CHANNEL, f"run:{claim.run_id}:{wake_app(claim.app)}"),
             )
             conn.commit()
 
