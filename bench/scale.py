@@ -8,7 +8,12 @@ time, on one `PostgresCheckpointer`; "N worker(s)" submits them to a `RunQueue`
 processes (concurrency 8 each), timed from the first submission until the
 queue says every run completed. Runs per second, and the ratios the issue asks
 for: one worker against the runner (target: within 1.5x), and more workers
-against one.
+against one. Beside them, what a run costs: the statements PostgreSQL ran per
+run (``pg_stat_statements``, when the server loads it, as the throwaway
+cluster does: counted in one more round per row after the timed ones, which run
+with the counting off) and the CPU per run of this machine (this process, the
+workers and every PostgreSQL process, from /proc, in the timed rounds), so a
+row that does the same work with more CPU shows it.
 
 Latency: submit to first event (a run submitted to an idle worker, until its
 first event is readable from the queue's event log), median of several.
@@ -101,13 +106,34 @@ class Postgres:
             sys.path.insert(0, str(ROOT / "tests"))
             from pgcluster import Cluster
 
-            self.cluster = Cluster()
+            self.cluster = Cluster({"shared_preload_libraries": "pg_stat_statements"})
             server = self.cluster.start()
         self.server = server
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {self.schema}")
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                conn.execute("SELECT pg_stat_statements_reset()")
+                self.statements = True
+            except psycopg.Error:  # not loaded by the server: no statement count
+                self.statements = False
         separator = "&" if "?" in server else "?"
         self.dsn = f"{server}{separator}options=-csearch_path%3D{self.schema}"
+        self.count_statements(False)
+
+    def count_statements(self, on: bool) -> None:
+        """Turn ``pg_stat_statements``' counting on or off (it costs a little)."""
+        import psycopg
+
+        if not self.statements:
+            return
+        try:
+            with psycopg.connect(self.server, autocommit=True) as conn:
+                track = "top" if on else "none"
+                conn.execute(f"ALTER SYSTEM SET pg_stat_statements.track = {track}")
+                conn.execute("SELECT pg_reload_conf()")
+        except psycopg.Error:  # not the server's superuser: no statement count
+            self.statements = False
 
     def reset(self) -> None:
         """Empty the schema: every row gets the same fresh tables."""
@@ -122,10 +148,88 @@ class Postgres:
 
         try:
             with psycopg.connect(self.server, autocommit=True) as conn:
+                if self.statements:
+                    conn.execute("ALTER SYSTEM RESET pg_stat_statements.track")
+                    conn.execute("SELECT pg_reload_conf()")
                 conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
         finally:
             if self.cluster is not None:
                 self.cluster.stop()
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user and system) of process ``pid`` so far; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == "postgres":
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+@attrs.define
+class Cost:
+    """What a row's runs cost: statements and CPU milliseconds per run."""
+
+    statements: float | None
+    cpu_ms: float | None
+
+
+class Meter:
+    """Measures `Cost` between `start` and `stop` (``pids``: the workers)."""
+
+    def __init__(self, pg: Postgres, pids: list[int]) -> None:
+        self.pg = pg
+        self.pids = pids
+        self.linux = os.path.isdir("/proc/self")
+
+    def _cpu(self) -> dict[int, float]:
+        if not self.linux:
+            return {}
+        found = {pid: _cpu_of(pid) for pid in [*self.pids, *_postgres_pids()]}
+        found[0] = time.process_time()
+        return found
+
+    def _statements(self, reset: bool) -> float:
+        import psycopg
+
+        with psycopg.connect(self.pg.server, autocommit=True) as conn:
+            if reset:
+                conn.execute("SELECT pg_stat_statements_reset()")
+                return 0.0
+            row = conn.execute(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+                " WHERE query NOT LIKE '%%pg_stat_statements%%'"
+                " AND query NOT LIKE 'SELECT count(*) FILTER%%'"  # _until_completed
+            ).fetchone()
+            assert row is not None
+            return float(row[0])
+
+    def start(self) -> None:
+        if self.pg.statements:
+            self._statements(reset=True)
+        self.before = self._cpu()
+
+    def stop(self, runs: int) -> Cost:
+        after = self._cpu()
+        cpu = sum(v - self.before.get(pid, 0.0) for pid, v in after.items())
+        return Cost(
+            self._statements(reset=False) / runs if self.pg.statements else None,
+            cpu * 1e3 / runs if self.linux else None,
+        )
 
 
 class Workers:
@@ -220,10 +324,11 @@ async def _until_completed(dsn: str, count: int) -> None:
 # ------------------------------------------------------------------ rows
 
 
-async def runner_rate(dsn: str, runs: int) -> float:
-    """Runs per second of the single-process runner, 8 at a time."""
+async def runner_rate(pg: Postgres, runs: int) -> tuple[float, Cost]:
+    """Runs per second of the single-process runner, 8 at a time, and their cost."""
     app = APPS["chain"]
-    async with wg.PostgresCheckpointer(dsn) as store:
+    meter = Meter(pg, [])
+    async with wg.PostgresCheckpointer(pg.dsn) as store:
         config = attrs.evolve(app.config, checkpointer=store)
         limit = trio.Semaphore(CONCURRENCY)
         finals: list[wg.VersionedState] = []
@@ -239,22 +344,27 @@ async def runner_rate(dsn: str, runs: int) -> float:
                 nursery.start_soon(
                     partial(app.invoke, _given(-1), session_id=f"w{k}", config=config)
                 )
+        meter.start()
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for i in range(runs):
                 nursery.start_soon(one, i)
         elapsed = time.perf_counter() - start
+        cost = meter.stop(runs)
     for final in finals:
         _check(final)
-    return runs / elapsed
+    return runs / elapsed, cost
 
 
-async def queue_rate(dsn: str, runs: int) -> float:
-    """Runs per second through the queue with the workers already started."""
+async def queue_rate(pg: Postgres, runs: int, workers: Workers) -> tuple[float, Cost]:
+    """Runs per second through the queue with ``workers`` started, and their cost."""
+    dsn = pg.dsn
+    meter = Meter(pg, [proc.pid for proc in workers.procs])
     async with RunQueue(dsn) as queue:
         await queue.submit("chain", "warm", _given(-1))
         await queue.wait("warm")
         tag = uuid.uuid4().hex[:6]
+        meter.start()
         start = time.perf_counter()
         pending = list(range(runs))
 
@@ -268,9 +378,10 @@ async def queue_rate(dsn: str, runs: int) -> float:
                 nursery.start_soon(submitter)
         await _until_completed(dsn, runs + 1)
         elapsed = time.perf_counter() - start
+        cost = meter.stop(runs)
         for i in (0, runs // 2, runs - 1):
             _check(await queue.wait(f"q{tag}-{i}"))
-    return runs / elapsed
+    return runs / elapsed, cost
 
 
 async def first_event(dsn: str, samples: int) -> float:
@@ -317,16 +428,19 @@ async def takeover(dsn: str, workers: Workers) -> float:
     return float((status.claimed_at - killed_at).total_seconds())
 
 
-async def one_row(pg: Postgres, row: str, runs: int, lease: float) -> float:
-    """Runs per second of ``row`` ("runner" or "N worker(s)") on a fresh schema."""
+async def one_row(
+    pg: Postgres, row: str, runs: int, lease: float
+) -> tuple[float, Cost]:
+    """Runs per second of ``row`` ("runner" or "N worker(s)") on a fresh
+    schema, and their cost."""
     pg.reset()
     if row == "runner":
-        return await runner_rate(pg.dsn, runs)
+        return await runner_rate(pg, runs)
     async with RunQueue(pg.dsn):
         pass  # the schema exists before the workers race to make it
     workers = Workers(pg.dsn, int(row.split()[0]), lease)
     try:
-        return await queue_rate(pg.dsn, runs)
+        return await queue_rate(pg, runs, workers)
     finally:
         workers.stop()
 
@@ -352,11 +466,20 @@ async def main() -> None:
     )
     pg = Postgres()
     rates: dict[str, list[float]] = {row: [] for row in ROWS}
+    costs: dict[str, list[Cost]] = {row: [] for row in ROWS}
     try:
         for index in range(args.runs):
             order = ROWS if index % 2 == 0 else ROWS[::-1]
             for row in order:
-                rates[row].append(await one_row(pg, row, args.count, lease))
+                rate, cost = await one_row(pg, row, args.count, lease)
+                rates[row].append(rate)
+                costs[row].append(cost)
+        counted: dict[str, float | None] = dict.fromkeys(ROWS)
+        if pg.statements:
+            pg.count_statements(True)
+            for row in ROWS:
+                counted[row] = (await one_row(pg, row, args.count, lease))[1].statements
+            pg.count_statements(False)
         pg.reset()
         async with RunQueue(pg.dsn):
             pass
@@ -375,15 +498,26 @@ async def main() -> None:
         """The median over rounds of ``name``'s rate over ``base``'s."""
         return statistics.median(v / b for v, b in zip(rates[name], base, strict=True))
 
+    def cpu(name: str) -> str:
+        values = [c.cpu_ms for c in costs[name] if c.cpu_ms is not None]
+        return f"{statistics.median(values):.1f}" if values else "n/a"
+
+    def statements(name: str) -> str:
+        value = counted[name]
+        return "n/a" if value is None else f"{value:.1f}"
+
     table(
-        "throughput (runs/s: median of rounds; ratios: median of each round's)",
-        ["row", "runs/s", "vs runner", "vs 1 worker"],
+        "throughput (runs/s: median of rounds; ratios: median of each round's;"
+        " cost per run: median of rounds)",
+        ["row", "runs/s", "vs runner", "vs 1 worker", "statements/run", "CPU ms/run"],
         [
             [
                 name,
                 f"{median[name]:,.1f}",
                 f"{per_round(name, rates['runner']):.2f}x",
                 f"{per_round(name, one):.2f}x",
+                statements(name),
+                cpu(name),
             ]
             for name in ROWS
         ],

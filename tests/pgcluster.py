@@ -50,7 +50,9 @@ def _free_port() -> int:
 class Cluster:
     """One temporary cluster; `start` returns a DSN, `stop` removes it all."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        """``settings``: more server settings (``-c name=value``)."""
+        self.settings = dict(settings or {})
         self.bin = _bin_dir()
         self.root = Path(tempfile.mkdtemp(prefix="weavegraph-pg-"))
         self.data = self.root / "data"
@@ -90,7 +92,7 @@ class Cluster:
             f" -c unix_socket_directories={self.root}"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             " -c max_connections=200"
-        )
+        ) + "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(
             "pg_ctl",
             "-D",
