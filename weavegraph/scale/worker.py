@@ -26,7 +26,6 @@ from typing import Any
 import attrs
 import trio
 
-from .._codec import dumps
 from .._core.errors import ConfigError, LeaseLost, QueueError
 from .._runtime.app import App
 from ..checkpoint.postgres import PostgresCheckpointer
@@ -324,31 +323,36 @@ class EventWriter:
             ([c.run_id for c in claims], [c.token for c in claims]),
         )
         live = {int(row[0]) for row in cur.fetchall()}
-        rows: list[str] = []
+        ids: list[int] = []
+        seqs: list[int] = []
+        texts: list[str] = []
         lasts: dict[int, int] = {}
         for log, first, items in batch:
             run_id = log.claim.run_id
             if run_id not in live or not items:
                 continue
-            # Each event's JSON goes in as it is: one JSON array parameter
-            # (cheap to send), split by the server, every text kept verbatim.
-            rows += [f"[{run_id},{first + i},{text}]" for i, text in enumerate(items)]
+            ids += [run_id] * len(items)
+            seqs += range(first, first + len(items))
+            texts += items
             lasts[run_id] = first + len(items) - 1
         if lasts:
             # One statement: the events, the runs' newest numbers, the wake-up
-            # (if it is this batch's to send).
+            # (if it is this batch's to send). The arrays go in binary: each
+            # event's JSON is stored as it is, never parsed or escaped.
             cur.execute(
                 "WITH added AS (INSERT INTO weavegraph_run_events"
                 " (run_id, seq, event_json)"
-                " SELECT (e->>0)::bigint, (e->>1)::bigint, (e->2)::text"
-                " FROM json_array_elements(%s::json) AS e),"
-                " moved AS (UPDATE weavegraph_runs AS r SET last_seq = (v->>1)::bigint"
-                " FROM json_array_elements(%s::json) AS v"
-                " WHERE r.id = (v->>0)::bigint)"
+                " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[])),"
+                " moved AS (UPDATE weavegraph_runs AS r SET last_seq = v.last"
+                " FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, last)"
+                " WHERE r.id = v.id)"
                 " SELECT CASE WHEN %s THEN pg_notify(%s, 'batch') END",
                 (
-                    "[" + ",".join(rows) + "]",
-                    dumps([[i, lasts[i]] for i in sorted(lasts)]),
+                    ids,
+                    seqs,
+                    texts,
+                    list(lasts),
+                    list(lasts.values()),
                     notify,
                     EVENTS_CHANNEL,
                 ),
@@ -660,7 +664,6 @@ class Worker:
             error,
         )
         tail.append(end.to_json_str())
-        texts = "[" + ",".join(tail) + "]"  # each event's JSON kept verbatim
         keep = self._retention.max_events or 0
         # The slot this run frees is filled in the same transaction.
         refill = not self._stopping and len(self._running) <= self._concurrency
@@ -675,9 +678,8 @@ class Worker:
                 " AND status = 'running' RETURNING id, last_seq),"
                 " added AS (INSERT INTO weavegraph_run_events"
                 " (run_id, seq, event_json) SELECT ended.id,"
-                " ended.last_seq - %(n)s + e.n, e.event::text FROM ended,"
-                " json_array_elements(%(events)s::json) WITH ORDINALITY"
-                " AS e(event, n)),"
+                " ended.last_seq - %(n)s + e.n, e.event FROM ended,"
+                " unnest(%(events)b::text[]) WITH ORDINALITY AS e(event, n)),"
                 " trimmed AS (DELETE FROM weavegraph_run_events AS e USING ended"
                 " WHERE %(keep)s > 0 AND e.run_id = ended.id"
                 " AND e.seq <= ended.last_seq - %(keep)s)"
@@ -689,7 +691,7 @@ class Worker:
                     "n": len(tail),
                     "id": claim.run_id,
                     "token": claim.token,
-                    "events": texts,
+                    "events": tail,  # binary: each event's JSON as it is
                     "keep": keep,
                     "ends": ENDS_CHANNEL,
                     "done": f"done:{claim.run_id}",
