@@ -125,6 +125,7 @@ class Postgres:
         """Turn ``pg_stat_statements``' counting on or off (it costs a little)."""
         import psycopg
 
+        self.counting = False
         if not self.statements:
             return
         try:
@@ -134,6 +135,8 @@ class Postgres:
                 conn.execute("SELECT pg_reload_conf()")
         except psycopg.Error:  # not the server's superuser: no statement count
             self.statements = False
+        else:
+            self.counting = on
 
     def reset(self) -> None:
         """Empty the schema: every row gets the same fresh tables."""
@@ -219,7 +222,8 @@ class Meter:
             return float(row[0])
 
     def start(self) -> None:
-        if self.pg.statements:
+        self.counting = self.pg.counting  # off in the timed rounds
+        if self.counting:
             self._statements(reset=True)
         self.before = self._cpu()
 
@@ -227,7 +231,7 @@ class Meter:
         after = self._cpu()
         cpu = sum(v - self.before.get(pid, 0.0) for pid, v in after.items())
         return Cost(
-            self._statements(reset=False) / runs if self.pg.statements else None,
+            self._statements(reset=False) / runs if self.counting else None,
             cpu * 1e3 / runs if self.linux else None,
         )
 
