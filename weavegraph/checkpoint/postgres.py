@@ -59,7 +59,7 @@ def open_pool(
         max_size=size,
         configure=configure,
         open=False,
-        kwargs={"autocommit": False},
+        kwargs={"autocommit": False, "prepare_threshold": 1},
     )
     try:
         pool.open(wait=True, timeout=10.0)
