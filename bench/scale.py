@@ -2,7 +2,9 @@
 with the single-process runner on the same store.
 
 Throughput: N runs of a 10-step chain (each node appends one message), every
-step checkpointed to PostgreSQL. "runner" runs them in this process, 8 at a
+step checkpointed to PostgreSQL, timed after N/4 untimed runs per process (a
+connection prepares and plans each statement on its first uses; a long-lived
+process has done so). "runner" runs them in this process, 8 at a
 time, on one `PostgresCheckpointer`; "N worker(s)" submits them to a `RunQueue`
 (4 submitting tasks) served by that many ``python -m weavegraph worker``
 processes (concurrency 8 each), timed from the first submission until the
@@ -27,6 +29,7 @@ throwaway cluster from tests/pgcluster.py (``fsync=off``).
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import statistics
@@ -34,7 +37,6 @@ import subprocess
 import sys
 import time
 import uuid
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -334,8 +336,9 @@ async def _until_completed(dsn: str, count: int) -> None:
 # ------------------------------------------------------------------ rows
 
 
-async def runner_rate(pg: Postgres, runs: int) -> tuple[float, Cost]:
-    """Runs per second of the single-process runner, 8 at a time, and their cost."""
+async def runner_rate(pg: Postgres, runs: int, warm: int) -> tuple[float, Cost]:
+    """Runs per second of the single-process runner, 8 at a time, and their
+    cost, after ``warm`` runs that are not timed."""
     app = APPS["chain"]
     meter = Meter(pg, [])
     async with wg.PostgresCheckpointer(pg.dsn) as store:
@@ -343,22 +346,22 @@ async def runner_rate(pg: Postgres, runs: int) -> tuple[float, Cost]:
         limit = trio.Semaphore(CONCURRENCY)
         finals: list[wg.VersionedState] = []
 
-        async def one(i: int) -> None:
+        async def one(i: int, tag: str) -> None:
             async with limit:
-                finals.append(
-                    await app.invoke(_given(i), session_id=f"r{i}", config=config)
+                final = await app.invoke(
+                    _given(i), session_id=f"{tag}{i}", config=config
                 )
+            finals.append(final)
 
-        async with trio.open_nursery() as nursery:  # every connection opened
-            for k in range(CONCURRENCY):
-                nursery.start_soon(
-                    partial(app.invoke, _given(-1), session_id=f"w{k}", config=config)
-                )
+        async def batch(count: int, tag: str) -> None:
+            async with trio.open_nursery() as nursery:
+                for i in range(count):
+                    nursery.start_soon(one, i, tag)
+
+        await batch(warm, "w")
         meter.start()
         start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for i in range(runs):
-                nursery.start_soon(one, i)
+        await batch(runs, "r")
         elapsed = time.perf_counter() - start
         cost = meter.stop(runs)
     for final in finals:
@@ -366,31 +369,38 @@ async def runner_rate(pg: Postgres, runs: int) -> tuple[float, Cost]:
     return runs / elapsed, cost
 
 
-async def queue_rate(pg: Postgres, runs: int, workers: Workers) -> tuple[float, Cost]:
-    """Runs per second through the queue with ``workers`` started, and their cost."""
+async def queue_rate(
+    pg: Postgres, runs: int, workers: Workers, warm: int
+) -> tuple[float, Cost]:
+    """Runs per second through the queue with ``workers`` started, and their
+    cost, after ``warm`` runs per worker that are not timed."""
     dsn = pg.dsn
     meter = Meter(pg, [proc.pid for proc in workers.procs])
     async with RunQueue(dsn) as queue:
-        await queue.submit("chain", "warm", _given(-1))
-        await queue.wait("warm")
-        tag = uuid.uuid4().hex[:6]
+
+        async def batch(count: int, tag: str) -> None:
+            pending = list(range(count))
+
+            async def submitter() -> None:
+                while pending:
+                    i = pending.pop()
+                    await queue.submit("chain", f"{tag}-{i}", _given(i))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(submitter)
+
+        warmed = warm * len(workers.procs)
+        await batch(warmed, "w")
+        await _until_completed(dsn, warmed)
         meter.start()
         start = time.perf_counter()
-        pending = list(range(runs))
-
-        async def submitter() -> None:
-            while pending:
-                i = pending.pop()
-                await queue.submit("chain", f"q{tag}-{i}", _given(i))
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(submitter)
-        await _until_completed(dsn, runs + 1)
+        await batch(runs, "q")
+        await _until_completed(dsn, warmed + runs)
         elapsed = time.perf_counter() - start
         cost = meter.stop(runs)
         for i in (0, runs // 2, runs - 1):
-            _check(await queue.wait(f"q{tag}-{i}"))
+            _check(await queue.wait(f"q-{i}"))
     return runs / elapsed, cost
 
 
@@ -442,17 +452,25 @@ async def one_row(
     pg: Postgres, row: str, runs: int, lease: float
 ) -> tuple[float, Cost]:
     """Runs per second of ``row`` ("runner" or "N worker(s)") on a fresh
-    schema, and their cost."""
+    schema, and their cost, each process warmed up first (`warm_up`)."""
     pg.reset()
+    warm = warm_up(runs)
     if row == "runner":
-        return await runner_rate(pg, runs)
+        return await runner_rate(pg, runs, warm)
     async with RunQueue(pg.dsn):
         pass  # the schema exists before the workers race to make it
     workers = Workers(pg.dsn, int(row.split()[0]), lease)
     try:
-        return await queue_rate(pg, runs, workers)
+        return await queue_rate(pg, runs, workers, warm)
     finally:
         workers.stop()
+
+
+def warm_up(runs: int) -> int:
+    """Untimed runs per process before a row's timed ``runs``: a quarter as
+    many, so every pooled connection has prepared and planned its statements
+    (per connection, in PostgreSQL and psycopg), as in a long-lived process."""
+    return max(1, runs // 4)
 
 
 ROWS = ("runner", "1 worker(s)", "2 worker(s)", "4 worker(s)")
@@ -471,8 +489,9 @@ async def main() -> None:
     header("bench/scale.py", args, ("psycopg",))
     print(
         f"{args.count} runs of a {STEPS}-step chain per row, {CONCURRENCY} at a time"
-        f" per process, lease {lease:g}s, {os.cpu_count()} CPU(s); rows in turn"
-        " forward and backward (ABBA), ratios per round"
+        f" per process, after {warm_up(args.count)} untimed runs per process;"
+        f" lease {lease:g}s, {os.cpu_count()} CPU(s); rows in turn forward and"
+        " backward (ABBA), ratios per round"
     )
     pg = Postgres()
     rates: dict[str, list[float]] = {row: [] for row in ROWS}
@@ -534,6 +553,11 @@ async def main() -> None:
     )
     overhead = 1 / per_round("1 worker(s)", rates["runner"])
     print(f"\n  runner / 1 worker: {overhead:.2f}x (target: at most 1.50x)")
+    more = ", ".join(
+        f"{b.split()[0]}/{a.split()[0]} {per_round(b, rates[a]):.2f}x"
+        for a, b in itertools.pairwise(ROWS[1:])
+    )
+    print(f"  workers added: {more} (target: not below 1.00x)")
     print(
         "  rates per round: "
         + "; ".join(
