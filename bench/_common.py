@@ -18,7 +18,7 @@ import importlib.metadata
 import platform
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -127,9 +127,14 @@ async def measure(cases: Sequence[Case], runs: int) -> dict[str, float]:
 # ----------------------------------------------------------------- options, output
 
 
-def options(description: str, **sizes: tuple[Any, Any]) -> argparse.Namespace:
-    """``--quick`` and ``--runs``; ``sizes`` maps a name to (full, quick) values."""
+def options(
+    description: str, flags: Mapping[str, str] | None = None, **sizes: tuple[Any, Any]
+) -> argparse.Namespace:
+    """``--quick`` and ``--runs``; ``flags`` maps a bench's own switches to
+    their help; ``sizes`` maps a name to (full, quick) values."""
     parser = argparse.ArgumentParser(description=description)
+    for flag, text in (flags or {}).items():
+        parser.add_argument(f"--{flag}", action="store_true", help=text)
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -4,7 +4,7 @@ with the single-process runner on the same store.
 Throughput: N runs of a 10-step chain (each node appends one message), every
 step checkpointed to PostgreSQL, timed after N/4 untimed runs per process (a
 connection prepares and plans each statement on its first uses; a long-lived
-process has done so). "runner" runs them in this process, 8 at a
+process has done so; ``--cold``: after 8, as a freshly started process). "runner" runs them in this process, 8 at a
 time, on one `PostgresCheckpointer`; "N worker(s)" submits them to a `RunQueue`
 (4 submitting tasks) served by that many ``python -m weavegraph worker``
 processes (concurrency 8 each), timed from the first submission until the
@@ -449,12 +449,11 @@ async def takeover(dsn: str, workers: Workers) -> float:
 
 
 async def one_row(
-    pg: Postgres, row: str, runs: int, lease: float
+    pg: Postgres, row: str, runs: int, lease: float, warm: int
 ) -> tuple[float, Cost]:
     """Runs per second of ``row`` ("runner" or "N worker(s)") on a fresh
-    schema, and their cost, each process warmed up first (`warm_up`)."""
+    schema, and their cost, after ``warm`` untimed runs per process."""
     pg.reset()
-    warm = warm_up(runs)
     if row == "runner":
         return await runner_rate(pg, runs, warm)
     async with RunQueue(pg.dsn):
@@ -466,11 +465,13 @@ async def one_row(
         workers.stop()
 
 
-def warm_up(runs: int) -> int:
+def warm_up(runs: int, cold: bool) -> int:
     """Untimed runs per process before a row's timed ``runs``: a quarter as
     many, so every pooled connection has prepared and planned its statements
-    (per connection, in PostgreSQL and psycopg), as in a long-lived process."""
-    return max(1, runs // 4)
+    (per connection, in PostgreSQL and psycopg), as in a long-lived process;
+    ``cold``: as many as run at once (a fresh process: every connection open,
+    hardly a statement planned for good)."""
+    return CONCURRENCY if cold else max(1, runs // 4)
 
 
 ROWS = ("runner", "1 worker(s)", "2 worker(s)", "4 worker(s)")
@@ -482,14 +483,16 @@ async def main() -> None:
 
     args = options(
         "Scale-out on PostgreSQL: run queue and worker processes",
+        {"cold": "time every row's processes from their start (8 untimed runs each)"},
         count=(600, 30),
         samples=(10, 3),
     )
     lease = 2.0
+    warm = warm_up(args.count, args.cold)
     header("bench/scale.py", args, ("psycopg",))
     print(
         f"{args.count} runs of a {STEPS}-step chain per row, {CONCURRENCY} at a time"
-        f" per process, after {warm_up(args.count)} untimed runs per process;"
+        f" per process, after {warm} untimed run(s) per process;"
         f" lease {lease:g}s, {os.cpu_count()} CPU(s); rows in turn forward and"
         " backward (ABBA), ratios per round"
     )
@@ -500,14 +503,16 @@ async def main() -> None:
         for index in range(args.runs):
             order = ROWS if index % 2 == 0 else ROWS[::-1]
             for row in order:
-                rate, cost = await one_row(pg, row, args.count, lease)
+                rate, cost = await one_row(pg, row, args.count, lease, warm)
                 rates[row].append(rate)
                 costs[row].append(cost)
         counted: dict[str, float | None] = dict.fromkeys(ROWS)
         if pg.statements:
             pg.count_statements(True)
             for row in ROWS:
-                counted[row] = (await one_row(pg, row, args.count, lease))[1].statements
+                counted[row] = (await one_row(pg, row, args.count, lease, warm))[
+                    1
+                ].statements
             pg.count_statements(False)
         pg.reset()
         async with RunQueue(pg.dsn):
