@@ -630,6 +630,34 @@ async def test_postgres_refuses_foreign_tables_untouched(
     assert after == before
 
 
+async def test_postgres_reads_keep_the_connections_prepared_statements(
+    postgres_dsn: str,
+) -> None:
+    """Reads end with COMMIT: at a ROLLBACK psycopg deallocates every
+    statement the connection prepared, and each write after a read would be
+    parsed and planned again."""
+    steps = counter("prepared", 6)
+    async with PostgresCheckpointer(postgres_dsn, pool_size=1) as store:
+
+        def prepared() -> set[str]:
+            with store._pool.connection() as conn:
+                rows = conn.execute("SELECT statement FROM pg_prepared_statements")
+                found = {str(r[0]) for r in rows.fetchall()}
+                conn.commit()
+                return found
+
+        for chunk in chunks(steps[:4], 2):  # a write's statements, twice
+            await store.append(chunk)
+        written = await trio.to_thread.run_sync(prepared)
+        assert any(s.startswith("INSERT INTO steps") for s in written), written
+        assert (await store.load_latest("prepared")).step == 3  # type: ignore[union-attr]
+        assert (await store.query_steps("prepared")).total == 4
+        assert [s.session_id for s in await store.list_sessions()] == ["prepared"]
+        await store.append(steps[4:])
+        assert written <= await trio.to_thread.run_sync(prepared)
+        assert (await store.load_latest("prepared")).step == 6  # type: ignore[union-attr]
+
+
 # ------------------------------------------------------------------ schemas
 
 

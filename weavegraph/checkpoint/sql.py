@@ -31,8 +31,9 @@ pending record, then one ``UNION ALL`` of every range the fold needs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import attrs
@@ -853,6 +854,23 @@ def _with_pending(stored: Stored, pending: Mapping[str, Any] | None) -> Stored:
     )
 
 
+@contextlib.contextmanager
+def end_read(conn: Connection) -> Iterator[None]:
+    """End the read transaction opened in the block: COMMIT when the block
+    went well, ROLLBACK when it raised.
+
+    A read-only transaction commits as cheaply as it rolls back, and psycopg
+    forgets (and deallocates on the server) every statement a connection
+    prepared at each ROLLBACK: ending reads with COMMIT keeps them prepared.
+    """
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
 def _begin_read(cur: Cursor, d: Dialect) -> None:
     for statement in d.begin_read:
         cur.execute(statement)
@@ -878,7 +896,7 @@ def load_latest(conn: Connection, d: Dialect, session_id: str) -> Stored | None:
     then every row the fold needs.
     """
     cur = conn.cursor()
-    try:
+    with end_read(conn):
         _begin_read(cur, d)
         cur.execute(d.q(_LATEST), (session_id,))
         found = cur.fetchone()
@@ -897,8 +915,6 @@ def load_latest(conn: Connection, d: Dialect, session_id: str) -> Stored | None:
         if found[m] is not None:
             pending = decode_pending(found[m : m + 4], session_id, meta.last_step)
         return _with_pending(stored, pending)
-    finally:
-        conn.rollback()
 
 
 def _text_hash(session_id: str, value: Any) -> str:
@@ -913,15 +929,13 @@ def _text_hash(session_id: str, value: Any) -> str:
 def list_sessions(conn: Connection, d: Dialect) -> list[SessionSummary]:
     """Every session, most recently updated first."""
     cur = conn.cursor()
-    try:
+    with end_read(conn):
         _begin_read(cur, d)
         cur.execute(
             "SELECT id, last_step, created_at, updated_at, graph_hash, forked_from,"
             " forked_step FROM sessions ORDER BY updated_at DESC, id"
         )
         records = cur.fetchall()
-    finally:
-        conn.rollback()
     out = []
     for sid, last, created, updated, graph_hash, parent, forked_step in records:
         try:
@@ -972,7 +986,7 @@ def query_steps(
         params.append(skipped_node)
     condition = " AND ".join(where)
     cur = conn.cursor()
-    try:
+    with end_read(conn):
         _begin_read(cur, d)
         meta = _session_meta(cur, d, session_id)
         if meta is None:
@@ -992,8 +1006,6 @@ def query_steps(
             stored[-1] = _with_pending(
                 stored[-1], _pending(cur, d, session_id, meta.last_step)
             )
-    finally:
-        conn.rollback()
     return StepPage(
         checkpoints=tuple(s.checkpoint for s in reversed(stored)),
         total=total,

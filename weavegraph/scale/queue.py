@@ -5,6 +5,9 @@ its input (a new session's state, a new turn's input, a `Resume`, or nothing
 to continue what is stored). Any worker serving the app claims it, holds a
 lease while it runs, and writes the session's steps to the same database's
 checkpoint store and the run's events to ``weavegraph_run_events``.
+
+Reads end with COMMIT, not ROLLBACK: psycopg deallocates every statement a
+connection prepared at each ROLLBACK.
 """
 
 from __future__ import annotations
@@ -492,7 +495,7 @@ class RunQueue:
                 (session_id,),
             )
             rows = cur.fetchall()
-            conn.rollback()
+            conn.commit()
             return [_status(r) for r in rows]
 
         return await self._db.run(read)
@@ -518,7 +521,7 @@ class RunQueue:
                 (limit,),
             )
             rows = cur.fetchall()
-            conn.rollback()
+            conn.commit()
             return [_status(r) for r in rows]
 
         return await self._db.run(read)
@@ -600,7 +603,7 @@ class RunQueue:
                 (run_id,),
             )
             row = cur.fetchone()
-            conn.rollback()
+            conn.commit()
             if row is None:
                 raise QueueError(f"run {run_id} is no longer in the queue")
             return _status(row)
@@ -745,7 +748,7 @@ def _latest(conn: Any, session_id: str) -> RunStatus | None:
         (session_id,),
     )
     row = cur.fetchone()
-    conn.rollback()
+    conn.commit()
     return None if row is None else _status(row)
 
 
@@ -759,7 +762,7 @@ def _read_events(
     )
     row = cur.fetchone()
     if row is None:
-        conn.rollback()
+        conn.commit()
         raise QueueError(f"run {run_id} is no longer in the queue")
     cur.execute(
         "SELECT seq, event_json FROM weavegraph_run_events WHERE run_id = %s"
@@ -767,7 +770,7 @@ def _read_events(
         (run_id, after, _EVENT_PAGE),
     )
     events = [(int(seq), str(text)) for seq, text in cur.fetchall()]
-    conn.rollback()
+    conn.commit()
     return events, _status(row)
 
 
@@ -788,7 +791,7 @@ def cancel_runs(conn: Any, where: str, key: object, reason: str) -> bool:
     )
     row = cur.fetchone()
     if row is None:
-        conn.rollback()
+        conn.commit()
         return False
     run_id, status, session_id, last_seq, step = row
     if status == "queued":
