@@ -353,7 +353,7 @@ async def test_opening_twice_migrates_once(postgres_dsn: str) -> None:
         (version,) = conn.execute(
             "SELECT value FROM weavegraph_meta WHERE key = 'queue_schema_version'"
         ).fetchone()  # type: ignore[misc]
-    assert version == "2"
+    assert version == "3"
 
 
 async def test_a_run_that_keeps_losing_its_workers_is_failed(

@@ -258,7 +258,17 @@ async def test_a_version_1_queue_is_upgraded_in_place(postgres_dsn: str) -> None
         (version,) = conn.execute(
             "SELECT value FROM weavegraph_meta WHERE key = 'queue_schema_version'"
         ).fetchone()  # type: ignore[misc]
-    assert version == "2"
+        keys = conn.execute(
+            "SELECT conname FROM pg_constraint WHERE contype = 'f'"
+            " AND conrelid = 'weavegraph_run_events'::regclass"
+        ).fetchall()
+        (logged,) = conn.execute(
+            "SELECT count(*) FROM weavegraph_run_events AS e"
+            " JOIN weavegraph_runs AS r ON r.id = e.run_id WHERE r.session_id = 'old'"
+        ).fetchone()  # type: ignore[misc]
+    assert version == "3"
+    assert keys == []  # schema 3: an event row no longer checks its run's row
+    assert logged > 1  # the run's events and its stream-end event
     assert status is not None and not status.watched
 
 

@@ -29,6 +29,13 @@ Schema (``queue_schema_version`` 1):
 * ``weavegraph_run_watchers(run_id, watcher, expires)``: one row per client
   streaming the run, renewed by its server while it streams and expired when
   the client leaves (or, if its server dies, when nobody renews it).
+
+``queue_schema_version`` 3 drops the foreign key from
+``weavegraph_run_events.run_id`` to ``weavegraph_runs``: it checked (and
+key-share-locked) the run's row once per event row, while every writer of
+events already holds that row in the same transaction (the lease check, or the
+run's end). The queue never deletes runs; whoever deletes one by hand deletes
+its events too.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from ..checkpoint.postgres import open_pool
 
 T = TypeVar("T")
 
-QUEUE_SCHEMA_VERSION = 2
+QUEUE_SCHEMA_VERSION = 3
 QUEUE_CHANNEL = "weavegraph_queue"
 """NOTIFY channel of submissions, hand-backs and cancellations (workers listen)."""
 ENDS_CHANNEL = "weavegraph_run_ends"
@@ -121,6 +128,10 @@ _MIGRATIONS: list[list[str]] = [
             expires TIMESTAMPTZ NOT NULL,
             PRIMARY KEY (run_id, watcher)
         )""",
+    ],
+    [
+        "ALTER TABLE weavegraph_run_events"
+        " DROP CONSTRAINT IF EXISTS weavegraph_run_events_run_id_fkey",
     ],
 ]
 
