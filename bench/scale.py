@@ -337,37 +337,133 @@ async def _until_completed(dsn: str, count: int) -> None:
 # ------------------------------------------------------------------ rows
 
 
-async def runner_rate(pg: Postgres, runs: int, warm: int) -> tuple[float, Cost]:
-    """Runs per second of the single-process runner, 8 at a time, and their
-    cost, after ``warm`` runs that are not timed."""
+async def _run_chain(
+    dsn: str, runs: int, warm: int, tag: str, started: Any = None
+) -> float:
+    """Run ``warm`` then ``runs`` chains in this process, 8 at a time, on one
+    `PostgresCheckpointer`, calling ``started`` (if given) in between; the
+    seconds the timed ``runs`` took (every final state checked)."""
     app = APPS["chain"]
-    meter = Meter(pg, [])
-    async with wg.PostgresCheckpointer(pg.dsn) as store:
+    async with wg.PostgresCheckpointer(dsn) as store:
         config = attrs.evolve(app.config, checkpointer=store)
         limit = trio.Semaphore(CONCURRENCY)
         finals: list[wg.VersionedState] = []
 
-        async def one(i: int, tag: str) -> None:
+        async def one(i: int, prefix: str) -> None:
             async with limit:
                 final = await app.invoke(
-                    _given(i), session_id=f"{tag}{i}", config=config
+                    _given(i), session_id=f"{prefix}{i}", config=config
                 )
             finals.append(final)
 
-        async def batch(count: int, tag: str) -> None:
+        async def batch(count: int, prefix: str) -> None:
             async with trio.open_nursery() as nursery:
                 for i in range(count):
-                    nursery.start_soon(one, i, tag)
+                    nursery.start_soon(one, i, prefix)
 
-        await batch(warm, "w")
-        meter.start()
+        await batch(warm, f"{tag}w")
+        if started is not None:
+            await started()
         start = time.perf_counter()
-        await batch(runs, "r")
+        await batch(runs, f"{tag}r")
         elapsed = time.perf_counter() - start
-        cost = meter.stop(runs)
     for final in finals:
         _check(final)
-    return runs / elapsed, cost
+    return elapsed
+
+
+async def runner_rate(pg: Postgres, runs: int, warm: int) -> tuple[float, Cost]:
+    """Runs per second of the single-process runner, 8 at a time, and their
+    cost, after ``warm`` runs that are not timed."""
+    meter = Meter(pg, [])
+
+    async def started() -> None:
+        meter.start()
+
+    elapsed = await _run_chain(pg.dsn, runs, warm, "", started)
+    return runs / elapsed, meter.stop(runs)
+
+
+def _runner_process(dsn: str, tag: str, runs: int, warm: int) -> None:
+    """A runner process's body: warm up, say ``ready``, wait for a line on
+    stdin, run, say ``done``."""
+
+    async def started() -> None:
+        print("ready", flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)
+
+    trio.run(_run_chain, dsn, runs, warm, tag, started)
+    print("done", flush=True)
+
+
+class RunnerProcesses:
+    """``count`` runner processes without a queue, each with its share of
+    ``runs``, warmed up (`_runner_process`) and waiting for `go`."""
+
+    def __init__(self, dsn: str, count: int, runs: int, warm: int) -> None:
+        self.runs = runs // count * count
+        self.procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--runner-process",
+                    dsn,
+                    f"p{k}-",
+                    str(runs // count),
+                    str(warm),
+                ],
+                cwd=str(ROOT),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for k in range(count)
+        ]
+        try:
+            self.said("ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    def said(self, word: str) -> None:
+        """Wait until every process said ``word``."""
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != word:
+                raise RuntimeError(f"a runner process said {line!r}, not {word}")
+
+    def go(self) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+async def processes_rate(
+    pg: Postgres, runs: int, count: int, warm: int
+) -> tuple[float, Cost]:
+    """Runs per second of ``count`` runner processes (no queue), ``runs`` in
+    all, started together once each has warmed up, and their cost."""
+    procs = await trio.to_thread.run_sync(RunnerProcesses, pg.dsn, count, runs, warm)
+    try:
+        meter = Meter(pg, [proc.pid for proc in procs.procs])
+        meter.start()
+        start = time.perf_counter()
+        procs.go()
+        await trio.to_thread.run_sync(procs.said, "done")
+        elapsed = time.perf_counter() - start
+        cost = meter.stop(procs.runs)
+    finally:
+        procs.stop()
+    return procs.runs / elapsed, cost
 
 
 async def queue_rate(
@@ -457,6 +553,10 @@ async def one_row(
     pg.reset()
     if row == "runner":
         return await runner_rate(pg, runs, warm)
+    if row.endswith("runners"):
+        async with wg.PostgresCheckpointer(pg.dsn):
+            pass  # the schema exists before the processes race to make it
+        return await processes_rate(pg, runs, int(row.split()[0]), warm)
     async with RunQueue(pg.dsn):
         pass  # the schema exists before the workers race to make it
     workers = Workers(pg.dsn, int(row.split()[0]), lease)
@@ -475,7 +575,18 @@ def warm_up(runs: int, cold: bool) -> int:
     return CONCURRENCY if cold else max(1, runs // 4)
 
 
-ROWS = ("runner", "1 worker(s)", "2 worker(s)", "4 worker(s)")
+ROWS = (
+    "runner",
+    "1 worker(s)",
+    "2 worker(s)",
+    "4 worker(s)",
+    "2 runners",
+    "4 runners",
+)
+"""The rows: the runner, the queue with 1, 2 and 4 workers, and as the
+machine's own control 2 and 4 runner processes without a queue (so "4/2" can
+be read against what four processes do on this machine anyway)."""
+WORKERS = ROWS[1:4]
 
 
 async def main() -> None:
@@ -559,11 +670,23 @@ async def main() -> None:
     )
     overhead = 1 / per_round("1 worker(s)", rates["runner"])
     print(f"\n  runner / 1 worker: {overhead:.2f}x (target: at most 1.50x)")
-    more = ", ".join(
-        f"{b.split()[0]}/{a.split()[0]} {per_round(b, rates[a]):.2f}x"
-        for a, b in itertools.pairwise(ROWS[1:])
-    )
-    print(f"  workers added: {more} (target: not below 1.00x)")
+
+    def added(pairs: list[tuple[str, str]]) -> str:
+        """Each row against the one before: the median ratio, and its range."""
+        out = []
+        for a, b in pairs:
+            each = [v / w for v, w in zip(rates[b], rates[a], strict=True)]
+            count = [n.split()[0] if n[0].isdigit() else "1" for n in (b, a)]
+            out.append(
+                f"{count[0]}/{count[1]} {statistics.median(each):.2f}x"
+                f" (rounds {min(each):.2f}-{max(each):.2f})"
+            )
+        return ", ".join(out)
+
+    print(f"  workers added: {added(list(itertools.pairwise(WORKERS)))}")
+    print("    (target: throughput does not fall)")
+    control = [("runner", "2 runners"), ("2 runners", "4 runners")]
+    print(f"  runner processes added, no queue: {added(control)}")
     print(
         "  rates per round: "
         + "; ".join(
@@ -576,4 +699,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    if sys.argv[1:2] == ["--runner-process"]:
+        dsn, tag, runs, warm = sys.argv[2:6]
+        _runner_process(dsn, tag, int(runs), int(warm))
+    else:
+        trio.run(main)

@@ -254,10 +254,12 @@ class Database:
         if self.pool is None:
             self.pool = await trio.to_thread.run_sync(self._open)
 
-    async def run(self, fn: Callable[[Any], T]) -> T:
+    async def run(self, fn: Callable[[Any], T], *, autocommit: bool = False) -> T:
         """``fn(conn)`` in a worker thread; it commits what it writes.
 
-        A started transaction finishes even if the caller is cancelled.
+        A started transaction finishes even if the caller is cancelled. With
+        ``autocommit`` each of ``fn``'s statements is a transaction of its own,
+        with no BEGIN and COMMIT to wait for (for one-statement work).
 
         Raises:
             QueueError: a database error (anything ``fn`` raises on purpose
@@ -272,11 +274,16 @@ class Database:
 
             try:
                 with pool.connection() as conn:
+                    if autocommit:
+                        conn.autocommit = True
                     try:
                         return fn(conn)
                     except BaseException:
                         conn.rollback()
                         raise
+                    finally:
+                        if autocommit and not conn.broken:
+                            conn.autocommit = False
             except psycopg.Error as exc:
                 raise QueueError(f"PostgreSQL error: {exc}") from exc
 

@@ -271,7 +271,8 @@ class EventWriter:
                 notify = now >= self._notified_at + NOTIFY_EVERY
                 try:
                     live = await self._db.run(
-                        functools.partial(self._append, batch=batch, notify=notify)
+                        functools.partial(self._append, batch=batch, notify=notify),
+                        autocommit=True,
                     )
                 except QueueError as exc:
                     tries += 1
@@ -298,11 +299,10 @@ class EventWriter:
     async def _notify_owed(self) -> None:
         def notify(conn: Any) -> None:
             conn.execute("SELECT pg_notify(%s, 'batch')", (EVENTS_CHANNEL,))
-            conn.commit()
 
         self._notified_at, self._owed = trio.current_time(), False
         try:
-            await self._db.run(notify)
+            await self._db.run(notify, autocommit=True)
         except QueueError as exc:  # the streams' polling still finds the batch
             logger.warning("an event wake-up was not sent: %s", exc)
 
@@ -313,61 +313,65 @@ class EventWriter:
         batch: list[tuple[EventLog, int, list[str]]],
         notify: bool,
     ) -> set[int]:
-        cur = conn.cursor()
+        # One statement, its own transaction (autocommit): the leases checked
+        # (the runs still held stay key-share-locked to its end), their events
+        # appended, their newest numbers moved, what the retention's count
+        # leaves out trimmed, the wake-up sent if it is this batch's to send.
+        # The arrays go in binary: each event's JSON is stored as it is, never
+        # parsed or escaped.
         claims = sorted((log.claim for log, _, _ in batch), key=lambda c: c.run_id)
-        cur.execute(
-            "SELECT id FROM weavegraph_runs WHERE (id, lease_token) IN"
-            " (SELECT * FROM unnest(%s::bigint[], %s::bigint[]))"
-            " AND status = 'running' AND lease_expires > clock_timestamp()"
-            " ORDER BY id FOR KEY SHARE",
-            ([c.run_id for c in claims], [c.token for c in claims]),
-        )
-        live = {int(row[0]) for row in cur.fetchall()}
         ids: list[int] = []
         seqs: list[int] = []
         texts: list[str] = []
         lasts: dict[int, int] = {}
+        keep = self._keep
         for log, first, items in batch:
-            run_id = log.claim.run_id
-            if run_id not in live or not items:
+            if not items:
                 continue
-            ids += [run_id] * len(items)
-            seqs += range(first, first + len(items))
-            texts += items
-            lasts[run_id] = first + len(items) - 1
-        if lasts:
-            # One statement: the events, the runs' newest numbers, the wake-up
-            # (if it is this batch's to send). The arrays go in binary: each
-            # event's JSON is stored as it is, never parsed or escaped.
-            cur.execute(
-                "WITH added AS (INSERT INTO weavegraph_run_events"
-                " (run_id, seq, event_json)"
-                " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[])),"
-                " moved AS (UPDATE weavegraph_runs AS r SET last_seq = v.last"
-                " FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, last)"
-                " WHERE r.id = v.id)"
-                " SELECT CASE WHEN %s THEN pg_notify(%s, 'batch') END",
-                (
-                    ids,
-                    seqs,
-                    texts,
-                    list(lasts),
-                    list(lasts.values()),
-                    notify,
-                    EVENTS_CHANNEL,
-                ),
-            )
-            keep = self._keep
-            cuts = {i: last - keep for i, last in lasts.items() if keep and last > keep}
-            if cuts:
-                cur.execute(
-                    "DELETE FROM weavegraph_run_events AS e"
-                    " USING unnest(%s::bigint[], %s::bigint[]) AS v(id, cut)"
-                    " WHERE e.run_id = v.id AND e.seq <= v.cut",
-                    (list(cuts), list(cuts.values())),
-                )
-        conn.commit()
-        return live
+            last = first + len(items) - 1
+            lasts[log.claim.run_id] = last
+            # Events the count would trim at once are numbered, not stored.
+            skip = max(0, last - keep - first + 1) if keep else 0
+            ids += [log.claim.run_id] * (len(items) - skip)
+            seqs += range(first + skip, last + 1)
+            texts += items[skip:]
+        cuts = {i: last - keep for i, last in lasts.items() if keep and last > keep}
+        trim = (
+            ", trimmed AS (DELETE FROM weavegraph_run_events AS e"
+            " USING unnest(%b::bigint[], %b::bigint[]) AS v(id, cut)"
+            " WHERE e.run_id = v.id AND e.seq <= v.cut"
+            " AND v.id IN (SELECT id FROM live))"
+            if cuts
+            else ""
+        )
+        cur = conn.cursor()
+        cur.execute(
+            "WITH live AS (SELECT id FROM weavegraph_runs WHERE (id, lease_token)"
+            " IN (SELECT * FROM unnest(%b::bigint[], %b::bigint[]))"
+            " AND status = 'running' AND lease_expires > clock_timestamp()"
+            " ORDER BY id FOR KEY SHARE),"
+            " added AS (INSERT INTO weavegraph_run_events (run_id, seq, event_json)"
+            " SELECT e.* FROM unnest(%b::bigint[], %b::bigint[], %b::text[])"
+            " AS e(run_id, seq, event_json) WHERE e.run_id IN (SELECT id FROM live)),"
+            " moved AS (UPDATE weavegraph_runs AS r SET last_seq = v.last"
+            " FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, last)"
+            " WHERE r.id = v.id AND v.id IN (SELECT id FROM live))"
+            + trim
+            + " SELECT id, CASE WHEN %s THEN pg_notify(%s, 'batch') END FROM live",
+            (
+                [c.run_id for c in claims],
+                [c.token for c in claims],
+                ids,
+                seqs,
+                texts,
+                list(lasts),
+                list(lasts.values()),
+                *((list(cuts), list(cuts.values())) if cuts else ()),
+                notify and bool(lasts),
+                EVENTS_CHANNEL,
+            ),
+        )
+        return {int(row[0]) for row in cur.fetchall()}
 
 
 @attrs.define
@@ -495,7 +499,7 @@ class Worker:
             if free > 0:
                 try:
                     claims = await self._db.run(
-                        functools.partial(self._claim, limit=free)
+                        functools.partial(self._claim, limit=free), autocommit=True
                     )
                 except QueueError as exc:
                     logger.error("claiming runs failed: %s", exc)
@@ -509,9 +513,7 @@ class Worker:
                 self._wake = trio.Event()
 
     def _claim(self, conn: Any, limit: int) -> list[Claim]:
-        claims = self._claim_rows(conn.cursor(), limit)
-        conn.commit()
-        return claims
+        return self._claim_rows(conn.cursor(), limit)  # autocommit: one statement
 
     def _claim_rows(self, cur: Any, limit: int) -> list[Claim]:
         cur.execute(
@@ -620,7 +622,6 @@ class Worker:
                 (self._lease, claim.run_id, claim.token),
             )
             row = cur.fetchone()
-            conn.commit()
             return None if row is None else (bool(row[0]), bool(row[1]), row[2])
 
         while True:
@@ -628,7 +629,7 @@ class Worker:
                 await run.poke.wait()
             run.poke = trio.Event()
             try:
-                found = await self._db.run(renew)
+                found = await self._db.run(renew, autocommit=True)
             except QueueError as exc:
                 logger.error("renewing the lease of run %s: %s", claim.run_id, exc)
                 continue
@@ -665,7 +666,8 @@ class Worker:
         )
         tail.append(end.to_json_str())
         keep = self._retention.max_events or 0
-        # The slot this run frees is filled in the same transaction.
+        # The slot this run frees is filled in the same call (two statements,
+        # each its own transaction: the end, then a claim).
         refill = not self._stopping and len(self._running) <= self._concurrency
 
         def finish(conn: Any) -> tuple[bool, list[Claim]]:
@@ -701,12 +703,11 @@ class Worker:
             row = cur.fetchone()
             done = row is not None and row[0] == 1
             claims = self._claim_rows(cur, 1) if refill else []
-            conn.commit()
             return done, claims
 
         try:
             with trio.move_on_after(30.0):
-                done, claims = await self._db.run(finish)
+                done, claims = await self._db.run(finish, autocommit=True)
                 self.completed += done
                 if not done:
                     self._abandoned(claim)
