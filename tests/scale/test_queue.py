@@ -40,7 +40,9 @@ from weavegraph.scale import (
     Worker,
     serve_worker,
 )
+from weavegraph.scale import queue as queue_module
 from weavegraph.scale._db import (
+    ENDS_CHANNEL,
     EVENTS_CHANNEL,
     QUEUE_CHANNEL,
     Database,
@@ -447,6 +449,37 @@ async def test_event_wake_ups_are_coalesced_and_the_last_batch_is_announced(
         span = heard[-1] - heard[0]
         assert len(heard) <= (span + 0.1) / NOTIFY_EVERY + 2
         await queue.cancel("burst")
+        found.stop()
+        nursery.cancel_scope.cancel()
+
+
+async def test_run_ends_share_wake_ups_and_every_waiter_hears_its_end(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wake-up lost would leave a waiter polling: a minute, past the limit.
+    monkeypatch.setattr(queue_module, "POLL", 60.0)
+    heard: list[float] = []
+
+    def on_notify(channel: str, payload: str) -> None:
+        heard.append(trio.current_time())
+
+    sessions = [f"end-{i}" for i in range(40)]
+    async with trio.open_nursery() as nursery, RunQueue(postgres_dsn) as queue:
+        await nursery.start(Listener(postgres_dsn, (ENDS_CHANNEL,)).run, on_notify)
+        found: Worker = await nursery.start(
+            functools.partial(serve_worker, APPS, postgres_dsn, concurrency=8)
+        )
+        for sid in sessions:
+            await queue.submit("chain", sid, VersionedState.with_user_message(sid))
+        with trio.fail_after(30):
+            async with trio.open_nursery() as waiters:
+                for sid in sessions:
+                    waiters.start_soon(queue.wait, sid)
+        assert found.completed == len(sessions)
+        # Ends a moment apart share a wake-up: at most one per NOTIFY_EVERY.
+        span = heard[-1] - heard[0]
+        assert len(heard) < len(sessions)
+        assert len(heard) <= (span + 0.1) / NOTIFY_EVERY + 2
         found.stop()
         nursery.cancel_scope.cancel()
 

@@ -224,6 +224,11 @@ class EventWriter:
     the retention's count. The wake-up is coalesced: a batch NOTIFYs when the
     last wake-up is `NOTIFY_EVERY` old, else the next batch or a NOTIFY of its
     own at that time does (so a stream hears of every batch within that time).
+    A run's end shares the same wake-ups (`end_wakes`): the end's transaction
+    NOTIFYs on both channels when the last wake-up is that old, else the next
+    wake-up, at most `NOTIFY_EVERY` later, also goes to the ends' channel
+    (every NOTIFY wakes every listening connection of the database, so a
+    NOTIFY per run's end cost each worker and server a wake-up per run).
     """
 
     def __init__(self, db: Database, retention: EventRetention) -> None:
@@ -233,6 +238,7 @@ class EventWriter:
         self._wake = trio.Event()
         self._notified_at = -math.inf  # trio clock of the last wake-up sent
         self._owed = False  # a batch was written that no wake-up announced
+        self._ends_owed = False  # likewise, a run's end
 
     def mark(self, log: EventLog) -> None:
         """``log`` has events to write."""
@@ -243,6 +249,27 @@ class EventWriter:
         """``log``'s run writes its remaining events itself."""
         self._dirty.pop(log.claim.run_id, None)
 
+    def end_wakes(self) -> bool:
+        """Whether the run's end about to be written NOTIFYs (both channels)
+        itself; if not, the writer owes the ends' channel a wake-up, sent
+        within `NOTIFY_EVERY`."""
+        now = trio.current_time()
+        if now >= self._notified_at + NOTIFY_EVERY:
+            self._notified_at, self._owed, self._ends_owed = now, False, False
+            return True
+        self.owe_end()
+        return False
+
+    def owe_end(self) -> None:
+        """A run's end was (or may have been) written without a wake-up."""
+        self._ends_owed = True
+        self._wake.set()
+
+    async def send_owed(self) -> None:
+        """Send the wake-up owed, if any (a worker stopping does)."""
+        if self._owed or self._ends_owed:
+            await self._notify_owed()
+
     async def run(self) -> None:
         """Write batches until cancelled.
 
@@ -251,11 +278,15 @@ class EventWriter:
         order and numbers.
         """
         while True:
-            if self._owed:
-                with trio.move_on_at(self._notified_at + NOTIFY_EVERY):
+            if self._owed or self._ends_owed:
+                due = self._notified_at + NOTIFY_EVERY
+                with trio.move_on_at(due):
                     await self._wake.wait()
-                if not self._dirty:  # quiet since: announce the last batch
-                    await self._notify_owed()
+                if not self._dirty:
+                    if trio.current_time() < due:  # an end's poke: wait it out
+                        self._wake = trio.Event()
+                        continue
+                    await self._notify_owed()  # quiet since: announce it all
                     continue
             else:
                 await self._wake.wait()
@@ -269,12 +300,19 @@ class EventWriter:
                     log.buffer = []
                 now = trio.current_time()
                 notify = now >= self._notified_at + NOTIFY_EVERY
+                ends = notify and self._ends_owed  # ends after this: owed again
+                if notify:  # taken now: no end wakes in the meantime
+                    self._notified_at, self._ends_owed = now, False
                 try:
                     live = await self._db.run(
-                        functools.partial(self._append, batch=batch, notify=notify),
+                        functools.partial(
+                            self._append, batch=batch, notify=notify, ends=ends
+                        ),
                         autocommit=True,
                     )
                 except QueueError as exc:
+                    self._ends_owed = self._ends_owed or ends
+                    self._owed = self._owed or notify
                     tries += 1
                     if _connection_lost(exc) and tries <= _EVENT_TRIES:
                         for log, _, texts in batch:
@@ -288,7 +326,7 @@ class EventWriter:
                     continue
                 tries = 0
                 if notify:
-                    self._notified_at, self._owed = now, False
+                    self._owed = False
                 else:
                     self._owed = True
                 for log, _, texts in batch:
@@ -297,10 +335,17 @@ class EventWriter:
                     log.settled(len(texts), log.claim.run_id in live)
 
     async def _notify_owed(self) -> None:
+        ends = self._ends_owed
+
         def notify(conn: Any) -> None:
-            conn.execute("SELECT pg_notify(%s, 'batch')", (EVENTS_CHANNEL,))
+            conn.execute(
+                "SELECT pg_notify(%s, 'batch'), CASE WHEN %s THEN pg_notify(%s, 'done')"
+                " END",
+                (EVENTS_CHANNEL, ends, ENDS_CHANNEL),
+            )
 
         self._notified_at, self._owed = trio.current_time(), False
+        self._ends_owed = False
         try:
             await self._db.run(notify, autocommit=True)
         except QueueError as exc:  # the streams' polling still finds the batch
@@ -312,6 +357,7 @@ class EventWriter:
         *,
         batch: list[tuple[EventLog, int, list[str]]],
         notify: bool,
+        ends: bool,
     ) -> set[int]:
         # One statement, its own transaction (autocommit): the leases checked
         # (the runs still held stay key-share-locked to its end), their events
@@ -357,7 +403,9 @@ class EventWriter:
             " FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, last)"
             " WHERE r.id = v.id AND v.id IN (SELECT id FROM live))"
             + trim
-            + " SELECT id, CASE WHEN %s THEN pg_notify(%s, 'batch') END FROM live",
+            + " SELECT ARRAY(SELECT id FROM live), CASE WHEN %s AND EXISTS (SELECT"
+            " FROM live) THEN pg_notify(%s, 'batch') END,"
+            " CASE WHEN %s THEN pg_notify(%s, 'done') END",
             (
                 [c.run_id for c in claims],
                 [c.token for c in claims],
@@ -369,9 +417,12 @@ class EventWriter:
                 *((list(cuts), list(cuts.values())) if cuts else ()),
                 notify and bool(lasts),
                 EVENTS_CHANNEL,
+                ends,
+                ENDS_CHANNEL,
             ),
         )
-        return {int(row[0]) for row in cur.fetchall()}
+        row = cur.fetchone()
+        return {int(i) for i in row[0]}
 
 
 @attrs.define
@@ -446,7 +497,8 @@ class Worker:
             run = self._running.get(int(ident))
             if run is not None:
                 run.poke.set()
-        elif kind == "run":
+        elif kind == "run" and len(self._running) < self._concurrency:
+            # (A full worker claims again as a run of its ends.)
             app = ident.partition(":")[2]
             if not app or app in self.apps:  # another app's run: not for us
                 self._wake.set()
@@ -469,6 +521,8 @@ class Worker:
                         while self._running:
                             await self._stopped.wait()
                             self._stopped = trio.Event()
+                        with trio.move_on_after(5.0):
+                            await self._events.send_owed()
                     nursery.cancel_scope.cancel()
         finally:
             await self._db.aclose()
@@ -685,8 +739,9 @@ class Worker:
                 " trimmed AS (DELETE FROM weavegraph_run_events AS e USING ended"
                 " WHERE %(keep)s > 0 AND e.run_id = ended.id"
                 " AND e.seq <= ended.last_seq - %(keep)s)"
-                " SELECT (SELECT count(*) FROM ended), pg_notify(%(ends)s, %(done)s),"
-                " pg_notify(%(channel)s, 'end')",
+                " SELECT (SELECT count(*) FROM ended),"
+                " CASE WHEN %(wake)s THEN pg_notify(%(ends)s, %(done)s) END,"
+                " CASE WHEN %(wake)s THEN pg_notify(%(channel)s, 'end') END",
                 {
                     "status": status,
                     "error": error,
@@ -698,6 +753,7 @@ class Worker:
                     "ends": ENDS_CHANNEL,
                     "done": f"done:{claim.run_id}",
                     "channel": EVENTS_CHANNEL,
+                    "wake": wake,
                 },
             )
             row = cur.fetchone()
@@ -705,15 +761,20 @@ class Worker:
             claims = self._claim_rows(cur, 1) if refill else []
             return done, claims
 
+        wake = self._events.end_wakes()  # else a wake-up within NOTIFY_EVERY
+        recorded = False
         try:
             with trio.move_on_after(30.0):
                 done, claims = await self._db.run(finish, autocommit=True)
+                recorded = True
                 self.completed += done
                 if not done:
                     self._abandoned(claim)
                 self._start(claims)
         except QueueError as exc:
             logger.error("recording the end of run %s: %s", claim.run_id, exc)
+        if wake and not recorded:
+            self._events.owe_end()  # it may have been written all the same
 
     def _abandoned(self, claim: Claim) -> None:
         logger.warning(
