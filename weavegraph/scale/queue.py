@@ -337,6 +337,9 @@ class RunQueue:
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == EVENTS_CHANNEL:
             self._events.notify()
+        elif channel == ENDS_CHANNEL:  # a run's end event is logged with its end
+            self._runs.notify()
+            self._events.notify()
         else:
             self._runs.notify()
 

@@ -224,11 +224,11 @@ class EventWriter:
     the retention's count. The wake-up is coalesced: a batch NOTIFYs when the
     last wake-up is `NOTIFY_EVERY` old, else the next batch or a NOTIFY of its
     own at that time does (so a stream hears of every batch within that time).
-    A run's end shares the same wake-ups (`end_wakes`): the end's transaction
-    NOTIFYs on both channels when the last wake-up is that old, else the next
-    wake-up, at most `NOTIFY_EVERY` later, also goes to the ends' channel
-    (every NOTIFY wakes every listening connection of the database, so a
-    NOTIFY per run's end cost each worker and server a wake-up per run).
+    Runs' ends are coalesced the same way on the ends' channel (`end_wakes`):
+    an end's transaction NOTIFYs when the last end wake-up is `NOTIFY_EVERY`
+    old, else the next one does, at most that much later (every NOTIFY wakes
+    every listening connection of the database, so a NOTIFY per run's end cost
+    each worker and server a wake-up per run).
     """
 
     def __init__(self, db: Database, retention: EventRetention) -> None:
@@ -238,7 +238,8 @@ class EventWriter:
         self._wake = trio.Event()
         self._notified_at = -math.inf  # trio clock of the last wake-up sent
         self._owed = False  # a batch was written that no wake-up announced
-        self._ends_owed = False  # likewise, a run's end
+        self._ended_at = -math.inf  # likewise for runs' ends
+        self._ends_owed = False
 
     def mark(self, log: EventLog) -> None:
         """``log`` has events to write."""
@@ -250,12 +251,12 @@ class EventWriter:
         self._dirty.pop(log.claim.run_id, None)
 
     def end_wakes(self) -> bool:
-        """Whether the run's end about to be written NOTIFYs (both channels)
-        itself; if not, the writer owes the ends' channel a wake-up, sent
-        within `NOTIFY_EVERY`."""
+        """Whether the run's end about to be written NOTIFYs itself; if not,
+        the writer owes the ends' channel a wake-up, sent within
+        `NOTIFY_EVERY`."""
         now = trio.current_time()
-        if now >= self._notified_at + NOTIFY_EVERY:
-            self._notified_at, self._owed, self._ends_owed = now, False, False
+        if now >= self._ended_at + NOTIFY_EVERY:
+            self._ended_at, self._ends_owed = now, False
             return True
         self.owe_end()
         return False
@@ -279,7 +280,13 @@ class EventWriter:
         """
         while True:
             if self._owed or self._ends_owed:
-                due = self._notified_at + NOTIFY_EVERY
+                due = (
+                    min(
+                        self._notified_at if self._owed else math.inf,
+                        self._ended_at if self._ends_owed else math.inf,
+                    )
+                    + NOTIFY_EVERY
+                )
                 with trio.move_on_at(due):
                     await self._wake.wait()
                 if not self._dirty:
@@ -300,9 +307,11 @@ class EventWriter:
                     log.buffer = []
                 now = trio.current_time()
                 notify = now >= self._notified_at + NOTIFY_EVERY
-                ends = notify and self._ends_owed  # ends after this: owed again
-                if notify:  # taken now: no end wakes in the meantime
-                    self._notified_at, self._ends_owed = now, False
+                ends = self._ends_owed and now >= self._ended_at + NOTIFY_EVERY
+                if notify:  # taken now, before the batch is written
+                    self._notified_at = now
+                if ends:  # (ends after this are owed again)
+                    self._ended_at, self._ends_owed = now, False
                 try:
                     live = await self._db.run(
                         functools.partial(
@@ -335,17 +344,20 @@ class EventWriter:
                     log.settled(len(texts), log.claim.run_id in live)
 
     async def _notify_owed(self) -> None:
-        ends = self._ends_owed
+        batches, ends = self._owed, self._ends_owed
 
         def notify(conn: Any) -> None:
             conn.execute(
-                "SELECT pg_notify(%s, 'batch'), CASE WHEN %s THEN pg_notify(%s, 'done')"
-                " END",
-                (EVENTS_CHANNEL, ends, ENDS_CHANNEL),
+                "SELECT CASE WHEN %s THEN pg_notify(%s, 'batch') END,"
+                " CASE WHEN %s THEN pg_notify(%s, 'done') END",
+                (batches, EVENTS_CHANNEL, ends, ENDS_CHANNEL),
             )
 
-        self._notified_at, self._owed = trio.current_time(), False
-        self._ends_owed = False
+        now = trio.current_time()
+        if batches:
+            self._notified_at, self._owed = now, False
+        if ends:
+            self._ended_at, self._ends_owed = now, False
         try:
             await self._db.run(notify, autocommit=True)
         except QueueError as exc:  # the streams' polling still finds the batch
@@ -740,8 +752,7 @@ class Worker:
                 " WHERE %(keep)s > 0 AND e.run_id = ended.id"
                 " AND e.seq <= ended.last_seq - %(keep)s)"
                 " SELECT (SELECT count(*) FROM ended),"
-                " CASE WHEN %(wake)s THEN pg_notify(%(ends)s, %(done)s) END,"
-                " CASE WHEN %(wake)s THEN pg_notify(%(channel)s, 'end') END",
+                " CASE WHEN %(wake)s THEN pg_notify(%(ends)s, %(done)s) END",
                 {
                     "status": status,
                     "error": error,
@@ -752,7 +763,6 @@ class Worker:
                     "keep": keep,
                     "ends": ENDS_CHANNEL,
                     "done": f"done:{claim.run_id}",
-                    "channel": EVENTS_CHANNEL,
                     "wake": wake,
                 },
             )
