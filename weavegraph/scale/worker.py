@@ -222,8 +222,9 @@ class EventWriter:
     every run's lease (``FOR KEY SHARE``, in the same transaction), appends the
     events of the runs still held, moves their ``last_seq`` and trims them to
     the retention's count. The wake-up is coalesced: a batch NOTIFYs when the
-    last wake-up is `NOTIFY_EVERY` old, else the next batch or a NOTIFY of its
-    own at that time does (so a stream hears of every batch within that time).
+    last wake-up is `NOTIFY_EVERY` old or it holds a run's first events, else
+    the next batch or a NOTIFY of its own at that time does (so a stream hears
+    of every batch within that time).
     Runs' ends are coalesced the same way on the ends' channel (`end_wakes`):
     an end's transaction NOTIFYs when the last end wake-up is `NOTIFY_EVERY`
     old, else the next one does, at most that much later (every NOTIFY wakes
@@ -306,7 +307,11 @@ class EventWriter:
                 for log in logs:
                     log.buffer = []
                 now = trio.current_time()
-                notify = now >= self._notified_at + NOTIFY_EVERY
+                # A run's first events are announced at once: the time to its
+                # first event is what whoever submitted it waits for.
+                notify = now >= self._notified_at + NOTIFY_EVERY or any(
+                    first == log.claim.last_seq + 1 for log, first, _ in batch
+                )
                 ends = self._ends_owed and now >= self._ended_at + NOTIFY_EVERY
                 if notify:  # taken now, before the batch is written
                     self._notified_at = now
