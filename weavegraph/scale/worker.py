@@ -20,7 +20,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -222,9 +222,9 @@ class EventWriter:
     every run's lease (``FOR KEY SHARE``, in the same transaction), appends the
     events of the runs still held, moves their ``last_seq`` and trims them to
     the retention's count. The wake-up is coalesced: a batch NOTIFYs when the
-    last wake-up is `NOTIFY_EVERY` old or it holds a run's first events, else
-    the next batch or a NOTIFY of its own at that time does (so a stream hears
-    of every batch within that time).
+    last wake-up is `NOTIFY_EVERY` old (or it holds the first events of the
+    one run the worker runs), else the next batch or a NOTIFY of its own at
+    that time does (so a stream hears of every batch within that time).
     Runs' ends are coalesced the same way on the ends' channel (`end_wakes`):
     an end's transaction NOTIFYs when the last end wake-up is `NOTIFY_EVERY`
     old, else the next one does, at most that much later (every NOTIFY wakes
@@ -232,8 +232,14 @@ class EventWriter:
     each worker and server a wake-up per run).
     """
 
-    def __init__(self, db: Database, retention: EventRetention) -> None:
+    def __init__(
+        self,
+        db: Database,
+        retention: EventRetention,
+        running: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._db = db
+        self._running = running  # how many runs the worker runs
         self._keep = retention.max_events
         self._dirty: dict[int, EventLog] = {}
         self._wake = trio.Event()
@@ -307,10 +313,12 @@ class EventWriter:
                 for log in logs:
                     log.buffer = []
                 now = trio.current_time()
-                # A run's first events are announced at once: the time to its
-                # first event is what whoever submitted it waits for.
-                notify = now >= self._notified_at + NOTIFY_EVERY or any(
-                    first == log.claim.last_seq + 1 for log, first, _ in batch
+                # The first events of a run the worker runs alone are announced
+                # at once (the time to a run's first event is what its submitter
+                # waits for; a busy worker's wake-ups come often anyway).
+                notify = now >= self._notified_at + NOTIFY_EVERY or (
+                    self._running() <= 1
+                    and any(first == log.claim.last_seq + 1 for log, first, _ in batch)
                 )
                 ends = self._ends_owed and now >= self._ended_at + NOTIFY_EVERY
                 if notify:  # taken now, before the batch is written
@@ -486,7 +494,7 @@ class Worker:
         self._poll = poll
         self._retention = retention
         self._running: dict[int, _Running] = {}
-        self._events = EventWriter(db, retention)
+        self._events = EventWriter(db, retention, lambda: len(self._running))
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._stopping = False
