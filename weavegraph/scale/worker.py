@@ -523,7 +523,7 @@ class Worker:
             if run is not None:
                 run.poke.set()
         elif kind == "run" and len(self._running) < self._concurrency:
-            # (A full worker claims again as a run of its ends.)
+            # (a full worker claims again as each of its runs ends)
             app = ident.partition(":")[2]
             if not app or app in self.apps:  # another app's run: not for us
                 self._wake.set()
@@ -750,6 +750,8 @@ class Worker:
         refill = not self._stopping and len(self._running) <= self._concurrency
 
         def finish(conn: Any) -> tuple[bool, list[Claim]]:
+            import psycopg
+
             cur = conn.cursor()
             cur.execute(
                 "WITH ended AS (UPDATE weavegraph_runs SET status = %(status)s,"
@@ -781,7 +783,11 @@ class Worker:
             )
             row = cur.fetchone()
             done = row is not None and row[0] == 1
-            claims = self._claim_rows(cur, 1) if refill else []
+            try:
+                claims = self._claim_rows(cur, 1) if refill else []
+            except psycopg.Error as exc:  # the end stands; the claim loop claims
+                logger.warning("claiming after run %s: %s", claim.run_id, exc)
+                claims = []
             return done, claims
 
         wake = self._events.end_wakes()  # else a wake-up within NOTIFY_EVERY
