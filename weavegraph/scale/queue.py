@@ -6,8 +6,9 @@ to continue what is stored). Any worker serving the app claims it, holds a
 lease while it runs, and writes the session's steps to the same database's
 checkpoint store and the run's events to ``weavegraph_run_events``.
 
-Reads end with COMMIT, not ROLLBACK: psycopg deallocates every statement a
-connection prepared at each ROLLBACK.
+The queue's reads run in autocommit (each statement its own transaction: no
+BEGIN and COMMIT to wait for, and no ROLLBACK, at which psycopg deallocates
+every statement the connection prepared).
 """
 
 from __future__ import annotations
@@ -483,7 +484,9 @@ class RunQueue:
         """The session's latest run (``None``: none was submitted)."""
         self._check_open()
         check_session_id(session_id)
-        return await self._db.run(lambda conn: _latest(conn, session_id))
+        return await self._db.run(
+            lambda conn: _latest(conn, session_id), autocommit=True
+        )
 
     async def runs(self, session_id: str) -> list[RunStatus]:
         """Every run of the session, oldest first."""
@@ -497,11 +500,9 @@ class RunQueue:
                 " ORDER BY id",
                 (session_id,),
             )
-            rows = cur.fetchall()
-            conn.commit()
-            return [_status(r) for r in rows]
+            return [_status(r) for r in cur.fetchall()]
 
-        return await self._db.run(read)
+        return await self._db.run(read, autocommit=True)
 
     async def list_runs(
         self, *, limit: int = 100, active: bool = False
@@ -523,11 +524,9 @@ class RunQueue:
                 + " ORDER BY id DESC LIMIT %s",
                 (limit,),
             )
-            rows = cur.fetchall()
-            conn.commit()
-            return [_status(r) for r in rows]
+            return [_status(r) for r in cur.fetchall()]
 
-        return await self._db.run(read)
+        return await self._db.run(read, autocommit=True)
 
     @asynccontextmanager
     async def watch(
@@ -606,12 +605,11 @@ class RunQueue:
                 (run_id,),
             )
             row = cur.fetchone()
-            conn.commit()
             if row is None:
                 raise QueueError(f"run {run_id} is no longer in the queue")
             return _status(row)
 
-        return await self._db.run(read)
+        return await self._db.run(read, autocommit=True)
 
     async def _latest_or_fail(self, session_id: str) -> RunStatus:
         found = await self.status(session_id)
@@ -724,7 +722,8 @@ class RunEvents:
                 raise StopAsyncIteration
             changed = queue._events.event
             batch, status = await queue._db.run(
-                functools.partial(_read_events, run_id=self.run_id, after=self.cursor)
+                functools.partial(_read_events, run_id=self.run_id, after=self.cursor),
+                autocommit=True,
             )
             for seq, text in batch:
                 self._buffer.append((seq, event_from_json(text)))
@@ -751,13 +750,14 @@ def _latest(conn: Any, session_id: str) -> RunStatus | None:
         (session_id,),
     )
     row = cur.fetchone()
-    conn.commit()
     return None if row is None else _status(row)
 
 
 def _read_events(
     conn: Any, *, run_id: int, after: int
 ) -> tuple[list[tuple[int, str]], RunStatus]:
+    """The run's status and its events after ``after`` (run in autocommit: the
+    second statement sees everything committed before it)."""
     cur = conn.cursor()
     # The run's row first: events appended before its final status are read.
     cur.execute(
@@ -765,7 +765,6 @@ def _read_events(
     )
     row = cur.fetchone()
     if row is None:
-        conn.commit()
         raise QueueError(f"run {run_id} is no longer in the queue")
     cur.execute(
         "SELECT seq, event_json FROM weavegraph_run_events WHERE run_id = %s"
@@ -773,7 +772,6 @@ def _read_events(
         (run_id, after, _EVENT_PAGE),
     )
     events = [(int(seq), str(text)) for seq, text in cur.fetchall()]
-    conn.commit()
     return events, _status(row)
 
 
