@@ -236,7 +236,7 @@ class EventWriter:
         self,
         db: Database,
         retention: EventRetention,
-        running: Callable[[], int] = lambda: 0,
+        running: Callable[[], int],
     ) -> None:
         self._db = db
         self._running = running  # how many runs the worker runs
